@@ -1,0 +1,230 @@
+/**
+ * Broker configuration: which VMs exist, where their ports and shared-memory files are, what
+ * each may do. JSON with comments (JSONC). Every error names the file, the key and the problem.
+ *
+ * @example
+ * ```ts
+ * import { loadConfig } from "./config.ts";
+ * const config = await loadConfig("/etc/vbus/broker.jsonc");
+ * console.log(config.vms.map((vm) => vm.name));
+ * ```
+ * @module
+ */
+import { readFile } from "node:fs/promises";
+import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc-parser";
+import { validatePattern } from "../subject/subject.ts";
+import { DEFAULT_LIMITS, type Limits } from "../protocol/limits.ts";
+
+/** Default virtio-serial port name a guest opens: `/dev/virtio-ports/org.vbus.0`. */
+export const DEFAULT_PORT_NAME = "org.vbus.0";
+/** Default size of a VM's shared-memory region (ivshmem wants a power of two). */
+export const DEFAULT_SHM_SIZE = 16 * 1024 * 1024;
+
+/** Subject patterns a session may publish to and subscribe to. Absent means "anything". */
+export interface Permissions {
+  /** Patterns the session may publish to (wildcards allowed). */
+  publish?: string[];
+  /** Patterns the session may subscribe to (a subscription must lie inside one of them). */
+  subscribe?: string[];
+}
+
+/** One VM as the broker knows it. Its identity is the port it arrives on. */
+export interface VmConfig {
+  /** Unique name; also the identity of every session arriving on this VM's port. */
+  name: string;
+  /** Path of the QEMU chardev unix socket (`server=on`) behind the VM's virtserialport. */
+  socket: string;
+  /** virtio-serial port name the guest sees under `/dev/virtio-ports/`. */
+  port: string;
+  /** Optional `/dev/shm` file backing the VM's ivshmem device (the fast path). */
+  shm?: string;
+  /** Size of the shared-memory file in bytes (power of two). */
+  shmSize: number;
+  /** Optional restrictions; absent means the VM may publish and subscribe to anything. */
+  permissions?: Permissions;
+}
+
+/** The whole broker configuration after validation, with defaults filled in. */
+export interface BrokerConfig {
+  /** File the configuration came from (for messages), or `"<inline>"`. */
+  source: string;
+  /** Unix socket path host-local clients connect to; absent means no host socket. */
+  listen?: string;
+  /** Permissions of host-local clients; absent means unrestricted. */
+  hostPermissions?: Permissions;
+  /** Protocol limits every session gets. */
+  limits: Limits;
+  /** The VMs, each with a unique name. */
+  vms: VmConfig[];
+}
+
+/** A configuration problem: names the file, the key path and what is wrong. */
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly key: string,
+    readonly problem: string,
+  ) {
+    super(`${file}: ${key}: ${problem}`);
+    this.name = "ConfigError";
+  }
+}
+
+/**
+ * Read and validate a broker configuration file.
+ *
+ * @example
+ * ```ts
+ * const config = await loadConfig("broker.jsonc");
+ * ```
+ */
+export async function loadConfig(path: string): Promise<BrokerConfig> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    throw new ConfigError(path, "(file)", `cannot read: ${(err as Error).message}`);
+  }
+  return parseConfig(text, path);
+}
+
+/**
+ * Parse and validate configuration text (JSON with comments and trailing commas).
+ *
+ * @example
+ * ```ts
+ * const config = parseConfig('{ "vms": [{ "name": "vm1", "socket": "/run/vm1.sock" }] }');
+ * ```
+ */
+export function parseConfig(text: string, source = "<inline>"): BrokerConfig {
+  const errors: ParseError[] = [];
+  const raw = parseJsonc(text, errors, { allowTrailingComma: true, disallowComments: false });
+  if (errors.length > 0) {
+    const e = errors[0];
+    const { line, column } = lineColumn(text, e.offset);
+    throw new ConfigError(
+      source,
+      `(syntax, line ${line} column ${column})`,
+      `invalid JSON: ${printParseErrorCode(e.error)}`,
+    );
+  }
+  return validateConfig(raw, source);
+}
+
+/** Validate an already-parsed configuration object. */
+export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig {
+  const fail = (key: string, problem: string): never => {
+    throw new ConfigError(source, key, problem);
+  };
+  const root = expectObject(raw, "(root)", fail);
+  checkKeys(root, ["listen", "host", "limits", "vms"], "(root)", fail);
+  const listen = optionalString(root.listen, "listen", fail);
+  let hostPermissions: Permissions | undefined;
+  if (root.host !== undefined) {
+    const host = expectObject(root.host, "host", fail);
+    checkKeys(host, ["permissions"], "host", fail);
+    hostPermissions = parsePermissions(host.permissions, "host.permissions", fail);
+  }
+  const limits = parseLimits(root.limits, fail);
+  if (!Array.isArray(root.vms)) fail("vms", "must be an array of VMs (it may be empty)");
+  const vmsRaw = root.vms as unknown[];
+  const names = new Set<string>();
+  const sockets = new Set<string>();
+  const vms = vmsRaw.map((v, i): VmConfig => {
+    const at = `vms[${i}]`;
+    const vm = expectObject(v, at, fail);
+    checkKeys(vm, ["name", "socket", "port", "shm", "shmSize", "permissions"], at, fail);
+    const name = optionalString(vm.name, `${at}.name`, fail) ??
+      fail(`${at}.name`, "is required");
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) {
+      fail(`${at}.name`, `"${name}" must be 1-64 letters, digits, '_' or '-'`);
+    }
+    if (names.has(name)) fail(`${at}.name`, `duplicate VM name "${name}"`);
+    names.add(name);
+    const socket = optionalString(vm.socket, `${at}.socket`, fail) ??
+      fail(`${at}.socket`, "is required (path of the VM's QEMU chardev socket)");
+    if (sockets.has(socket)) fail(`${at}.socket`, `socket "${socket}" is used by two VMs`);
+    sockets.add(socket);
+    const port = optionalString(vm.port, `${at}.port`, fail) ?? DEFAULT_PORT_NAME;
+    if (!/^[A-Za-z0-9_.-]{1,127}$/.test(port)) {
+      fail(`${at}.port`, `"${port}" is not a valid virtio-serial port name`);
+    }
+    const shm = optionalString(vm.shm, `${at}.shm`, fail);
+    let shmSize = DEFAULT_SHM_SIZE;
+    if (vm.shmSize !== undefined) {
+      const size = vm.shmSize;
+      if (
+        typeof size !== "number" || !Number.isInteger(size) || size < 65536 ||
+        (size & (size - 1)) !== 0 || size > 2 ** 30
+      ) {
+        fail(`${at}.shmSize`, "must be a power of two between 65536 and 1073741824 bytes");
+      }
+      shmSize = size as number;
+    }
+    const permissions = parsePermissions(vm.permissions, `${at}.permissions`, fail);
+    return { name, socket, port, shm, shmSize, permissions };
+  });
+  return { source, listen, hostPermissions, limits, vms };
+}
+
+type Fail = (key: string, problem: string) => never;
+
+function expectObject(v: unknown, key: string, fail: Fail): Record<string, unknown> {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) fail(key, "must be an object");
+  return v as Record<string, unknown>;
+}
+
+function checkKeys(obj: Record<string, unknown>, allowed: string[], at: string, fail: Fail) {
+  for (const key of Object.keys(obj)) {
+    if (!allowed.includes(key)) {
+      fail(at === "(root)" ? key : `${at}.${key}`, `unknown key (expected one of: ${allowed.join(", ")})`);
+    }
+  }
+}
+
+function optionalString(v: unknown, key: string, fail: Fail): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== "string" || v.length === 0) fail(key, "must be a non-empty string");
+  return v as string;
+}
+
+function parsePermissions(v: unknown, key: string, fail: Fail): Permissions | undefined {
+  if (v === undefined) return undefined;
+  const obj = expectObject(v, key, fail);
+  checkKeys(obj, ["publish", "subscribe"], key, fail);
+  const out: Permissions = {};
+  for (const kind of ["publish", "subscribe"] as const) {
+    const list = obj[kind];
+    if (list === undefined) continue;
+    if (!Array.isArray(list)) fail(`${key}.${kind}`, "must be an array of subject patterns");
+    out[kind] = (list as unknown[]).map((p, i) => {
+      if (typeof p !== "string") fail(`${key}.${kind}[${i}]`, "must be a string");
+      const problem = validatePattern(p as string, 4096);
+      if (problem) fail(`${key}.${kind}[${i}]`, `invalid pattern "${p}": ${problem}`);
+      return p as string;
+    });
+  }
+  return out;
+}
+
+function parseLimits(v: unknown, fail: Fail): Limits {
+  if (v === undefined) return { ...DEFAULT_LIMITS };
+  const obj = expectObject(v, "limits", fail);
+  const keys = Object.keys(DEFAULT_LIMITS) as (keyof Limits)[];
+  checkKeys(obj, keys, "limits", fail);
+  const out: Limits = { ...DEFAULT_LIMITS };
+  for (const k of keys) {
+    const value = obj[k];
+    if (value === undefined) continue;
+    if (typeof value !== "number" || !Number.isInteger(value) || value <= 0) {
+      fail(`limits.${k}`, "must be a positive integer");
+    }
+    out[k] = value as number;
+  }
+  return out;
+}
+
+function lineColumn(text: string, offset: number): { line: number; column: number } {
+  const before = text.slice(0, offset).split("\n");
+  return { line: before.length, column: before[before.length - 1].length + 1 };
+}
