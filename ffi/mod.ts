@@ -1,0 +1,228 @@
+/**
+ * The only runtime-specific surface of vbus: shared memory mapping, futex parking and ivshmem
+ * discovery. At load time this module detects Deno (`globalThis.Deno`) or Bun
+ * (`globalThis.Bun`) and dynamically imports `./deno.ts` or `./bun.ts`; neither runtime ever
+ * loads the other's module. Deno needs `--allow-ffi` (and `--allow-read` for `findIvshmem`).
+ *
+ * @example
+ * ```ts
+ * import { futexWait, futexWake, mapShared } from "./ffi/mod.ts";
+ * const m = await mapShared("/dev/shm/vbus-demo", 1 << 20, { create: true });
+ * const words = new Int32Array(m.bytes.buffer, m.bytes.byteOffset, 16);
+ * Atomics.store(words, 0, 1);
+ * futexWake(words, 0, 1);
+ * await futexWait(words, 0, 1, 10); // "timed-out" unless another process changes word 0
+ * m.unmap();
+ * ```
+ * @module
+ */
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import type { FfiBackend, FutexWaitResult, SharedMapping } from "./common.ts";
+
+export { FfiError } from "./common.ts";
+export type { FutexWaitResult, SharedMapping } from "./common.ts";
+
+function detectRuntime(): "deno" | "bun" {
+  const g = globalThis as Record<string, unknown>;
+  if (g.Bun !== undefined) return "bun";
+  if (g.Deno !== undefined) return "deno";
+  throw new Error("vbus ffi: unsupported runtime (needs Deno or Bun)");
+}
+
+/**
+ * Which runtime backend is active.
+ *
+ * @example
+ * ```ts
+ * import { runtime } from "./ffi/mod.ts";
+ * console.log(runtime); // "deno" or "bun"
+ * ```
+ */
+export const runtime: "deno" | "bun" = detectRuntime();
+
+// A non-literal specifier: Deno's type checker does not follow it into bun.ts (bun:ffi).
+const backendUrl = new URL(runtime === "deno" ? "./deno.ts" : "./bun.ts", import.meta.url).href;
+const backend: FfiBackend = (await import(backendUrl)).backend;
+
+/**
+ * True when {@link futexWait} sleeps off the JS thread (Deno, `nonblocking` FFI). False under
+ * Bun, where {@link futexWait} blocks the JS thread for up to `timeoutMs`.
+ *
+ * @example
+ * ```ts
+ * import { asyncFutex } from "./ffi/mod.ts";
+ * const sliceMs = asyncFutex ? 100 : 2; // keep Bun's blocking slices short
+ * ```
+ */
+export const asyncFutex: boolean = backend.asyncFutex;
+
+/** Options of {@link mapShared}. */
+export interface MapOptions {
+  /** Create the file if missing and ftruncate it to `size` (host side). Default false. */
+  create?: boolean;
+  /** File mode when creating. Default 0o600. */
+  mode?: number;
+}
+
+/**
+ * Map `size` bytes of `path` (a /dev/shm file, or an ivshmem `resource2`) MAP_SHARED
+ * read/write. The fd is closed right after mmap; the mapping stays valid until `unmap()`.
+ * When not creating and `path` is a regular file shorter than `size`, this throws instead of
+ * returning a mapping that would SIGBUS on access.
+ *
+ * @throws {FfiError} naming the call, path and errno (e.g. `open(/dev/shm/x) failed: ENOENT`).
+ * @example
+ * ```ts
+ * import { mapShared } from "./ffi/mod.ts";
+ * const host = await mapShared("/dev/shm/vbus-vm1", 16 << 20, { create: true });
+ * const peer = await mapShared("/dev/shm/vbus-vm1", 16 << 20);
+ * host.bytes[0] = 42;
+ * console.log(peer.bytes[0]); // 42
+ * peer.unmap(); host.unmap();
+ * ```
+ */
+export function mapShared(
+  path: string,
+  size: number,
+  options: MapOptions = {},
+): Promise<SharedMapping> {
+  try {
+    if (!Number.isSafeInteger(size) || size <= 0) {
+      throw new RangeError(`mapShared(${path}): size must be a positive integer, got ${size}`);
+    }
+    const create = options.create ?? false;
+    if (!create) {
+      let st;
+      try {
+        st = statSync(path);
+      } catch {
+        st = undefined; // let open() report the real errno
+      }
+      if (st && st.isFile() && st.size < size) {
+        throw new RangeError(
+          `mapShared(${path}): file is ${st.size} bytes, shorter than the requested ${size}`,
+        );
+      }
+    }
+    return Promise.resolve(backend.mapShared(path, size, create, options.mode ?? 0o600));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/**
+ * Sleep while `view[index] === expected`, at most `timeoutMs` (always give one). The word may
+ * live in a mapping shared with other processes (shared futex, not FUTEX_PRIVATE).
+ * Resolves "ok" when woken (or spuriously), "not-equal" when the word already differed,
+ * "timed-out" otherwise. Callers must re-check their condition in every case.
+ *
+ * Deno: the syscall runs on a worker thread; the event loop stays free.
+ * Bun: blocks the JS thread for up to `timeoutMs` (no nonblocking FFI); keep it short.
+ *
+ * @example
+ * ```ts
+ * import { futexWait } from "./ffi/mod.ts";
+ * const words = new Int32Array(mapping.bytes.buffer, 0, 64);
+ * const seq = Atomics.load(words, 3);
+ * if (!haveWork()) await futexWait(words, 3, seq, 50);
+ * ```
+ */
+export function futexWait(
+  view: Int32Array,
+  index: number,
+  expected: number,
+  timeoutMs: number,
+): Promise<FutexWaitResult> {
+  return backend.futexWait(view, index, expected, timeoutMs);
+}
+
+/**
+ * Blocking variant of {@link futexWait} in both runtimes (lowest latency; blocks the thread).
+ *
+ * @example
+ * ```ts
+ * import { futexWaitSync } from "./ffi/mod.ts";
+ * futexWaitSync(words, 3, seq, 5); // "ok" | "not-equal" | "timed-out"
+ * ```
+ */
+export function futexWaitSync(
+  view: Int32Array,
+  index: number,
+  expected: number,
+  timeoutMs: number,
+): FutexWaitResult {
+  return backend.futexWaitSync(view, index, expected, timeoutMs);
+}
+
+/**
+ * Wake up to `count` waiters sleeping on `view[index]` (in any process). Returns how many
+ * were woken. Change the word (e.g. `Atomics.add`) before waking.
+ *
+ * @example
+ * ```ts
+ * import { futexWake } from "./ffi/mod.ts";
+ * Atomics.add(words, 3, 1);
+ * futexWake(words, 3, 1);
+ * ```
+ */
+export function futexWake(view: Int32Array, index: number, count = 1): number {
+  return backend.futexWake(view, index, count);
+}
+
+/** Where a guest finds its ivshmem shared memory. */
+export interface IvshmemDevice {
+  /** PCI device directory, e.g. /sys/bus/pci/devices/0000:00:04.0 */
+  device: string;
+  /** The BAR2 file to pass to {@link mapShared}. */
+  path: string;
+  /** BAR2 size in bytes. */
+  size: number;
+}
+
+/** PCI ids of QEMU's ivshmem (Red Hat virtio vendor, ivshmem device). */
+export const IVSHMEM_VENDOR = 0x1af4;
+/** PCI device id of ivshmem-plain / ivshmem-doorbell. */
+export const IVSHMEM_DEVICE = 0x1110;
+
+/**
+ * Guest side: find the first ivshmem PCI device (vendor 0x1af4, device 0x1110) and return the
+ * path and size of its BAR2 (`resource2`), or null when there is none. The size comes from the
+ * third line of the device's `resource` file (start end flags). `sysfsRoot` is for tests.
+ *
+ * @example
+ * ```ts
+ * import { findIvshmem, mapShared } from "./ffi/mod.ts";
+ * const dev = findIvshmem();
+ * if (dev) { const m = await mapShared(dev.path, dev.size); }
+ * ```
+ */
+export function findIvshmem(sysfsRoot = "/sys/bus/pci/devices"): IvshmemDevice | null {
+  let names: string[];
+  try {
+    names = readdirSync(sysfsRoot).sort();
+  } catch {
+    return null;
+  }
+  for (const name of names) {
+    const dir = `${sysfsRoot}/${name}`;
+    try {
+      const vendor = parseInt(readFileSync(`${dir}/vendor`, "utf8").trim(), 16);
+      const device = parseInt(readFileSync(`${dir}/device`, "utf8").trim(), 16);
+      if (vendor !== IVSHMEM_VENDOR || device !== IVSHMEM_DEVICE) continue;
+      const path = `${dir}/resource2`;
+      let size = 0;
+      try {
+        const line = readFileSync(`${dir}/resource`, "utf8").split("\n")[2] ?? "";
+        const [start, end] = line.trim().split(/\s+/).map((x) => BigInt(x));
+        if (end > start) size = Number(end - start + 1n);
+      } catch {
+        size = 0;
+      }
+      if (size === 0) size = statSync(path).size;
+      if (size > 0) return { device: dir, path, size };
+    } catch {
+      continue;
+    }
+  }
+  return null;
+}

@@ -1,0 +1,170 @@
+/**
+ * Event suppression for a ring: the consumer spins briefly, then announces in shared memory
+ * that it is parked and sleeps; the producer rings only when it sees the announcement.
+ * A busy stream therefore rings almost never. Pure TypeScript; how to ring and how to sleep
+ * are pluggable (futex for host-local peers, a virtio-serial frame across a VM boundary).
+ *
+ * No lost wake-up (Dekker ordering, all with sequentially consistent `Atomics`):
+ *
+ * ```text
+ *   consumer (Parker.waitForData)          producer (commit, then Doorbell.notify)
+ *   seq = load(WAKE_SEQ)                   store(PRODUCER_POSITION)      <- in commit()
+ *   store(PARKED, 1)                       if load(PARKED) == 1 and
+ *   if ring has data: PARKED = 0, return      cas(PARKED, 1 -> 0) succeeds:
+ *   sleep(WAKE_SEQ, expected = seq)           add(WAKE_SEQ, 1); ring()
+ * ```
+ * Either the consumer's re-check sees the record, or the producer sees PARKED=1; in the
+ * latter case WAKE_SEQ changes before `ring()`, so a sleep that starts late returns at once
+ * ("not-equal"). Sleeps are always bounded (`sliceMs`) as a last line of defence.
+ *
+ * @example
+ * ```ts
+ * import { futexWait, futexWake } from "../../ffi/mod.ts";
+ * const bell = new Doorbell(bytes, ring, (w, i) => futexWake(w, i, 1));
+ * producer.tryWrite(msg) && bell.notify();
+ * const parker = new Parker(bytes, ring, futexWait);
+ * await parker.waitForData(() => consumer.hasData());
+ * ```
+ * @module
+ */
+import type { RingDescriptor } from "./ring.ts";
+
+/** Wake the parked consumer: `word[index]` is the ring's CONSUMER_WAKE_SEQ (already bumped). */
+export type RingFn = (word: Int32Array, index: number) => void;
+
+/**
+ * Sleep until `word[index] !== expected` or about `timeoutMs` elapsed (spurious returns are
+ * fine). `futexWait` from ffi/mod.ts has exactly this shape; across a VM boundary, resolve
+ * on the next doorbell frame from the port (or the timeout).
+ */
+export type SleepFn = (
+  word: Int32Array,
+  index: number,
+  expected: number,
+  timeoutMs: number,
+) => unknown;
+
+function wordsOf(bytes: Uint8Array): Int32Array {
+  return new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
+}
+
+/**
+ * Producer side: call {@link notify} after committing (once per batch is enough).
+ *
+ * @example
+ * ```ts
+ * const bell = new Doorbell(region.bytes, region.tx, () => port.write(DOORBELL_FRAME));
+ * for (const m of batch) producer.tryWrite(m);
+ * bell.notify();
+ * console.log(bell.rings);
+ * ```
+ */
+export class Doorbell {
+  /** Doorbells rung by this producer. */
+  rings = 0;
+  /** Calls to notify() (for the rings/notify ratio). */
+  notifies = 0;
+  /** The Int32Array over the region that holds the wake word. */
+  readonly word: Int32Array;
+  /** Index of CONSUMER_WAKE_SEQ in {@link word}. */
+  readonly seqIndex: number;
+  private readonly parkedIndex: number;
+  private readonly countIndex: number;
+  private readonly ringFn: RingFn;
+
+  constructor(bytes: Uint8Array, ring: RingDescriptor, ringFn: RingFn) {
+    this.word = wordsOf(bytes);
+    this.seqIndex = ring.control.CONSUMER_WAKE_SEQ >> 2;
+    this.parkedIndex = ring.control.CONSUMER_PARKED >> 2;
+    this.countIndex = ring.control.RING_COUNT >> 2;
+    this.ringFn = ringFn;
+  }
+
+  /** Ring if (and only if) the consumer is parked. Returns true when it rang. */
+  notify(): boolean {
+    this.notifies++;
+    const w = this.word;
+    if (Atomics.load(w, this.parkedIndex) === 0) return false;
+    if (Atomics.compareExchange(w, this.parkedIndex, 1, 0) !== 1) return false;
+    Atomics.add(w, this.seqIndex, 1);
+    Atomics.add(w, this.countIndex, 1);
+    this.rings++;
+    this.ringFn(w, this.seqIndex);
+    return true;
+  }
+}
+
+/** Options of {@link Parker}. */
+export interface ParkOptions {
+  /** Polls of `hasData` before parking. Default 256 (a few microseconds). */
+  spinIterations?: number;
+  /** Longest single sleep in ms; the consumer re-checks after each. Default 50. */
+  sliceMs?: number;
+}
+
+/**
+ * Consumer side: wait until the ring has data, spinning briefly and then parking.
+ *
+ * @example
+ * ```ts
+ * const parker = new Parker(region.bytes, region.rx, futexWait, { sliceMs: 20 });
+ * for (;;) {
+ *   if (consumer.poll(handler, 256) === 0) await parker.waitForData(() => consumer.hasData());
+ * }
+ * ```
+ */
+export class Parker {
+  /** Times the consumer actually went to sleep. */
+  parks = 0;
+  /** Times data turned up during the spin phase or the pre-sleep re-check. */
+  spinHits = 0;
+  readonly word: Int32Array;
+  readonly seqIndex: number;
+  private readonly parkedIndex: number;
+  private readonly sleep: SleepFn;
+  private readonly spinIterations: number;
+  private readonly sliceMs: number;
+
+  constructor(bytes: Uint8Array, ring: RingDescriptor, sleep: SleepFn, options: ParkOptions = {}) {
+    this.word = wordsOf(bytes);
+    this.seqIndex = ring.control.CONSUMER_WAKE_SEQ >> 2;
+    this.parkedIndex = ring.control.CONSUMER_PARKED >> 2;
+    this.sleep = sleep;
+    this.spinIterations = options.spinIterations ?? 256;
+    this.sliceMs = options.sliceMs ?? 50;
+  }
+
+  /**
+   * Resolve true as soon as `hasData()` is true, or false after `timeoutMs` (default: wait
+   * forever, in `sliceMs` slices). `hasData` must read the producer position with Atomics
+   * (`RingConsumer.hasData` does).
+   */
+  async waitForData(hasData: () => boolean, timeoutMs = Infinity): Promise<boolean> {
+    for (let i = 0; i < this.spinIterations; i++) {
+      if (hasData()) {
+        this.spinHits++;
+        return true;
+      }
+    }
+    const w = this.word;
+    const deadline = timeoutMs === Infinity ? Infinity : performance.now() + timeoutMs;
+    for (;;) {
+      const seq = Atomics.load(w, this.seqIndex);
+      Atomics.store(w, this.parkedIndex, 1);
+      if (hasData()) {
+        Atomics.store(w, this.parkedIndex, 0);
+        this.spinHits++;
+        return true;
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        Atomics.store(w, this.parkedIndex, 0);
+        return false;
+      }
+      this.parks++;
+      await this.sleep(w, this.seqIndex, seq, Math.max(1, Math.min(this.sliceMs, left)));
+      Atomics.store(w, this.parkedIndex, 0);
+      if (hasData()) return true;
+    }
+  }
+}
