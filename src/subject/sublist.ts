@@ -1,0 +1,127 @@
+/**
+ * A subscription index: a token trie from patterns to subscriptions, with a bounded cache of
+ * match results so that a steady stream on a few subjects costs one map lookup per message.
+ *
+ * @example
+ * ```ts
+ * import { Sublist } from "./sublist.ts";
+ * const list = new Sublist<string>();
+ * list.insert("a.*", "first");
+ * list.insert("a.>", "second");
+ * list.match("a.b"); // ["first", "second"]
+ * ```
+ * @module
+ */
+import { TOKEN_SEPARATOR, WILDCARD_ONE, WILDCARD_REST } from "./subject.ts";
+
+interface Node<S> {
+  children: Map<string, Node<S>>;
+  one?: Node<S>; // the `*` child
+  rest: Set<S>; // subscriptions whose pattern ends here with `>`
+  exact: Set<S>; // subscriptions whose pattern ends at this node
+}
+
+function newNode<S>(): Node<S> {
+  return { children: new Map(), rest: new Set(), exact: new Set() };
+}
+
+/** Number of distinct subjects whose match results are cached. */
+export const SUBLIST_CACHE_SIZE = 4096;
+
+/** Index of subscriptions by subject pattern. */
+export class Sublist<S> {
+  #root: Node<S> = newNode();
+  #cache = new Map<string, S[]>();
+  #count = 0;
+
+  /** Number of entries in the index. */
+  get size(): number {
+    return this.#count;
+  }
+
+  /** Add `sub` under a valid `pattern`. */
+  insert(pattern: string, sub: S): void {
+    let node = this.#root;
+    const tokens = pattern.split(TOKEN_SEPARATOR);
+    for (let i = 0; i < tokens.length; i++) {
+      const t = tokens[i];
+      if (t === WILDCARD_REST) {
+        node.rest.add(sub);
+        this.#changed();
+        return;
+      }
+      if (t === WILDCARD_ONE) {
+        node = node.one ??= newNode();
+      } else {
+        let next = node.children.get(t);
+        if (!next) node.children.set(t, next = newNode());
+        node = next;
+      }
+    }
+    node.exact.add(sub);
+    this.#changed();
+  }
+
+  /** Remove `sub` from under `pattern`; returns whether it was there. */
+  remove(pattern: string, sub: S): boolean {
+    const path: [Node<S>, string][] = [];
+    let node: Node<S> | undefined = this.#root;
+    const tokens = pattern.split(TOKEN_SEPARATOR);
+    let removed = false;
+    for (let i = 0; i < tokens.length && node; i++) {
+      const t = tokens[i];
+      if (t === WILDCARD_REST) {
+        removed = node.rest.delete(sub);
+        node = undefined;
+        break;
+      }
+      path.push([node, t]);
+      node = t === WILDCARD_ONE ? node.one : node.children.get(t);
+    }
+    if (node) removed = node.exact.delete(sub);
+    if (!removed) return false;
+    // Prune empty nodes so a churn of unique subjects does not grow the trie forever.
+    for (let i = path.length - 1; i >= 0; i--) {
+      const [parent, t] = path[i];
+      const child = t === WILDCARD_ONE ? parent.one : parent.children.get(t);
+      if (!child || child.exact.size || child.rest.size || child.children.size || child.one) break;
+      if (t === WILDCARD_ONE) parent.one = undefined;
+      else parent.children.delete(t);
+    }
+    this.#count--;
+    this.#cache.clear();
+    return true;
+  }
+
+  /** All subscriptions whose pattern matches the literal `subject`. Do not mutate the result. */
+  match(subject: string): readonly S[] {
+    const cached = this.#cache.get(subject);
+    if (cached) return cached;
+    const out: S[] = [];
+    collect(this.#root, subject.split(TOKEN_SEPARATOR), 0, out);
+    if (this.#cache.size >= SUBLIST_CACHE_SIZE) {
+      // Evict the oldest entry (Map keeps insertion order).
+      this.#cache.delete(this.#cache.keys().next().value as string);
+    }
+    this.#cache.set(subject, out);
+    return out;
+  }
+
+  #changed() {
+    this.#count++;
+    this.#cache.clear();
+  }
+}
+
+function collect<S>(node: Node<S>, tokens: string[], i: number, out: S[]) {
+  for (const s of node.rest) out.push(s); // `>` here matches tokens[i..] when non-empty
+  if (i === tokens.length) {
+    // `>` needs at least one more token: undo what was pushed for an empty remainder.
+    out.length -= node.rest.size;
+    for (const s of node.exact) out.push(s);
+    return;
+  }
+  const next = node.children.get(tokens[i]);
+  if (next) collect(next, tokens, i + 1, out);
+  if (node.one) collect(node.one, tokens, i + 1, out);
+}
