@@ -1,0 +1,242 @@
+/**
+ * Framing: how frames are laid out on a port byte stream, and a decoder that cuts a stream of
+ * chunks back into frames while enforcing the size limits.
+ *
+ * ```text
+ *  0        2     3       4               8               12
+ *  +--------+-----+-------+---------------+---------------+------------------+-------------+
+ *  | magic  | op  | flags | head length   | payload length| head (msgpack)   | payload     |
+ *  | "vB"   | u8  | u8    | u32 BE        | u32 BE        | headLength bytes | payloadLen  |
+ *  +--------+-----+-------+---------------+---------------+------------------+-------------+
+ * ```
+ *
+ * The head is a msgpack value whose shape depends on the op (see `ops.ts`). The payload is
+ * opaque bytes (for PUB and MSG: the msgpack encoding of the published value), so the broker
+ * routes a message without decoding its value. The magic lets a reader notice a stream that
+ * lost sync (a guest process that died mid-write) instead of misreading garbage as a length.
+ *
+ * @example
+ * ```ts
+ * import { encodeFrame, FrameDecoder } from "./frame.ts";
+ * import { Op } from "./ops.ts";
+ * const bytes = encodeFrame(Op.Ping, new Uint8Array([0x90]), new Uint8Array(0));
+ * const decoder = new FrameDecoder(1 << 20);
+ * decoder.push(bytes, (f) => console.log(f.op)); // 7 (PING)
+ * ```
+ * @module
+ */
+import { ErrorCode, VbusError } from "./errors.ts";
+import { isOp } from "./ops.ts";
+
+/** Offsets and sizes of the frame header, described once. */
+export const FrameHeader = {
+  /** First magic byte, 'v'. */
+  MAGIC_0: 0x76,
+  /** Second magic byte, 'B'. */
+  MAGIC_1: 0x42,
+  MAGIC_OFFSET: 0,
+  OP_OFFSET: 2,
+  FLAGS_OFFSET: 3,
+  HEAD_LENGTH_OFFSET: 4,
+  PAYLOAD_LENGTH_OFFSET: 8,
+  /** Bytes before the head. */
+  LENGTH: 12,
+} as const;
+
+/** One decoded frame. `head` and `payload` are views into the received bytes. */
+export interface Frame {
+  op: number;
+  flags: number;
+  head: Uint8Array;
+  payload: Uint8Array;
+}
+
+/**
+ * Write a frame header for the given op and lengths into `target` at `offset`.
+ *
+ * @example
+ * ```ts
+ * const buf = new Uint8Array(FrameHeader.LENGTH);
+ * writeFrameHeader(buf, 0, Op.Ping, 0, 1, 0);
+ * ```
+ */
+export function writeFrameHeader(
+  target: Uint8Array,
+  offset: number,
+  op: number,
+  flags: number,
+  headLength: number,
+  payloadLength: number,
+): void {
+  target[offset] = FrameHeader.MAGIC_0;
+  target[offset + 1] = FrameHeader.MAGIC_1;
+  target[offset + FrameHeader.OP_OFFSET] = op;
+  target[offset + FrameHeader.FLAGS_OFFSET] = flags;
+  writeU32(target, offset + FrameHeader.HEAD_LENGTH_OFFSET, headLength);
+  writeU32(target, offset + FrameHeader.PAYLOAD_LENGTH_OFFSET, payloadLength);
+}
+
+/**
+ * Encode a whole frame into a new buffer.
+ *
+ * @example
+ * ```ts
+ * const frame = encodeFrame(Op.Pong, new Uint8Array([0x90]));
+ * ```
+ */
+export function encodeFrame(
+  op: number,
+  head: Uint8Array,
+  payload: Uint8Array = EMPTY,
+  flags = 0,
+): Uint8Array {
+  const out = new Uint8Array(FrameHeader.LENGTH + head.length + payload.length);
+  writeFrameHeader(out, 0, op, flags, head.length, payload.length);
+  out.set(head, FrameHeader.LENGTH);
+  out.set(payload, FrameHeader.LENGTH + head.length);
+  return out;
+}
+
+/** A shared empty payload. */
+export const EMPTY: Uint8Array = new Uint8Array(0);
+
+function writeU32(b: Uint8Array, o: number, v: number) {
+  b[o] = v >>> 24;
+  b[o + 1] = (v >>> 16) & 0xff;
+  b[o + 2] = (v >>> 8) & 0xff;
+  b[o + 3] = v & 0xff;
+}
+
+function readU32(b: Uint8Array, o: number): number {
+  return ((b[o] << 24) >>> 0) + (b[o + 1] << 16) + (b[o + 2] << 8) + b[o + 3];
+}
+
+/**
+ * Cuts a byte stream into frames. Chunks are kept by reference (no copy) unless a frame spans
+ * chunks, so callers must hand over chunks they will not reuse.
+ *
+ * Errors are thrown as {@link VbusError} with code `BAD_FRAME` or `FRAME_TOO_LARGE`; after an
+ * error the decoder is poisoned until {@link FrameDecoder.reset} or {@link FrameDecoder.resync}.
+ */
+export class FrameDecoder {
+  #buf: Uint8Array = EMPTY;
+  #maxFrame: number;
+  #maxHead: number;
+  #assembly: Uint8Array | undefined;
+  #filled = 0;
+
+  /**
+   * @param maxFrameBytes largest whole frame accepted
+   * @param maxHeadBytes largest head accepted (defaults to 64 KiB, far above any valid head)
+   */
+  constructor(maxFrameBytes: number, maxHeadBytes = 64 * 1024) {
+    this.#maxFrame = maxFrameBytes;
+    this.#maxHead = Math.min(maxHeadBytes, maxFrameBytes);
+  }
+
+  /** Bytes received but not yet part of a whole frame. */
+  get buffered(): number {
+    return this.#assembly ? this.#filled : this.#buf.length;
+  }
+
+  /** Change the frame limit (after negotiation). */
+  setMaxFrameBytes(n: number): void {
+    this.#maxFrame = n;
+  }
+
+  /** Drop everything buffered. */
+  reset(): void {
+    this.#buf = EMPTY;
+    this.#assembly = undefined;
+  }
+
+  /**
+   * Drop bytes up to the next plausible frame start (the magic), for a reader that expects
+   * stale bytes before its session starts. Returns how many bytes were dropped.
+   */
+  resync(): number {
+    const b = this.#buf;
+    for (let i = 1; i < b.length; i++) {
+      if (b[i] === FrameHeader.MAGIC_0 && (i + 1 === b.length || b[i + 1] === FrameHeader.MAGIC_1)) {
+        this.#buf = b.subarray(i);
+        return i;
+      }
+    }
+    this.#buf = EMPTY;
+    return b.length;
+  }
+
+  /** Feed a chunk; `onFrame` is called for every whole frame, in order. */
+  push(chunk: Uint8Array, onFrame: (frame: Frame) => void): void {
+    if (this.#assembly) {
+      // A large frame is being assembled: copy straight into its final buffer, once.
+      const a = this.#assembly;
+      const n = Math.min(a.length - this.#filled, chunk.length);
+      a.set(chunk.subarray(0, n), this.#filled);
+      this.#filled += n;
+      if (this.#filled < a.length) return;
+      this.#assembly = undefined;
+      this.#buf = EMPTY;
+      this.#emitAll(a, onFrame);
+      if (n === chunk.length) return;
+      chunk = chunk.subarray(n);
+    }
+    let b: Uint8Array;
+    if (this.#buf.length === 0) {
+      b = chunk;
+    } else {
+      b = new Uint8Array(this.#buf.length + chunk.length);
+      b.set(this.#buf, 0);
+      b.set(chunk, this.#buf.length);
+    }
+    this.#emitAll(b, onFrame);
+  }
+
+  #emitAll(b: Uint8Array, onFrame: (frame: Frame) => void): void {
+    let pos = 0;
+    try {
+      while (b.length - pos >= FrameHeader.LENGTH) {
+        if (b[pos] !== FrameHeader.MAGIC_0 || b[pos + 1] !== FrameHeader.MAGIC_1) {
+          throw new VbusError(ErrorCode.BadFrame, "bad frame magic: the stream is out of sync");
+        }
+        const op = b[pos + FrameHeader.OP_OFFSET];
+        if (!isOp(op)) throw new VbusError(ErrorCode.BadFrame, `unknown op ${op}`);
+        const headLength = readU32(b, pos + FrameHeader.HEAD_LENGTH_OFFSET);
+        const payloadLength = readU32(b, pos + FrameHeader.PAYLOAD_LENGTH_OFFSET);
+        const total = FrameHeader.LENGTH + headLength + payloadLength;
+        if (headLength > this.#maxHead || total > this.#maxFrame) {
+          throw new VbusError(
+            ErrorCode.FrameTooLarge,
+            `frame of ${total} bytes (head ${headLength}) exceeds the limit of ${this.#maxFrame}`,
+          );
+        }
+        const available = b.length - pos;
+        if (available < total) {
+          if (total >= ASSEMBLY_THRESHOLD) {
+            const a = new Uint8Array(total);
+            a.set(b.subarray(pos), 0);
+            this.#assembly = a;
+            this.#filled = available;
+            pos = b.length;
+          }
+          break;
+        }
+        const headStart = pos + FrameHeader.LENGTH;
+        const payloadStart = headStart + headLength;
+        const frame: Frame = {
+          op,
+          flags: b[pos + FrameHeader.FLAGS_OFFSET],
+          head: b.subarray(headStart, payloadStart),
+          payload: b.subarray(payloadStart, payloadStart + payloadLength),
+        };
+        pos += total;
+        onFrame(frame);
+      }
+    } finally {
+      this.#buf = pos === b.length ? EMPTY : b.subarray(pos);
+    }
+  }
+}
+
+/** Frames at least this large are assembled in their own buffer instead of re-concatenated. */
+const ASSEMBLY_THRESHOLD = 16 * 1024;

@@ -1,0 +1,112 @@
+/**
+ * Batches frames into few large writes. A port write costs a syscall (and in a guest a VM
+ * exit), so frames produced in one turn of the event loop leave as one write. Large payloads
+ * are handed to the port by reference instead of being copied into the batch.
+ *
+ * @example
+ * ```ts
+ * import { FrameWriter } from "./frame_writer.ts";
+ * import { Op } from "./ops.ts";
+ * declare const port: import("../port/port.ts").Port;
+ * const writer = new FrameWriter(port);
+ * writer.frame(Op.Ping, new Uint8Array([0x90]));
+ * ```
+ * @module
+ */
+import { setImmediate } from "node:timers";
+import type { Port } from "../port/port.ts";
+import { EMPTY, FrameHeader, writeFrameHeader } from "./frame.ts";
+
+/** A batch is written at once when it grows past this. */
+export const BATCH_FLUSH_BYTES = 256 * 1024;
+/** Payloads at least this large are written by reference, not copied into the batch. */
+export const PAYLOAD_BY_REFERENCE_BYTES = 32 * 1024;
+const INITIAL_BATCH_BYTES = 16 * 1024;
+
+/** Encodes frames into a batch buffer and writes it to a port. */
+export class FrameWriter {
+  #port: Port;
+  #batch = new Uint8Array(INITIAL_BATCH_BYTES);
+  #length = 0;
+  #scheduled = false;
+  #blocked = false;
+
+  constructor(port: Port) {
+    this.#port = port;
+  }
+
+  /** True while the port reported it is above its high-water mark. */
+  get blocked(): boolean {
+    return this.#blocked;
+  }
+
+  /** Bytes batched but not yet handed to the port. */
+  get batched(): number {
+    return this.#length;
+  }
+
+  /** Queue a frame. `head` and `payload` are copied (or, when large, kept by reference). */
+  frame(op: number, head: Uint8Array, payload: Uint8Array = EMPTY, flags = 0): void {
+    const byReference = payload.length >= PAYLOAD_BY_REFERENCE_BYTES;
+    const need = FrameHeader.LENGTH + head.length + (byReference ? 0 : payload.length);
+    this.#reserve(need);
+    const b = this.#batch;
+    let at = this.#length;
+    writeFrameHeader(b, at, op, flags, head.length, payload.length);
+    at += FrameHeader.LENGTH;
+    b.set(head, at);
+    at += head.length;
+    if (!byReference) {
+      b.set(payload, at);
+      at += payload.length;
+    }
+    this.#length = at;
+    if (byReference) {
+      this.flush();
+      this.#write(payload);
+    } else if (this.#length >= BATCH_FLUSH_BYTES) {
+      this.flush();
+    } else if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /** Queue already-encoded frame bytes as they are (e.g. a frame buffered during reconnect). */
+  raw(bytes: Uint8Array): void {
+    this.flush();
+    this.#write(bytes);
+  }
+
+  /** Hand the batch to the port now. */
+  flush(): void {
+    this.#scheduled = false;
+    if (this.#length === 0) return;
+    const out = this.#batch.subarray(0, this.#length);
+    // The port keeps a reference to what it is given: start a fresh batch buffer.
+    this.#batch = new Uint8Array(Math.max(INITIAL_BATCH_BYTES, Math.min(this.#batch.length, BATCH_FLUSH_BYTES * 2)));
+    this.#length = 0;
+    this.#write(out);
+  }
+
+  /** Resolves when the port can take more. */
+  async ready(): Promise<void> {
+    while (this.#blocked) {
+      await this.#port.drained();
+      this.#blocked = false;
+    }
+  }
+
+  #write(bytes: Uint8Array) {
+    if (!this.#port.write(bytes)) this.#blocked = true;
+  }
+
+  #reserve(need: number) {
+    if (this.#length + need <= this.#batch.length) return;
+    if (this.#length > 0 && this.#length + need > BATCH_FLUSH_BYTES) this.flush();
+    if (this.#length + need <= this.#batch.length) return;
+    const grown = new Uint8Array(Math.max(this.#batch.length * 2, this.#length + need));
+    grown.set(this.#batch.subarray(0, this.#length));
+    this.#batch = grown;
+  }
+}

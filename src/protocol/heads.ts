@@ -1,0 +1,134 @@
+/**
+ * Decoding and validating frame heads. Every head that arrives from a peer is untrusted: these
+ * functions check its shape and types and throw a `BAD_FRAME` {@link VbusError} naming what is
+ * wrong, so the caller never acts on a malformed frame.
+ *
+ * @example
+ * ```ts
+ * import { decodePubHead } from "./heads.ts";
+ * import { encodeValue } from "./codec.ts";
+ * decodePubHead(encodeValue(["a.b", null, null])); // ["a.b", null, null]
+ * ```
+ * @module
+ */
+import { decodeValue } from "./codec.ts";
+import { ErrorCode, VbusError } from "./errors.ts";
+import type {
+  ErrHead,
+  Headers,
+  HelloHead,
+  MsgHead,
+  PubHead,
+  SubHead,
+  UnsubHead,
+  WelcomeHead,
+} from "./ops.ts";
+
+function bad(what: string): never {
+  throw new VbusError(ErrorCode.BadFrame, `malformed ${what}`);
+}
+
+function decodeHead(bytes: Uint8Array, what: string): unknown {
+  try {
+    return decodeValue(bytes);
+  } catch {
+    return bad(`${what} head: not msgpack`);
+  }
+}
+
+function isSid(v: unknown): v is number {
+  return typeof v === "number" && Number.isInteger(v) && v > 0 && v <= 0xffffffff;
+}
+
+function optionalString(v: unknown): v is string | null {
+  return v === null || typeof v === "string";
+}
+
+/** Check that `v` is null or a map of string to string. */
+export function isHeaders(v: unknown): v is Headers | null {
+  if (v === null) return true;
+  if (typeof v !== "object" || Array.isArray(v) || v instanceof Uint8Array) return false;
+  for (const key in v as Record<string, unknown>) {
+    if (key.length === 0 || typeof (v as Record<string, unknown>)[key] !== "string") return false;
+  }
+  return true;
+}
+
+/** Decode a HELLO head. */
+export function decodeHelloHead(bytes: Uint8Array): HelloHead {
+  const h = decodeHead(bytes, "HELLO") as HelloHead;
+  if (typeof h !== "object" || h === null || typeof h.v !== "number") bad("HELLO head");
+  if (!Array.isArray(h.features) || !h.features.every((f) => typeof f === "string")) {
+    bad("HELLO features");
+  }
+  if (typeof h.nonce !== "number") bad("HELLO nonce");
+  if (h.client !== undefined && typeof h.client !== "string") bad("HELLO client");
+  if (h.shm !== undefined && (typeof h.shm !== "object" || h.shm === null)) bad("HELLO shm");
+  return h;
+}
+
+/** Decode a WELCOME head. */
+export function decodeWelcomeHead(bytes: Uint8Array): WelcomeHead {
+  const h = decodeHead(bytes, "WELCOME") as WelcomeHead;
+  if (typeof h !== "object" || h === null || typeof h.v !== "number") bad("WELCOME head");
+  for (const k of ["identity", "session", "inbox"] as const) {
+    if (typeof h[k] !== "string") bad(`WELCOME ${k}`);
+  }
+  for (const k of ["nonce", "maxFrameBytes", "maxSubjectBytes", "maxSubscriptions", "pingIntervalMs"] as const) {
+    if (typeof h[k] !== "number") bad(`WELCOME ${k}`);
+  }
+  if (!Array.isArray(h.features)) bad("WELCOME features");
+  return h;
+}
+
+/** Decode a SUB head. */
+export function decodeSubHead(bytes: Uint8Array): SubHead {
+  const h = decodeHead(bytes, "SUB");
+  if (!Array.isArray(h) || h.length !== 3) bad("SUB head");
+  const [sid, subject, queue] = h as unknown[];
+  if (!isSid(sid)) bad("SUB sid");
+  if (typeof subject !== "string") bad("SUB subject");
+  if (!optionalString(queue)) bad("SUB queue");
+  return h as SubHead;
+}
+
+/** Decode an UNSUB head. */
+export function decodeUnsubHead(bytes: Uint8Array): UnsubHead {
+  const h = decodeHead(bytes, "UNSUB");
+  if (!Array.isArray(h) || h.length !== 2) bad("UNSUB head");
+  const [sid, max] = h as unknown[];
+  if (!isSid(sid)) bad("UNSUB sid");
+  if (typeof max !== "number" || !Number.isInteger(max) || max < 0) bad("UNSUB max");
+  return h as UnsubHead;
+}
+
+/** Decode a PUB head. */
+export function decodePubHead(bytes: Uint8Array): PubHead {
+  const h = decodeHead(bytes, "PUB");
+  if (!Array.isArray(h) || h.length !== 3) bad("PUB head");
+  const [subject, reply, headers] = h as unknown[];
+  if (typeof subject !== "string") bad("PUB subject");
+  if (!optionalString(reply)) bad("PUB reply");
+  if (!isHeaders(headers)) bad("PUB headers");
+  return h as PubHead;
+}
+
+/** Decode a MSG head. */
+export function decodeMsgHead(bytes: Uint8Array): MsgHead {
+  const h = decodeHead(bytes, "MSG");
+  if (!Array.isArray(h) || h.length !== 4) bad("MSG head");
+  const [sid, subject, reply, headers] = h as unknown[];
+  if (!isSid(sid) || typeof subject !== "string" || !optionalString(reply) || !isHeaders(headers)) {
+    bad("MSG head");
+  }
+  return h as MsgHead;
+}
+
+/** Decode an ERR head. */
+export function decodeErrHead(bytes: Uint8Array): ErrHead {
+  const h = decodeHead(bytes, "ERR") as ErrHead;
+  if (typeof h !== "object" || h === null || typeof h.code !== "string" || typeof h.message !== "string") {
+    bad("ERR head");
+  }
+  return h;
+}
