@@ -15,8 +15,8 @@ import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc
 import { validatePattern } from "../subject/subject.ts";
 import { DEFAULT_LIMITS, type Limits } from "../protocol/limits.ts";
 
-/** Default virtio-serial port name a guest opens: `/dev/virtio-ports/org.vbus.0`. */
-export const DEFAULT_PORT_NAME = "org.vbus.0";
+import { DEFAULT_PORT_NAME } from "../port/device_port.ts";
+export { DEFAULT_PORT_NAME };
 /** Default size of a VM's shared-memory region (ivshmem wants a power of two). */
 export const DEFAULT_SHM_SIZE = 16 * 1024 * 1024;
 

@@ -1,0 +1,120 @@
+/**
+ * Routing: which subscriptions get a published message. Plain subscriptions all get it; among
+ * subscriptions sharing a queue group, one member gets it. The payload is passed on as bytes,
+ * never decoded.
+ *
+ * @example
+ * ```ts
+ * import { Router } from "./router.ts";
+ * const router = new Router();
+ * router.add({ subject: "a.*", queue: null, sid: 1, max: 0, delivered: 0, target: {
+ *   deliver: (sub, subject) => console.log("got", subject),
+ * } });
+ * router.publish("a.b", null, null, new Uint8Array(0)); // got a.b
+ * ```
+ * @module
+ */
+import { Sublist } from "../subject/sublist.ts";
+import type { Headers } from "../protocol/ops.ts";
+
+/** Whoever receives deliveries for a subscription: a session, or a service inside the broker. */
+export interface DeliveryTarget {
+  /** Deliver one message; returns false when it had to be dropped (slow consumer). */
+  deliver(
+    sub: RouteEntry,
+    subject: string,
+    reply: string | null,
+    headers: Headers | null,
+    payload: Uint8Array,
+  ): boolean | void;
+}
+
+/** One subscription as the router knows it. */
+export interface RouteEntry {
+  sid: number;
+  subject: string;
+  queue: string | null;
+  /** Remove after this many deliveries in total; 0 = never. */
+  max: number;
+  delivered: number;
+  target: DeliveryTarget;
+}
+
+/** Routes published messages to subscriptions. */
+export class Router {
+  #subs = new Sublist<RouteEntry>();
+  // Round-robin position per queue group, so members share the load evenly.
+  #queueTurn = new Map<string, number>();
+
+  /** Number of subscriptions. */
+  get size(): number {
+    return this.#subs.size;
+  }
+
+  /** Add a subscription. */
+  add(entry: RouteEntry): void {
+    this.#subs.insert(entry.subject, entry);
+  }
+
+  /** Remove a subscription; returns whether it was present. */
+  remove(entry: RouteEntry): boolean {
+    return this.#subs.remove(entry.subject, entry);
+  }
+
+  /** Does anything subscribe to `subject`? */
+  hasInterest(subject: string): boolean {
+    return this.#subs.match(subject).length > 0;
+  }
+
+  /**
+   * Deliver a message to every matching plain subscription and one member of each matching
+   * queue group. Returns how many subscriptions it was handed to.
+   */
+  publish(
+    subject: string,
+    reply: string | null,
+    headers: Headers | null,
+    payload: Uint8Array,
+  ): number {
+    const matched = this.#subs.match(subject);
+    if (matched.length === 0) return 0;
+    let delivered = 0;
+    let groups: Map<string, RouteEntry[]> | undefined;
+    // Iterate a copy only if a delivery may remove entries (auto-unsubscribe at max).
+    const list = matched.some((e) => e.max > 0) ? matched.slice() : matched;
+    for (const entry of list) {
+      if (entry.queue === null) {
+        this.#deliver(entry, subject, reply, headers, payload);
+        delivered++;
+      } else {
+        groups ??= new Map();
+        const members = groups.get(entry.queue);
+        if (members) members.push(entry);
+        else groups.set(entry.queue, [entry]);
+      }
+    }
+    if (groups) {
+      for (const [queue, members] of groups) {
+        const key = `${queue}\u0000${subject}`;
+        const turn = this.#queueTurn.get(key) ?? 0;
+        this.#queueTurn.set(key, turn + 1);
+        if (this.#queueTurn.size > 65536) this.#queueTurn.clear(); // bound memory
+        this.#deliver(members[turn % members.length], subject, reply, headers, payload);
+        delivered++;
+      }
+    }
+    return delivered;
+  }
+
+  #deliver(
+    entry: RouteEntry,
+    subject: string,
+    reply: string | null,
+    headers: Headers | null,
+    payload: Uint8Array,
+  ) {
+    entry.delivered++;
+    if (entry.max > 0 && entry.delivered >= entry.max) this.remove(entry);
+    entry.target.deliver(entry, subject, reply, headers, payload);
+  }
+}

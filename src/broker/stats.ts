@@ -1,0 +1,73 @@
+/**
+ * Counters the broker keeps per VM (and for host clients): traffic, errors by code, denied
+ * operations, dropped messages, and which data path a session uses. Exposed by
+ * `Broker.stats()`, the `$VBUS.STATS` request subject and `vbus stats`.
+ *
+ * @example
+ * ```ts
+ * import { newEndpointStats } from "./stats.ts";
+ * const s = newEndpointStats("vm1");
+ * s.msgsIn++;
+ * ```
+ * @module
+ */
+
+/** Counters for one VM, or for all host clients together. */
+export interface EndpointStats {
+  name: string;
+  /** A session is live on this endpoint now. */
+  connected: boolean;
+  /** Sessions started since the broker started (each HELLO counts). */
+  sessions: number;
+  /** Data path of the live session: "stream" (port frames) or "ring" (shared memory). */
+  path: "stream" | "ring" | "none";
+  /** Why the fast path is not used, when it is not. */
+  pathReason?: string;
+  msgsIn: number;
+  bytesIn: number;
+  msgsOut: number;
+  bytesOut: number;
+  /** Messages that came in through the shared-memory ring. */
+  ringMsgsIn: number;
+  /** Messages delivered through the shared-memory ring. */
+  ringMsgsOut: number;
+  /** Publishes and subscribes refused by permissions. */
+  denied: number;
+  /** Messages not delivered to this endpoint because it did not keep up. */
+  dropped: number;
+  /** Errors sent to this endpoint, by code. */
+  errors: Record<string, number>;
+  /** Sessions closed by the broker, by reason. */
+  closed: Record<string, number>;
+  /** Live subscriptions. */
+  subscriptions: number;
+}
+
+/** Fresh counters for an endpoint. */
+export function newEndpointStats(name: string): EndpointStats {
+  return {
+    name,
+    connected: false,
+    sessions: 0,
+    path: "none",
+    msgsIn: 0,
+    bytesIn: 0,
+    msgsOut: 0,
+    bytesOut: 0,
+    ringMsgsIn: 0,
+    ringMsgsOut: 0,
+    denied: 0,
+    dropped: 0,
+    errors: {},
+    closed: {},
+    subscriptions: 0,
+  };
+}
+
+/** Snapshot of the whole broker. */
+export interface BrokerStats {
+  startedAt: string;
+  uptimeMs: number;
+  vms: EndpointStats[];
+  host: EndpointStats;
+}
