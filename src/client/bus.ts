@@ -1,0 +1,735 @@
+/**
+ * The client: one connection to the broker through a port, used the same way in a guest (over
+ * `/dev/virtio-ports/...`) and on the host (over the broker's unix socket). It reconnects by
+ * itself, re-sends its subscriptions and says so; publishes made while disconnected are
+ * buffered up to a bound and otherwise rejected, never silently dropped.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./bus.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * const sub = bus.subscribe<{ temp: number }>("sensors.*.temp");
+ * await bus.publish("sensors.vm1.temp", { temp: 21.5 });
+ * for await (const msg of sub) {
+ *   console.log(msg.subject, msg.data.temp);
+ *   break;
+ * }
+ * await bus.close();
+ * ```
+ * @module
+ */
+import type { Port, PortOpener } from "../port/port.ts";
+import { connectUnix } from "../port/socket_port.ts";
+import { openDevice, portPath } from "../port/device_port.ts";
+import { encodeFrame, FrameDecoder, FrameHeader, type Frame } from "../protocol/frame.ts";
+import { FrameWriter } from "../protocol/frame_writer.ts";
+import { encodeValue } from "../protocol/codec.ts";
+import { ErrorCode, VbusError } from "../protocol/errors.ts";
+import {
+  decodeErrHead,
+  decodeMsgHead,
+  decodeWelcomeHead,
+  isHeaders,
+} from "../protocol/heads.ts";
+import {
+  Feature,
+  type Headers,
+  type HelloHead,
+  Op,
+  PROTOCOL_VERSION,
+  STATUS_HEADER,
+  STATUS_NO_RESPONDERS,
+  type WelcomeHead,
+} from "../protocol/ops.ts";
+import { DEFAULT_LIMITS } from "../protocol/limits.ts";
+import { utf8Length, validatePattern, validateSubject } from "../subject/subject.ts";
+import { Backoff, sleep } from "../util/backoff.ts";
+import { Msg } from "./msg.ts";
+import {
+  CONNECT_DEFAULTS,
+  type ConnectOptions,
+  type PublishOptions,
+  type RequestOptions,
+  resolveEndpoint,
+  type SubscribeOptions,
+} from "./options.ts";
+import { QueuedIterator } from "./queued_iterator.ts";
+import type { StatusEvent, StatusOf, StatusType } from "./status.ts";
+import { Subscription, type SubscriptionOwner } from "./subscription.ts";
+
+const RESOLVED: Promise<void> = Promise.resolve();
+const EMPTY_ARRAY_HEAD = encodeValue([]);
+const CLIENT_FEATURES = [Feature.Headers, Feature.NoResponders];
+/** Unanswered client PINGs after which the connection is considered dead. */
+const MAX_PINGS_OUT = 3;
+
+type State = "connecting" | "connected" | "reconnecting" | "draining" | "closed";
+
+interface PendingRequest {
+  resolve(msg: Msg<unknown>): void;
+  reject(err: Error): void;
+  timer: ReturnType<typeof setTimeout>;
+  subject: string;
+}
+
+/** Information about the current session. */
+export interface SessionInfo {
+  /** Identity the broker gave this connection (the VM name, or "host"). */
+  identity: string;
+  /** Session id (changes on every reconnect). */
+  session: string;
+  /** Features in use. */
+  features: string[];
+  /** Where the bytes go. */
+  port: string;
+  /** Largest frame the broker accepts. */
+  maxFrameBytes: number;
+}
+
+/** A connection to the vbus broker. Create it with {@link connect}. */
+export class Bus implements SubscriptionOwner {
+  #opts: Required<Omit<ConnectOptions, "port" | "server" | "transport" | "name">> & { name?: string };
+  #opener: PortOpener;
+  #state: State = "connecting";
+  #port?: Port;
+  #writer?: FrameWriter;
+  #welcome?: WelcomeHead;
+  #features = new Set<string>();
+  #subs = new Map<number, Subscription<unknown>>();
+  #nextSid = 1;
+  #pongWaiters: { resolve(): void; reject(err: Error): void }[] = [];
+  #pingsOut = 0;
+  #pingTimer?: ReturnType<typeof setInterval>;
+  #buffer: Uint8Array[] = [];
+  #bufferBytes = 0;
+  #connectedWaiters: { resolve(): void; reject(err: Error): void }[] = [];
+  #requests = new Map<string, PendingRequest>();
+  #inboxSid = 0;
+  #inboxSubject = "";
+  #nextToken = 0;
+  #listeners = new Map<StatusType, Set<(e: StatusEvent) => void>>();
+  #statusStreams = new Set<QueuedIterator<StatusEvent>>();
+  #closedResolve!: (err: Error | undefined) => void;
+  #abort = new AbortController();
+  #everConnected = false;
+
+  /** Resolves when the connection is closed for good: `undefined` if by `close()`, else the error. */
+  readonly closed: Promise<Error | undefined>;
+
+  /** @internal Use {@link connect}. */
+  constructor(opts: ConnectOptions = {}) {
+    const { port: _p, server: _s, transport, ...rest } = opts;
+    this.#opts = { ...CONNECT_DEFAULTS, ...stripUndefined(rest) };
+    if (transport) {
+      this.#opener = transport;
+    } else {
+      const endpoint = resolveEndpoint(opts);
+      this.#opener = endpoint.kind === "server"
+        ? () => connectUnix(endpoint.path)
+        : () => openDevice(portPath(endpoint.path));
+    }
+    this.closed = new Promise((r) => this.#closedResolve = r);
+  }
+
+  /** The current session, or undefined while not connected. */
+  get info(): SessionInfo | undefined {
+    const w = this.#welcome;
+    if (!w || this.#state !== "connected") return undefined;
+    return {
+      identity: w.identity,
+      session: w.session,
+      features: [...this.#features],
+      port: this.#port?.description ?? "",
+      maxFrameBytes: w.maxFrameBytes,
+    };
+  }
+
+  /** True while a session is established. */
+  get isConnected(): boolean {
+    return this.#state === "connected";
+  }
+
+  /** True once closed. */
+  get isClosed(): boolean {
+    return this.#state === "closed";
+  }
+
+  /** @internal First connection, bounded by `timeoutMs`. */
+  async start(): Promise<void> {
+    const timeout = setTimeout(() => this.#abort.abort(), this.#opts.timeoutMs);
+    try {
+      await this.#connectLoop();
+    } finally {
+      clearTimeout(timeout);
+    }
+    if (this.#state !== "connected") {
+      const err = this.#lastError ?? new VbusError(ErrorCode.Port, "not connected");
+      throw new VbusError(
+        ErrorCode.Port,
+        `could not connect within ${this.#opts.timeoutMs} ms: ${err.message}`,
+      );
+    }
+  }
+
+  #lastError?: Error;
+
+  // ---- publish / subscribe / request ------------------------------------------------------
+
+  /**
+   * Publish `value` (anything msgpack encodes; `Uint8Array` travels as binary) to `subject`.
+   * Resolves once the message is handed to the port, or buffered during a reconnect; waits
+   * while the port is backed up. Rejects on an invalid subject, an oversized message, a full
+   * reconnect buffer, or a closed connection.
+   */
+  publish(subject: string, value?: unknown, opts?: PublishOptions): Promise<void> {
+    try {
+      return this.#publish(subject, value, opts);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /**
+   * Publish without waiting: returns false (and sends nothing) when the port is backed up,
+   * so the caller can retry later. Throws on the same errors `publish` rejects with.
+   */
+  tryPublish(subject: string, value?: unknown, opts?: PublishOptions): boolean {
+    if (this.#writer?.blocked && this.#state === "connected") return false;
+    this.#publish(subject, value, opts).catch(() => {});
+    return true;
+  }
+
+  #publish(subject: string, value: unknown, opts?: PublishOptions): Promise<void> {
+    if (this.#state === "closed" || this.#state === "draining") {
+      throw new VbusError(ErrorCode.Closed, "connection is closed", subject);
+    }
+    const maxSubject = this.#welcome?.maxSubjectBytes ?? DEFAULT_LIMITS.maxSubjectBytes;
+    const problem = validateSubject(subject, maxSubject);
+    if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject "${subject}": ${problem}`, subject);
+    const reply = opts?.reply ?? null;
+    if (reply !== null) {
+      const p = validateSubject(reply, maxSubject);
+      if (p) throw new VbusError(ErrorCode.BadSubject, `invalid reply subject "${reply}": ${p}`, reply);
+    }
+    const headers = opts?.headers ?? null;
+    if (headers !== null) this.#checkHeaders(headers, subject);
+    const payload = encodeValue(value);
+    const head = encodeValue([subject, reply, headers]);
+    const size = FrameHeader.LENGTH + head.length + payload.length;
+    const max = this.#welcome?.maxFrameBytes ?? DEFAULT_LIMITS.maxFrameBytes;
+    if (size > max) {
+      throw new VbusError(ErrorCode.FrameTooLarge, `message of ${size} bytes exceeds the broker's limit of ${max}`, subject);
+    }
+    if (this.#state === "connected") {
+      const writer = this.#writer!;
+      writer.frame(Op.Pub, head, payload);
+      return writer.blocked ? writer.ready() : RESOLVED;
+    }
+    return this.#bufferFrame(encodeFrame(Op.Pub, head, payload), subject);
+  }
+
+  #checkHeaders(headers: Headers, subject: string) {
+    if (!isHeaders(headers)) {
+      throw new VbusError(ErrorCode.BadHeaders, "headers must map non-empty strings to strings", subject);
+    }
+    if (this.#welcome && !this.#features.has(Feature.Headers)) {
+      throw new VbusError(ErrorCode.BadHeaders, "the broker did not accept headers", subject);
+    }
+    let size = 0;
+    for (const k in headers) size += utf8Length(k) + utf8Length(headers[k]) + 2;
+    const max = this.#welcome?.maxHeaderBytes ?? DEFAULT_LIMITS.maxHeaderBytes;
+    if (size > max) throw new VbusError(ErrorCode.BadHeaders, `headers exceed ${max} bytes`, subject);
+  }
+
+  #bufferFrame(frame: Uint8Array, subject: string): Promise<void> {
+    if (this.#bufferBytes + frame.length > this.#opts.reconnectBufferBytes) {
+      return Promise.reject(
+        new VbusError(
+          ErrorCode.BufferFull,
+          `disconnected, and the reconnect buffer (${this.#opts.reconnectBufferBytes} bytes) is full`,
+          subject,
+        ),
+      );
+    }
+    this.#buffer.push(frame);
+    this.#bufferBytes += frame.length;
+    return RESOLVED;
+  }
+
+  /**
+   * Subscribe to a subject pattern (`*` matches one token, `>` the rest). Iterate the result
+   * with `for await`, or pass `callback`.
+   */
+  subscribe<T = unknown>(subject: string, opts: SubscribeOptions<T> = {}): Subscription<T> {
+    if (this.#state === "closed" || this.#state === "draining") {
+      throw new VbusError(ErrorCode.Closed, "connection is closed", subject);
+    }
+    const maxSubject = this.#welcome?.maxSubjectBytes ?? DEFAULT_LIMITS.maxSubjectBytes;
+    const problem = validatePattern(subject, maxSubject);
+    if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject "${subject}": ${problem}`, subject);
+    if (opts.queue !== undefined) {
+      const q = validateSubject(opts.queue, maxSubject);
+      if (q) throw new VbusError(ErrorCode.BadSubject, `invalid queue group "${opts.queue}": ${q}`, subject);
+    }
+    if (opts.max !== undefined && (!Number.isInteger(opts.max) || opts.max <= 0)) {
+      throw new RangeError("max must be a positive integer");
+    }
+    const sid = this.#nextSid++;
+    const sub = new Subscription<T>(this, sid, subject, opts);
+    this.#subs.set(sid, sub as Subscription<unknown>);
+    if (this.#state === "connected") this.#sendSub(sub as Subscription<unknown>);
+    return sub;
+  }
+
+  #sendSub(sub: Subscription<unknown>) {
+    const w = this.#writer!;
+    w.frame(Op.Sub, encodeValue([sub.sid, sub.subject, sub.queue ?? null]));
+    if (sub.opts.max) {
+      const remaining = sub.opts.max - sub.received;
+      w.frame(Op.Unsub, encodeValue([sub.sid, Math.max(1, remaining)]));
+    }
+  }
+
+  /** @internal */
+  unsubscribeSid(sid: number, max?: number): void {
+    const sub = this.#subs.get(sid);
+    if (!sub) return;
+    if (max !== undefined && max > sub.received) {
+      sub.opts.max = max;
+      if (this.#state === "connected") this.#writer!.frame(Op.Unsub, encodeValue([sid, max]));
+      return;
+    }
+    this.#subs.delete(sid);
+    if (this.#state === "connected") this.#writer!.frame(Op.Unsub, encodeValue([sid, 0]));
+    sub.end();
+  }
+
+  /** @internal */
+  async drainSid(sid: number): Promise<void> {
+    const sub = this.#subs.get(sid);
+    if (!sub) return;
+    if (this.#state === "connected") {
+      this.#writer!.frame(Op.Unsub, encodeValue([sid, 0]));
+      // Every MSG the broker sent before it saw the UNSUB arrives before this PONG.
+      await this.flush().catch(() => {});
+    }
+    this.#subs.delete(sid);
+    sub.end();
+  }
+
+  /** @internal */
+  slowConsumer(sub: Subscription<unknown>, dropped: number): void {
+    // Report the first drop and then every 1000th, so a stuck iterator does not flood events.
+    if (sub.dropped === 1 || sub.dropped % 1000 === 0) {
+      this.#emit({ type: "slowConsumer", where: "client", dropped: sub.dropped, subject: sub.subject });
+    }
+    void dropped;
+  }
+
+  /**
+   * Send `value` to `subject` and wait for one reply. Rejects at once with `NO_RESPONDERS`
+   * when nothing subscribes to `subject`, and with `TIMEOUT` after `timeout` ms.
+   */
+  request<T = unknown>(subject: string, value?: unknown, opts: RequestOptions = {}): Promise<Msg<T>> {
+    if (this.#state === "closed" || this.#state === "draining") {
+      return Promise.reject(new VbusError(ErrorCode.Closed, "connection is closed", subject));
+    }
+    this.#ensureInbox();
+    const token = (this.#nextToken++).toString(36);
+    const timeout = opts.timeout ?? this.#opts.requestTimeoutMs;
+    return new Promise<Msg<T>>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#requests.delete(token);
+        reject(new VbusError(ErrorCode.Timeout, `request to "${subject}" timed out after ${timeout} ms`, subject));
+      }, timeout);
+      this.#requests.set(token, {
+        resolve: resolve as (m: Msg<unknown>) => void,
+        reject,
+        timer,
+        subject,
+      });
+      this.publish(subject, value, { reply: `${this.#inboxSubject}.${token}`, headers: opts.headers })
+        .catch((err) => this.#settleRequest(token, err));
+    });
+  }
+
+  #ensureInbox() {
+    if (this.#inboxSid) return;
+    this.#inboxSid = this.#nextSid++;
+    if (this.#state === "connected") this.#sendInboxSub();
+  }
+
+  #sendInboxSub() {
+    this.#inboxSubject = this.#welcome!.inbox;
+    this.#writer!.frame(Op.Sub, encodeValue([this.#inboxSid, `${this.#inboxSubject}.*`, null]));
+  }
+
+  #settleRequest(token: string, result: Msg<unknown> | Error) {
+    const req = this.#requests.get(token);
+    if (!req) return;
+    this.#requests.delete(token);
+    clearTimeout(req.timer);
+    if (result instanceof Error) req.reject(result);
+    else req.resolve(result);
+  }
+
+  /**
+   * Resolves when the broker has processed everything sent before it (a PING/PONG round
+   * trip). If the connection drops first, rejects: what was sent may be lost.
+   */
+  async flush(): Promise<void> {
+    if (this.#state === "closed") throw new VbusError(ErrorCode.Closed, "connection is closed");
+    if (this.#state !== "connected" && this.#state !== "draining") await this.#waitConnected();
+    return new Promise((resolve, reject) => {
+      this.#pongWaiters.push({ resolve, reject });
+      this.#writer!.frame(Op.Ping, EMPTY_ARRAY_HEAD);
+    });
+  }
+
+  #waitConnected(): Promise<void> {
+    return new Promise((resolve, reject) => this.#connectedWaiters.push({ resolve, reject }));
+  }
+
+  /**
+   * Unsubscribe everything, let in-flight messages arrive and be handed out, flush what was
+   * published, then close.
+   */
+  async drain(): Promise<void> {
+    if (this.#state === "closed" || this.#state === "draining") return;
+    const connected = this.#state === "connected";
+    if (connected) {
+      for (const sid of this.#subs.keys()) this.#writer!.frame(Op.Unsub, encodeValue([sid, 0]));
+      await this.flush().catch(() => {});
+    }
+    this.#state = "draining";
+    for (const sub of this.#subs.values()) sub.end();
+    this.#subs.clear();
+    await this.close();
+  }
+
+  /** Close the connection. Pending requests and flushes reject; subscriptions end. */
+  async close(): Promise<void> {
+    this.#shutdown(undefined);
+    await this.closed;
+  }
+
+  #shutdown(error: Error | undefined) {
+    if (this.#state === "closed") return;
+    this.#state = "closed";
+    this.#abort.abort();
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#writer?.flush();
+    this.#port?.close();
+    const closedErr = error ?? new VbusError(ErrorCode.Closed, "connection closed");
+    for (const w of this.#pongWaiters.splice(0)) w.reject(closedErr);
+    for (const w of this.#connectedWaiters.splice(0)) w.reject(closedErr);
+    for (const token of [...this.#requests.keys()]) this.#settleRequest(token, closedErr);
+    for (const sub of this.#subs.values()) sub.end(error);
+    this.#subs.clear();
+    this.#buffer = [];
+    if (this.#bufferBytes > 0) {
+      this.#emit({
+        type: "error",
+        code: ErrorCode.Closed,
+        message: `closed with ${this.#bufferBytes} bytes of publishes still buffered; they were not sent`,
+      });
+    }
+    this.#bufferBytes = 0;
+    this.#emit({ type: "closed", error });
+    for (const s of this.#statusStreams) s.end();
+    this.#closedResolve(error);
+  }
+
+  // ---- status events ----------------------------------------------------------------------
+
+  /** Call `listener` for every event of `type`; returns a function that removes it. */
+  on<K extends StatusType>(type: K, listener: (e: StatusOf<K>) => void): () => void {
+    let set = this.#listeners.get(type);
+    if (!set) this.#listeners.set(type, set = new Set());
+    set.add(listener as (e: StatusEvent) => void);
+    return () => set!.delete(listener as (e: StatusEvent) => void);
+  }
+
+  /** Every status event from now on, as an async iterable (ends when the connection closes). */
+  status(): AsyncIterable<StatusEvent> {
+    const q = new QueuedIterator<StatusEvent>(1024);
+    if (this.#state === "closed") q.end();
+    else this.#statusStreams.add(q);
+    return q;
+  }
+
+  #emit(e: StatusEvent) {
+    for (const l of this.#listeners.get(e.type) ?? []) {
+      try {
+        l(e);
+      } catch (err) {
+        console.error(`vbus: status listener for "${e.type}" threw:`, err);
+      }
+    }
+    for (const s of this.#statusStreams) s.push(e);
+  }
+
+  // ---- connection lifecycle ---------------------------------------------------------------
+
+  async #connectLoop(): Promise<void> {
+    const backoff = new Backoff({
+      initialMs: this.#opts.reconnectDelayMs,
+      maxMs: this.#opts.reconnectMaxDelayMs,
+    });
+    const signal = this.#abort.signal;
+    while (this.#state !== "closed" && !signal.aborted) {
+      try {
+        const port = await this.#opener();
+        if ((this.#state as State) === "closed" || signal.aborted) {
+          port.close();
+          return;
+        }
+        await this.#handshake(port);
+        return;
+      } catch (err) {
+        this.#lastError = err as Error;
+        if (err instanceof VbusError && err.code === ErrorCode.BadVersion) {
+          this.#shutdown(err);
+          return;
+        }
+        const attempt = backoff.attempts + 1;
+        const max = this.#opts.maxReconnectAttempts;
+        if (max >= 0 && attempt > max) {
+          this.#shutdown(new VbusError(ErrorCode.Port, `gave up after ${max} attempts: ${(err as Error).message}`));
+          return;
+        }
+        const delayMs = backoff.next();
+        if (this.#everConnected) this.#emit({ type: "reconnecting", attempt, delayMs });
+        await sleep(delayMs, signal);
+      }
+    }
+  }
+
+  #handshake(port: Port): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const decoder = new FrameDecoder(DEFAULT_LIMITS.maxFrameBytes * 2);
+      const nonce = Math.floor(Math.random() * 0x7fffffff);
+      let established = false;
+      const timer = setTimeout(() => {
+        port.close();
+        fail(new VbusError(ErrorCode.Port, `no WELCOME from the broker on ${port.description}`));
+      }, this.#opts.timeoutMs);
+      const onAbort = () => port.close();
+      this.#abort.signal.addEventListener("abort", onAbort, { once: true });
+      const fail = (err: Error) => {
+        clearTimeout(timer);
+        this.#abort.signal.removeEventListener("abort", onAbort);
+        reject(err);
+      };
+      const onFrame = (frame: Frame) => {
+        if (established) return this.#onFrame(frame);
+        if (frame.op === Op.Err) {
+          const e = decodeErrHead(frame.head);
+          if (e.code === ErrorCode.BadVersion) {
+            port.close();
+            fail(new VbusError(e.code, e.message));
+          }
+          return;
+        }
+        if (frame.op !== Op.Welcome) return; // stale bytes from an earlier session
+        const welcome = decodeWelcomeHead(frame.head);
+        if (welcome.nonce !== nonce) return;
+        established = true;
+        clearTimeout(timer);
+        this.#abort.signal.removeEventListener("abort", onAbort);
+        decoder.setMaxFrameBytes(welcome.maxFrameBytes);
+        this.#established(port, welcome);
+        resolve();
+      };
+      port.start(
+        (chunk) => {
+          try {
+            decoder.push(chunk, onFrame);
+          } catch (err) {
+            if (!established) {
+              decoder.resync(); // garbage before our WELCOME: skip to the next frame start
+              return;
+            }
+            this.#emit({ type: "error", code: (err as VbusError).code ?? ErrorCode.BadFrame, message: (err as Error).message });
+            port.close();
+          }
+        },
+        (err) => {
+          if (!established) {
+            fail(err ?? new VbusError(ErrorCode.Port, `${port.description} closed before WELCOME (is the broker connected?)`));
+          } else this.#onPortClosed(port, err);
+        },
+      );
+      const hello: HelloHead = {
+        v: PROTOCOL_VERSION,
+        features: CLIENT_FEATURES,
+        client: `vbus-ts/0.1 ${runtimeName()}${this.#opts.name ? ` ${this.#opts.name}` : ""}`,
+        nonce,
+      };
+      port.write(encodeFrame(Op.Hello, encodeValue(hello)));
+    });
+  }
+
+  #established(port: Port, welcome: WelcomeHead) {
+    const reconnect = this.#everConnected;
+    this.#port = port;
+    this.#writer = new FrameWriter(port);
+    this.#welcome = welcome;
+    this.#features = new Set(welcome.features);
+    this.#state = "connected";
+    this.#everConnected = true;
+    this.#pingsOut = 0;
+    // Subscriptions first, so replies to buffered requests have somewhere to land.
+    let resubscribed = 0;
+    for (const sub of this.#subs.values()) {
+      this.#sendSub(sub);
+      resubscribed++;
+    }
+    if (this.#inboxSid) this.#sendInboxSub();
+    const flushed = this.#buffer.length;
+    for (const frame of this.#buffer) this.#writer.raw(frame);
+    this.#buffer = [];
+    this.#bufferBytes = 0;
+    this.#startPings();
+    const base = { session: welcome.session, identity: welcome.identity, port: port.description };
+    if (reconnect) this.#emit({ type: "reconnected", ...base, resubscribed, flushed });
+    else this.#emit({ type: "connected", ...base });
+    for (const w of this.#connectedWaiters.splice(0)) w.resolve();
+  }
+
+  #onPortClosed(port: Port, err?: Error) {
+    if (port !== this.#port || this.#state === "closed") return;
+    const reason = err?.message ?? "port closed by the peer";
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#writer = undefined;
+    const lost = new VbusError(ErrorCode.Port, `disconnected before the broker confirmed: ${reason}`);
+    for (const w of this.#pongWaiters.splice(0)) w.reject(lost);
+    if (this.#state === "draining") return this.#shutdown(undefined);
+    this.#emit({ type: "disconnected", reason, port: port.description });
+    if (!this.#opts.reconnect) {
+      this.#shutdown(new VbusError(ErrorCode.Port, `disconnected: ${reason}`));
+      return;
+    }
+    this.#state = "reconnecting";
+    this.#connectLoop().catch((e) => this.#shutdown(e as Error));
+  }
+
+  #startPings() {
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#pingTimer = setInterval(() => {
+      if (this.#state !== "connected") return;
+      if (this.#pingsOut >= MAX_PINGS_OUT) {
+        this.#emit({ type: "error", code: ErrorCode.Port, message: `no PONG to ${MAX_PINGS_OUT} PINGs; reconnecting` });
+        this.#port?.close();
+        return;
+      }
+      this.#pingsOut++;
+      this.#pongWaiters.push({ resolve: () => this.#pingsOut = 0, reject: () => {} });
+      this.#writer!.frame(Op.Ping, EMPTY_ARRAY_HEAD);
+    }, this.#opts.pingIntervalMs);
+    (this.#pingTimer as { unref?: () => void }).unref?.();
+  }
+
+  #onFrame(frame: Frame) {
+    switch (frame.op) {
+      case Op.Msg:
+        return this.#onMsg(frame);
+      case Op.Pong: {
+        const w = this.#pongWaiters.shift();
+        w?.resolve();
+        return;
+      }
+      case Op.Ping:
+        this.#writer?.frame(Op.Pong, EMPTY_ARRAY_HEAD);
+        return;
+      case Op.Err:
+        return this.#onErr(frame);
+      case Op.Welcome:
+        return; // a duplicate: ignore
+      default:
+        return;
+    }
+  }
+
+  #onMsg(frame: Frame) {
+    const [sid, subject, reply, headers] = decodeMsgHead(frame.head);
+    if (sid === this.#inboxSid) {
+      const token = subject.slice(subject.lastIndexOf(".") + 1);
+      if (headers?.[STATUS_HEADER] === STATUS_NO_RESPONDERS) {
+        const req = this.#requests.get(token);
+        this.#settleRequest(
+          token,
+          new VbusError(ErrorCode.NoResponders, `no responders for "${req?.subject ?? subject}"`, req?.subject),
+        );
+        return;
+      }
+      const msg = new Msg(subject, reply ?? undefined, headers ?? undefined, frame.payload, sid, this);
+      this.#settleRequest(token, msg);
+      return;
+    }
+    const sub = this.#subs.get(sid);
+    if (!sub) return; // unsubscribed while in flight
+    sub.dispatch(new Msg(subject, reply ?? undefined, headers ?? undefined, frame.payload, sid, this));
+    if (sub.isClosed) this.#subs.delete(sid);
+  }
+
+  #onErr(frame: Frame) {
+    const e = decodeErrHead(frame.head) as ReturnType<typeof decodeErrHead> & { dropped?: number };
+    if (e.code === ErrorCode.SlowConsumer) {
+      this.#emit({ type: "slowConsumer", where: "broker", dropped: e.dropped ?? 0 });
+      return;
+    }
+    this.#emit({ type: "error", code: e.code, message: e.message, subject: e.subject });
+    const err = new VbusError(e.code, e.message, e.subject);
+    if (e.op === "SUB" && e.subject !== undefined) {
+      // The broker refused a subscription: end it with the error instead of leaving it silent.
+      for (const [sid, sub] of this.#subs) {
+        if (sub.subject === e.subject) {
+          this.#subs.delete(sid);
+          sub.end(err);
+        }
+      }
+    } else if (e.op === "PUB" && e.subject !== undefined) {
+      for (const [token, req] of this.#requests) {
+        if (req.subject === e.subject) {
+          this.#settleRequest(token, err);
+          break;
+        }
+      }
+    }
+  }
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+function runtimeName(): string {
+  const g = globalThis as { Deno?: { version: { deno: string } }; Bun?: { version: string } };
+  if (g.Deno) return `deno/${g.Deno.version.deno}`;
+  if (g.Bun) return `bun/${g.Bun.version}`;
+  return "js";
+}
+
+/**
+ * Connect to the broker. In a guest this opens `/dev/virtio-ports/org.vbus.0` (or `port`,
+ * or `VBUS_PORT`); on the host pass `server` (or set `VBUS_SERVER`) to use the broker's socket.
+ * Resolves once the session is established; rejects after `timeoutMs`.
+ *
+ * @example
+ * ```ts
+ * const bus = await connect({ name: "sensor" });
+ * await bus.publish("sensors.temp", 21.5);
+ * await bus.drain();
+ * ```
+ */
+export async function connect(opts: ConnectOptions = {}): Promise<Bus> {
+  const bus = new Bus(opts);
+  try {
+    await bus.start();
+  } catch (err) {
+    await bus.close();
+    throw err;
+  }
+  return bus;
+}

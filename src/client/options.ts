@@ -1,0 +1,119 @@
+/**
+ * Options of `connect()`, `publish()`, `subscribe()` and `request()`, with their defaults, and
+ * how the client decides where its port is.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "../../mod.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock", name: "my-service" });
+ * ```
+ * @module
+ */
+import process from "node:process";
+import type { PortOpener } from "../port/port.ts";
+import type { Headers } from "../protocol/ops.ts";
+import { DEFAULT_PORT_NAME } from "../port/device_port.ts";
+import type { Msg } from "./msg.ts";
+
+/** Where and how to connect. */
+export interface ConnectOptions {
+  /**
+   * Guest side: the virtio-serial port, a name under /dev/virtio-ports or a full path.
+   * Default: `VBUS_PORT`, else `org.vbus.0`.
+   */
+  port?: string;
+  /** Host side: the broker's unix socket. Default: `VBUS_SERVER`. Takes precedence over `port`. */
+  server?: string;
+  /** Any other byte stream (e.g. a simulated VM in tests); called again on every reconnect. */
+  transport?: PortOpener;
+  /** Free-form name sent in HELLO for the broker's logs (never used as identity). */
+  name?: string;
+  /** Reconnect after the port drops. Default true. */
+  reconnect?: boolean;
+  /** Give up after this many failed attempts in a row; -1 = never. Default -1. */
+  maxReconnectAttempts?: number;
+  /** First reconnect delay; doubles up to `reconnectMaxDelayMs`. Default 50 ms. */
+  reconnectDelayMs?: number;
+  /** Largest reconnect delay. Default 2000 ms. */
+  reconnectMaxDelayMs?: number;
+  /** Bytes of publishes buffered while disconnected; beyond, publish rejects. Default 8 MiB. */
+  reconnectBufferBytes?: number;
+  /** How long `connect()` waits for the first session. Default 10 000 ms. */
+  timeoutMs?: number;
+  /** Client PING interval; a session missing 3 PONGs is reconnected. Default 10 000 ms. */
+  pingIntervalMs?: number;
+  /** Default timeout of `request()`. Default 5000 ms. */
+  requestTimeoutMs?: number;
+}
+
+/** Options of `publish()`. */
+export interface PublishOptions {
+  /** Subject the receiver should answer to. */
+  reply?: string;
+  /** Message headers (string to string). */
+  headers?: Headers;
+}
+
+/** Options of `subscribe()`. */
+export interface SubscribeOptions<T = unknown> {
+  /** Queue group: one member of the group receives each message. */
+  queue?: string;
+  /** Unsubscribe automatically after this many messages. */
+  max?: number;
+  /** Receive messages through this callback instead of iterating. */
+  callback?: (err: Error | null, msg: Msg<T>) => void;
+  /**
+   * Messages queued for an iterator that is not reading before further ones are dropped
+   * (counted, and reported as a slow-consumer status event). Default 65 536.
+   */
+  maxPending?: number;
+}
+
+/** Options of `request()`. */
+export interface RequestOptions {
+  /** Milliseconds to wait for the reply. Default: the connection's `requestTimeoutMs`. */
+  timeout?: number;
+  /** Headers sent with the request. */
+  headers?: Headers;
+}
+
+/** Defaults applied by `connect()`. */
+export const CONNECT_DEFAULTS = {
+  reconnect: true,
+  maxReconnectAttempts: -1,
+  reconnectDelayMs: 50,
+  reconnectMaxDelayMs: 2000,
+  reconnectBufferBytes: 8 * 1024 * 1024,
+  timeoutMs: 10_000,
+  pingIntervalMs: 10_000,
+  requestTimeoutMs: 5000,
+} as const;
+
+/** Default subscription queue bound. */
+export const DEFAULT_MAX_PENDING = 65_536;
+
+function env(name: string): string | undefined {
+  try {
+    return process.env[name] || undefined;
+  } catch {
+    return undefined; // no env permission (Deno without --allow-env)
+  }
+}
+
+/**
+ * Where the client will connect, from options then environment then the default guest port.
+ *
+ * @example
+ * ```ts
+ * resolveEndpoint({}); // { kind: "device", path: "/dev/virtio-ports/org.vbus.0" } unless VBUS_* is set
+ * ```
+ */
+export function resolveEndpoint(
+  opts: Pick<ConnectOptions, "port" | "server">,
+): { kind: "server" | "device"; path: string } {
+  if (opts.server) return { kind: "server", path: opts.server };
+  if (opts.port) return { kind: "device", path: opts.port };
+  const server = env("VBUS_SERVER");
+  if (server) return { kind: "server", path: server };
+  return { kind: "device", path: env("VBUS_PORT") ?? DEFAULT_PORT_NAME };
+}
