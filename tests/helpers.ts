@@ -123,25 +123,34 @@ export async function waitFor(cond: () => boolean, what: string, timeoutMs = 500
   }
 }
 
-/** Collect `n` messages' data from an async iterable, failing after `timeoutMs`. */
+const iterators = new WeakMap<object, AsyncIterator<unknown>>();
+
+/**
+ * Collect the next `n` messages' data from a subscription, failing after `timeoutMs`. The
+ * subscription stays open (one iterator per subscription is kept and reused).
+ */
 export async function take<T>(it: AsyncIterable<{ data: T }>, n: number, timeoutMs = 5000): Promise<T[]> {
+  let iterator = iterators.get(it) as AsyncIterator<{ data: T }> | undefined;
+  if (!iterator) iterators.set(it, iterator = it[Symbol.asyncIterator]());
   const out: T[] = [];
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${out.length}/${n} messages`)), timeoutMs);
-  });
-  const collect = (async () => {
-    for await (const m of it) {
-      out.push(m.data);
-      if (out.length >= n) break;
+  const deadline = Date.now() + timeoutMs;
+  while (out.length < n) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`timed out after ${out.length}/${n} messages`)),
+        Math.max(1, deadline - Date.now()),
+      );
+    });
+    try {
+      const r = await Promise.race([iterator.next(), timeout]);
+      if (r.done) throw new Error(`subscription ended after ${out.length}/${n} messages`);
+      out.push(r.value.data);
+    } finally {
+      clearTimeout(timer);
     }
-    return out;
-  })();
-  try {
-    return await Promise.race([collect, timeout]);
-  } finally {
-    clearTimeout(timer);
   }
+  return out;
 }
 
 /** Resolve after `ms`. */

@@ -19,6 +19,7 @@
  */
 import { createServer, type Server, type Socket } from "node:net";
 import { lstat, unlink } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
 import type { BrokerConfig, VmConfig } from "./config.ts";
 import { Router, type RouteEntry } from "./router.ts";
 import { Session, type SessionContext, SYSTEM_PREFIX } from "./session.ts";
@@ -59,6 +60,8 @@ export class Broker {
   #links: Promise<void>[] = [];
   #startedAt = Date.now();
   #sessionNumber = 0;
+  // Distinguishes session ids across broker restarts.
+  #runId = randomBytes(3).toString("hex");
 
   constructor(config: BrokerConfig, opts: BrokerOptions = {}) {
     this.config = config;
@@ -69,7 +72,7 @@ export class Broker {
       limits: config.limits,
       log: this.#log,
       pingIntervalMs: opts.pingIntervalMs ?? 10_000,
-      nextSessionNumber: () => ++this.#sessionNumber,
+      nextSessionNumber: () => `${this.#runId}.${++this.#sessionNumber}`,
     };
     for (const vm of config.vms) this.#vmStats.set(vm.name, newEndpointStats(vm.name));
   }

@@ -60,8 +60,8 @@ export interface SessionContext {
   limits: Limits;
   log: Logger;
   pingIntervalMs: number;
-  /** Session ids are `${identity}#${n}`. */
-  nextSessionNumber(): number;
+  /** Session ids are `${identity}#${this}`: unique across broker restarts. */
+  nextSessionNumber(): string;
 }
 
 /** How a session is set up: who it is (from the port, never from HELLO) and what it may do. */
