@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import { cpus, loadavg, release, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Child, freePort, killAllSync, procCpu, ROOT, RUNTIME_BIN, runtimeCommand, waitForPath, waitForPort } from "./lib/proc.ts";
+import { Child, freePort, killAllSync, onInterrupt, procCpu, ROOT, RUNTIME_BIN, runtimeCommand, waitForPath, waitForPort } from "./lib/proc.ts";
 import type { BenchSystem, RuntimeName, ServerContext, ServerHandle } from "./lib/system.ts";
 import { fmtSize, parseSize } from "./lib/stats.ts";
 import { summarize, writeReports, type CaseRun, type Report } from "./lib/report.ts";
@@ -169,9 +169,11 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   ]);
 }
 
+let currentTmp: string | null = null;
 async function runCase(c: CaseDef): Promise<CaseRun> {
   const sys = systems.get(c.system)!;
   const tmpDir = mkdtempSync(join(tmpdir(), "vbus-bench-"));
+  currentTmp = tmpDir;
   const servers: Child[] = [];
   const clients: { child: Child; role: string }[] = [];
   const result: CaseRun = {
@@ -212,7 +214,7 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
     idleMs: settings.idleMs, hardLimitS,
   });
   const launch = (role: string, id: string, rt: RuntimeName) => {
-    const [cmd, args] = runtimeCommand(rt, "bench/client.ts", [JSON.stringify(spec(role, id, rt))]);
+    const [cmd, args] = runtimeCommand(rt, sys.clientScript ?? "bench/client.ts", [JSON.stringify(spec(role, id, rt))]);
     const child = new Child(id, "client", cmd, args);
     clients.push({ child, role });
     return child;
@@ -340,6 +342,10 @@ const isTTY = process.stderr.isTTY;
 process.stderr.write(
   `bench: ${cases.length} cases (${systems.size} systems x ${pairs.length} runtime pairs x ${workloads.length} workloads x ${settings.runs} runs), deadline ${settings.deadlineS}s\n`,
 );
+onInterrupt(() => {
+  if (currentTmp) rmSync(currentTmp, { recursive: true, force: true });
+  finish(true);
+});
 for (let i = 0; i < cases.length; i++) {
   const c = cases[i];
   const elapsed = (Date.now() - t0) / 1000;
@@ -362,24 +368,28 @@ for (let i = 0; i < cases.length; i++) {
   }
 }
 if (isTTY) process.stderr.write("\n");
-machine.loadavgAfter = loadavg().map((x) => Math.round(x * 100) / 100);
+finish(false);
 
-const report: Report = {
-  schema: "vbus-bench/1",
-  startedAt,
-  finishedAt: new Date().toISOString(),
-  durationS: Math.round((Date.now() - t0) / 100) / 10,
-  settings: { ...settings, runtimes: pairs.map((p) => p.name) },
-  machine,
-  systems: systemInfo,
-  runs,
-  summary: [],
-  ratios: [],
-  charts: [],
-};
-summarize(report);
-mkdirSync(settings.out, { recursive: true });
-const written = writeReports(report, settings.out);
-process.stderr.write(`bench: ${runs.length} runs, ${failures} failed, ${report.durationS}s; wrote ${written.join(", ")}\n`);
-killAllSync();
+function finish(interrupted: boolean): void {
+  machine.loadavgAfter = loadavg().map((x) => Math.round(x * 100) / 100);
+  const report: Report = {
+    schema: "vbus-bench/1",
+    startedAt,
+    finishedAt: new Date().toISOString(),
+    durationS: Math.round((Date.now() - t0) / 100) / 10,
+    interrupted,
+    settings: { ...settings, runtimes: pairs.map((p) => p.name) },
+    machine,
+    systems: systemInfo,
+    runs,
+    summary: [],
+    ratios: [],
+    charts: [],
+  };
+  summarize(report);
+  mkdirSync(settings.out, { recursive: true });
+  const written = writeReports(report, settings.out);
+  process.stderr.write(`bench: ${runs.length} runs${interrupted ? ` of ${cases.length} (interrupted)` : ""}, ${failures} failed, ${report.durationS}s; wrote ${written.join(", ")}\n`);
+  killAllSync();
+}
 process.exit(failures && failures === runs.length ? 1 : 0);

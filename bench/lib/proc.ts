@@ -21,6 +21,13 @@ export function runtimeCommand(rt: RuntimeName, script: string, args: string[]):
 
 const live = new Set<Child>();
 let hooked = false;
+let interruptHandler: (() => void) | null = null;
+
+/** Called (synchronously) on SIGINT/SIGTERM/SIGHUP after the children are killed. */
+export function onInterrupt(fn: () => void): void {
+  hookExit();
+  interruptHandler = fn;
+}
 
 export function killAllSync(): void {
   for (const c of live) {
@@ -39,6 +46,11 @@ function hookExit(): void {
     process.on(sig, () => {
       process.stderr.write(`\nbench: ${sig}, killing ${live.size} child process(es)\n`);
       killAllSync();
+      try {
+        interruptHandler?.();
+      } catch (e) {
+        process.stderr.write(`bench: could not write partial results: ${e}\n`);
+      }
       process.exit(130);
     });
   }

@@ -79,6 +79,8 @@ export interface Report {
   startedAt: string;
   finishedAt: string;
   durationS: number;
+  /** true when the run was stopped by a signal: only the runs finished so far are included */
+  interrupted: boolean;
   settings: Record<string, unknown>;
   machine: {
     cpuModel: string;
@@ -209,6 +211,7 @@ export function writeReports(rep: Report, outDir: string): string[] {
   const md: string[] = [];
   const m = rep.machine;
   md.push(`# vbus benchmark: latest run`, "");
+  if (rep.interrupted) md.push(`**Interrupted**: only the runs finished before the signal are included.`, "");
   md.push(`Started ${rep.startedAt}, took ${rep.durationS} s. ${settings.runs} run(s) of every case, interleaved across systems; cells are the median with the min–max over runs in parentheses. Raw runs: \`latest.json\`. Method: \`bench/README.md\`.`, "");
   md.push(`## Machine`, "");
   md.push(`| item | value |`, `|---|---|`);

@@ -103,6 +103,12 @@ export interface BenchSystem {
   /** Client side. Connect; resolve only once the subscription on opts.sub (if any) is live at
    *  the broker, so that nothing published after "go" is missed. */
   open(endpoint: Endpoint, opts: OpenOptions): Promise<Channel>;
+  /** Optional: run this script (path relative to the repo root, started under the case's runtime)
+   *  as the client process instead of bench/client.ts, for systems that want their own hot loop
+   *  (e.g. a zero-copy ring consumer). It receives the same JSON spec as argv[2] and must speak
+   *  the line protocol described in bench/README.md ("Client line protocol"). open() is then
+   *  never called and may throw. */
+  clientScript?: string;
   /** Optional extra information for the report (versions...), orchestrator side. */
   info?(): Promise<Record<string, string>>;
 }
