@@ -62,6 +62,7 @@ else
   KVER=$(ls /boot/vmlinuz-* 2>/dev/null | sed 's|^/boot/vmlinuz-||' | sort -V | tail -n1)
 fi
 [[ -n "$KVER" && -f "/boot/vmlinuz-$KVER" ]] || die "no /boot/vmlinuz-* found (is linux-image-amd64 installed?)"
+[[ -r "/boot/vmlinuz-$KVER" ]] || die "cannot read /boot/vmlinuz-$KVER (Debian installs it mode 0600): run as root"
 MODDIR="/lib/modules/$KVER"
 [[ -f "$MODDIR/modules.dep" ]] || die "$MODDIR/modules.dep missing: kernel $KVER has no modules installed"
 [[ -f /usr/share/qemu/qboot.rom ]] || die "/usr/share/qemu/qboot.rom missing (package qemu-system-data?)"

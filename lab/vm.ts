@@ -18,7 +18,7 @@
  * ```
  * @module
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   accessSync,
@@ -102,9 +102,13 @@ function staleReason(): string | undefined {
   if (!m) return "lab/build/stamp unreadable";
   if (m[2] !== inputsHash()) return "lab/setup.sh or lab/guest-init.sh changed since the build";
   if (!existsSync(`/boot/vmlinuz-${m[1]}`)) return `kernel ${m[1]} is no longer in /boot`;
-  const kernels = readdirSync("/boot").filter((f) => f.startsWith("vmlinuz-")).map((f) => f.slice(8));
+  const kernels = readdirSync("/boot").filter((f) => f.startsWith("vmlinuz-")).map((f) =>
+    f.slice(8)
+  );
   const newest = kernels.sort((a, b) => a.localeCompare(b, "en", { numeric: true })).at(-1);
-  if (!process.env.VBUS_LAB_KERNEL && newest && newest !== m[1]) return `newer kernel ${newest} in /boot`;
+  if (!process.env.VBUS_LAB_KERNEL && newest && newest !== m[1]) {
+    return `newer kernel ${newest} in /boot`;
+  }
   return undefined;
 }
 
@@ -121,7 +125,9 @@ function staleReason(): string | undefined {
 export function ensureLab(opts: { quiet?: boolean } = {}): LabInfo {
   if (labCache) return labCache;
   if (process.platform !== "linux" || process.arch !== "x64") {
-    throw new LabUnavailableError(`the lab needs Linux x86_64 (this is ${process.platform}/${process.arch})`);
+    throw new LabUnavailableError(
+      `the lab needs Linux x86_64 (this is ${process.platform}/${process.arch})`,
+    );
   }
   const why = staleReason();
   let rebuilt = false;
@@ -135,17 +141,32 @@ export function ensureLab(opts: { quiet?: boolean } = {}): LabInfo {
     if (r.error) throw new LabUnavailableError(`lab/setup.sh could not run: ${r.error.message}`);
     if (r.status !== 0) {
       throw new LabUnavailableError(
-        `lab/setup.sh failed (exit ${r.status ?? r.signal}): ${(r.stderr ?? "").trim().split("\n").slice(-5).join(" | ")}`,
+        `lab/setup.sh failed (exit ${r.status ?? r.signal}): ${
+          (r.stderr ?? "").trim().split("\n").slice(-5).join(" | ")
+        }`,
       );
     }
     if (!opts.quiet && r.stderr) process.stderr.write(r.stderr);
     rebuilt = true;
     const still = staleReason();
-    if (still) throw new LabUnavailableError(`lab/setup.sh ran but the build is still stale: ${still}`);
+    if (still) {
+      throw new LabUnavailableError(`lab/setup.sh ran but the build is still stale: ${still}`);
+    }
   }
   const qemu = findOnPath(QEMU);
-  if (!qemu) throw new LabUnavailableError(`${QEMU} not found on PATH (Debian package qemu-system-x86)`);
-  if (!existsSync(QBOOT)) throw new LabUnavailableError(`${QBOOT} missing (Debian package qemu-system-data)`);
+  if (!qemu) {
+    throw new LabUnavailableError(`${QEMU} not found on PATH (Debian package qemu-system-x86)`);
+  }
+  const ver = spawnSync(qemu, ["--version"], { encoding: "utf8", timeout: 20_000 });
+  if (ver.status !== 0) {
+    throw new LabUnavailableError(
+      `${qemu} --version failed (${ver.error?.message ?? `exit ${ver.status ?? ver.signal}`}): ` +
+        `${(ver.stderr ?? "").trim().slice(0, 300)}`,
+    );
+  }
+  if (!existsSync(QBOOT)) {
+    throw new LabUnavailableError(`${QBOOT} missing (Debian package qemu-system-data)`);
+  }
   const stamp = readFileSync(join(BUILD_DIR, "stamp"), "utf8");
   labCache = {
     vmlinux: join(BUILD_DIR, "vmlinux"),
@@ -203,9 +224,16 @@ export async function detectAccelerator(): Promise<AcceleratorChoice> {
     accessSync("/dev/kvm", fsConstants.R_OK | fsConstants.W_OK);
     choice = await probeKvm(lab);
   } catch (err) {
-    choice = { accelerator: "tcg", reason: `/dev/kvm not usable (${(err as Error).message})`, cached: false };
+    choice = {
+      accelerator: "tcg",
+      reason: `/dev/kvm not usable (${(err as Error).message})`,
+      cached: false,
+    };
   }
-  writeFileSync(cachePath, JSON.stringify({ key, ...choice, probedAt: new Date().toISOString() }) + "\n");
+  writeFileSync(
+    cachePath,
+    JSON.stringify({ key, ...choice, probedAt: new Date().toISOString() }) + "\n",
+  );
   accelCache = choice;
   return choice;
 }
@@ -384,7 +412,9 @@ function startGuest(lab: LabInfo, accelerator: "kvm" | "tcg", opts: BootOptions)
   const runDir = mkdtempSync(join(tmpdir(), `vbus-lab-${opts.name}-`));
   if (/\s/.test(runDir)) {
     rmSync(runDir, { recursive: true, force: true });
-    throw new Error(`bootGuest: temp dir ${runDir} contains whitespace (set TMPDIR to a plain path)`);
+    throw new Error(
+      `bootGuest: temp dir ${runDir} contains whitespace (set TMPDIR to a plain path)`,
+    );
   }
   const deadline = Math.floor((Date.now() + opts.timeoutMs) / 1000) - 3;
   const guestTimeout = Math.max(1, Math.ceil(opts.timeoutMs / 1000));
@@ -412,17 +442,32 @@ function startGuest(lab: LabInfo, accelerator: "kvm" | "tcg", opts: BootOptions)
     ? ["-accel", "kvm", "-cpu", "host"]
     : ["-accel", "tcg,thread=multi", "-cpu", "max"];
   const args = [
-    "-name", `vbus-lab-${opts.name}`,
-    "-nodefaults", "-no-user-config", "-no-reboot",
-    "-display", "none", "-monitor", "none", "-serial", "stdio",
+    "-name",
+    `vbus-lab-${opts.name}`,
+    "-nodefaults",
+    "-no-user-config",
+    "-no-reboot",
+    "-display",
+    "none",
+    "-monitor",
+    "none",
+    "-serial",
+    "stdio",
     ...accel,
-    "-m", opts.memory ?? "256M",
-    "-bios", QBOOT,
-    "-kernel", lab.vmlinux,
-    "-initrd", lab.initrd,
-    "-append", `console=ttyS0 panic=-1 quiet vbus.run=${runDir}`,
-    "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-    "-virtfs", `local,path=${qemuOptValue(runDir)},mount_tag=vbusrun,security_model=none`,
+    "-m",
+    opts.memory ?? "256M",
+    "-bios",
+    QBOOT,
+    "-kernel",
+    lab.vmlinux,
+    "-initrd",
+    lab.initrd,
+    "-append",
+    `console=ttyS0 panic=-1 quiet vbus.run=${runDir}`,
+    "-virtfs",
+    "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+    "-virtfs",
+    `local,path=${qemuOptValue(runDir)},mount_tag=vbusrun,security_model=none`,
     ...writable.flatMap((w, i) => [
       "-virtfs",
       `local,path=${qemuOptValue(w)},mount_tag=vbusw${i},security_model=none,multidevs=remap`,

@@ -3,7 +3,7 @@
 // /dev/virtio-ports/org.vbus.0 and reads the host's reply; the guest also checks the ivshmem PCI
 // device (1af4:1110) is visible. Skips, printing why, when the lab cannot run here (no qemu, not
 // Linux x86_64, setup failed). Runs under `deno test -A` and `bun test`.
-import { after, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, type Socket } from "node:net";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
@@ -25,13 +25,6 @@ try {
   skip = `micro-VM lab unavailable: ${err.message}`;
   console.log(`SKIP lab smoke test: ${skip}`);
 }
-
-const dir = mkdtempSync(join(tmpdir(), "vbus-smoke-"));
-const shm = `/dev/shm/vbus-smoke-${process.pid}`;
-after(() => {
-  rmSync(dir, { recursive: true, force: true });
-  rmSync(shm, { force: true });
-});
 
 /** Connect to QEMU's chardev socket once it exists (QEMU creates it right after start). */
 async function connectWhenReady(path: string, deadline: number): Promise<Socket> {
@@ -56,6 +49,17 @@ test("lab: guest built from qemuArgs(vm) talks over virtio-serial and sees ivshm
   skip,
   timeout: BOOT_TIMEOUT_MS + 15_000,
 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "vbus-smoke-"));
+  const shm = `/dev/shm/vbus-smoke-${process.pid}`;
+  try {
+    await runSmoke(dir, shm);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(shm, { force: true });
+  }
+});
+
+async function runSmoke(dir: string, shm: string) {
   const vm: VmConfig = {
     name: "smoke",
     socket: join(dir, "smoke.sock"),
@@ -105,7 +109,11 @@ test("lab: guest built from qemuArgs(vm) talks over virtio-serial and sees ivshm
     assert.equal(r.timedOut, false, `timed out${ctx}`);
     assert.equal(received, "hello from guest\n", `host received ${JSON.stringify(received)}${ctx}`);
     assert.match(r.consoleLog, /GUEST-GOT pong from host/, `guest did not get the reply${ctx}`);
-    assert.match(r.consoleLog, /IVSHMEM-FOUND \/sys\/bus\/pci\/devices\/\S+/, `no 1af4:1110 device${ctx}`);
+    assert.match(
+      r.consoleLog,
+      /IVSHMEM-FOUND \/sys\/bus\/pci\/devices\/\S+/,
+      `no 1af4:1110 device${ctx}`,
+    );
     assert.equal(r.code, 0, `guest exit code${ctx}`);
     assert.ok(typeof r.bootMs === "number" && r.bootMs > 0);
     assert.ok(existsSync(shm), "QEMU should have created the shm file");
@@ -114,4 +122,4 @@ test("lab: guest built from qemuArgs(vm) talks over virtio-serial and sees ivshm
     guest.kill();
     await guest.exited;
   }
-});
+}

@@ -12,7 +12,12 @@ import { qemuArgs, qemuIds, qemuOptValue, qemuSize, shellQuote } from "../src/vm
 import { libvirtShmemName, libvirtXml, xmlEscape } from "../src/vm/libvirt_xml.ts";
 import { parseConfig, type VmConfig } from "../src/broker/config.ts";
 
-const base: VmConfig = { name: "vm1", socket: "/run/vbus/vm1.sock", port: "org.vbus.0", shmSize: 16 << 20 };
+const base: VmConfig = {
+  name: "vm1",
+  socket: "/run/vbus/vm1.sock",
+  port: "org.vbus.0",
+  shmSize: 16 << 20,
+};
 const withShm: VmConfig = { ...base, shm: "/dev/shm/vbus-vm1" };
 
 test("qemuArgs: virtio-serial controller, socket chardev and named port", () => {
@@ -40,16 +45,27 @@ test("qemuArgs: ivshmem-plain backed by the shm file when shm is set", () => {
 });
 
 test("qemuArgs: config defaults flow through (port org.vbus.0, 16 MiB)", () => {
-  const cfg = parseConfig(`{ "vms": [ { "name": "a-1", "socket": "/s/a.sock", "shm": "/dev/shm/a" } ] }`);
+  const cfg = parseConfig(
+    `{ "vms": [ { "name": "a-1", "socket": "/s/a.sock", "shm": "/dev/shm/a" } ] }`,
+  );
   const args = qemuArgs(cfg.vms[0]);
-  assert.ok(args.includes("virtserialport,id=vbus-a-1-port,bus=vbus-a-1-serial.0,nr=1,chardev=vbus-a-1-chr,name=org.vbus.0"));
-  assert.ok(args.includes("memory-backend-file,id=vbus-a-1-shm,share=on,mem-path=/dev/shm/a,size=16M"));
+  assert.ok(
+    args.includes(
+      "virtserialport,id=vbus-a-1-port,bus=vbus-a-1-serial.0,nr=1,chardev=vbus-a-1-chr,name=org.vbus.0",
+    ),
+  );
+  assert.ok(
+    args.includes("memory-backend-file,id=vbus-a-1-shm,share=on,mem-path=/dev/shm/a,size=16M"),
+  );
 });
 
 test("qemuArgs: commas in paths are doubled (QEMU option escaping)", () => {
   const args = qemuArgs({ ...withShm, socket: "/run/a,b.sock", shm: "/dev/shm/x,y" });
   assert.equal(args[3], "socket,id=vbus-vm1-chr,path=/run/a,,b.sock,server=on,wait=off");
-  assert.equal(args[7], "memory-backend-file,id=vbus-vm1-shm,share=on,mem-path=/dev/shm/x,,y,size=16M");
+  assert.equal(
+    args[7],
+    "memory-backend-file,id=vbus-vm1-shm,share=on,mem-path=/dev/shm/x,,y,size=16M",
+  );
   assert.equal(qemuOptValue("a,,b"), "a,,,,b");
 });
 
@@ -84,15 +100,22 @@ function parseXml(xml: string): El[] {
   const root: El = { name: "#root", attrs: {}, children: [], text: "" };
   const stack: El[] = [root];
   const unescape = (s: string) => {
-    if (/&(?!(amp|lt|gt|apos|quot);)/.test(s)) throw new Error(`bad entity in ${JSON.stringify(s)}`);
-    return s.replace(/&(amp|lt|gt|apos|quot);/g, (_, e) =>
-      ({ amp: "&", lt: "<", gt: ">", apos: "'", quot: '"' } as Record<string, string>)[e]);
+    if (/&(?!(amp|lt|gt|apos|quot);)/.test(s)) {
+      throw new Error(`bad entity in ${JSON.stringify(s)}`);
+    }
+    return s.replace(
+      /&(amp|lt|gt|apos|quot);/g,
+      (_, e) => ({ amp: "&", lt: "<", gt: ">", apos: "'", quot: '"' } as Record<string, string>)[e],
+    );
   };
-  const re = /<\/([A-Za-z][\w:.-]*)\s*>|<([A-Za-z][\w:.-]*)((?:\s+[A-Za-z][\w:.-]*\s*=\s*(?:'[^'<]*'|"[^"<]*"))*)\s*(\/?)>|([^<]+)|(<)/g;
+  const re =
+    /<\/([A-Za-z][\w:.-]*)\s*>|<([A-Za-z][\w:.-]*)((?:\s+[A-Za-z][\w:.-]*\s*=\s*(?:'[^'<]*'|"[^"<]*"))*)\s*(\/?)>|([^<]+)|(<)/g;
   let m: RegExpExecArray | null;
   while ((m = re.exec(xml))) {
     const top = stack[stack.length - 1];
-    if (m[6]) throw new Error(`malformed tag at offset ${m.index}: ${xml.slice(m.index, m.index + 40)}`);
+    if (m[6]) {
+      throw new Error(`malformed tag at offset ${m.index}: ${xml.slice(m.index, m.index + 40)}`);
+    }
     if (m[5] !== undefined) {
       top.text += unescape(m[5]);
     } else if (m[1]) {
@@ -148,7 +171,10 @@ test("libvirtXml: escaping and clear errors", () => {
   const els = parseXml(libvirtXml({ ...base, socket: "/run/it's&<x>.sock" }));
   assert.equal(child(els[0], "source").attrs.path, "/run/it's&<x>.sock");
   assert.equal(xmlEscape(`<'&">`), "&lt;&apos;&amp;&quot;&gt;");
-  assert.throws(() => libvirtXml({ ...withShm, shm: "/var/lib/vbus/vm1.shm" }), /always uses the file \/dev\/shm\/N/);
+  assert.throws(
+    () => libvirtXml({ ...withShm, shm: "/var/lib/vbus/vm1.shm" }),
+    /always uses the file \/dev\/shm\/N/,
+  );
   assert.throws(() => libvirtXml({ ...withShm, shm: "/dev/shm/sub/x" }), /\/dev\/shm/);
   assert.throws(() => libvirtXml({ ...withShm, shmSize: 65536 }), /at least 1 MiB/);
   assert.throws(() => libvirtXml({ ...base, socket: "relative.sock" }), /absolute path/);
@@ -159,11 +185,15 @@ function whichSync(cmd: string): boolean {
 }
 
 const validator = whichSync("virt-xml-validate") && whichSync("xmllint");
-const skipReason = validator ? false : "virt-xml-validate or xmllint not installed (Debian packages " +
-  "libvirt-clients and libxml2-utils; `sudo bash lab/setup.sh` installs them)";
+const skipReason = validator
+  ? false
+  : "virt-xml-validate or xmllint not installed (Debian packages " +
+    "libvirt-clients and libxml2-utils; `sudo bash lab/setup.sh` installs them)";
 if (skipReason) console.log(`SKIP libvirt schema validation: ${skipReason}`);
 
-test("libvirtXml: a domain embedding the fragments passes libvirt's virt-xml-validate", { skip: skipReason }, () => {
+test("libvirtXml: a domain embedding the fragments passes libvirt's virt-xml-validate", {
+  skip: skipReason,
+}, () => {
   const dir = mkdtempSync(join(tmpdir(), "vbus-xml-"));
   try {
     const domain = (devices: string) =>
@@ -173,18 +203,35 @@ test("libvirtXml: a domain embedding the fragments passes libvirt's virt-xml-val
     const cases: [string, string][] = [
       ["channel", libvirtXml(base)],
       ["channel+shmem", libvirtXml(withShm)],
-      ["two VMs' fragments", libvirtXml(withShm) + libvirtXml({ ...base, name: "b", socket: "/run/b.sock", port: "org.vbus.1" })],
+      [
+        "two VMs' fragments",
+        libvirtXml(withShm) +
+        libvirtXml({ ...base, name: "b", socket: "/run/b.sock", port: "org.vbus.1" }),
+      ],
     ];
     for (const [what, frag] of cases) {
       const file = join(dir, "domain.xml");
       writeFileSync(file, domain(frag));
       const r = spawnSync("virt-xml-validate", [file, "domain"], { encoding: "utf8" });
-      assert.equal(r.status, 0, `${what}: virt-xml-validate failed:\n${r.stdout}${r.stderr}\n${domain(frag)}`);
+      assert.equal(
+        r.status,
+        0,
+        `${what}: virt-xml-validate failed:\n${r.stdout}${r.stderr}\n${domain(frag)}`,
+      );
     }
     // and the validator does reject a broken one (so a pass means something)
-    writeFileSync(join(dir, "bad.xml"), domain(libvirtXml(withShm).replace("ivshmem-plain", "ivshmem-bogus")));
-    const bad = spawnSync("virt-xml-validate", [join(dir, "bad.xml"), "domain"], { encoding: "utf8" });
-    assert.notEqual(bad.status, 0, "virt-xml-validate accepted an invalid model: the check is not working");
+    writeFileSync(
+      join(dir, "bad.xml"),
+      domain(libvirtXml(withShm).replace("ivshmem-plain", "ivshmem-bogus")),
+    );
+    const bad = spawnSync("virt-xml-validate", [join(dir, "bad.xml"), "domain"], {
+      encoding: "utf8",
+    });
+    assert.notEqual(
+      bad.status,
+      0,
+      "virt-xml-validate accepted an invalid model: the check is not working",
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

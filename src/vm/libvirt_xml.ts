@@ -36,9 +36,13 @@ export type VmDeviceConfig = Pick<VmConfig, "name" | "socket" | "port" | "shm" |
  */
 export function xmlEscape(s: string): string {
   // deno-lint-ignore no-control-regex
-  if (/[\x00-\x08\x0b\x0c\x0e-\x1f]/.test(s)) throw new Error(`${JSON.stringify(s)} contains characters XML cannot hold`);
-  return s.replace(/[&<>'"]/g, (c) =>
-    ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;" })[c]!);
+  if (/[\x00-\x08\x0b\x0c\x0e-\x1f]/.test(s)) {
+    throw new Error(`${JSON.stringify(s)} contains characters XML cannot hold`);
+  }
+  return s.replace(
+    /[&<>'"]/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;" })[c]!,
+  );
 }
 
 /**

@@ -47,7 +47,9 @@ export interface QemuIds {
  */
 export function qemuIds(name: string): QemuIds {
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) {
-    throw new Error(`VM name "${name}" must be 1-64 letters, digits, '_' or '-' (it becomes part of QEMU ids)`);
+    throw new Error(
+      `VM name "${name}" must be 1-64 letters, digits, '_' or '-' (it becomes part of QEMU ids)`,
+    );
   }
   const p = `vbus-${name}`;
   return {
@@ -68,7 +70,9 @@ export function qemuIds(name: string): QemuIds {
  * ```
  */
 export function qemuOptValue(value: string): string {
-  if (/[\0\n]/.test(value)) throw new Error(`QEMU option value ${JSON.stringify(value)} contains NUL or newline`);
+  if (/[\0\n]/.test(value)) {
+    throw new Error(`QEMU option value ${JSON.stringify(value)} contains NUL or newline`);
+  }
   return value.replaceAll(",", ",,");
 }
 
@@ -81,7 +85,9 @@ export function qemuOptValue(value: string): string {
  * ```
  */
 export function qemuSize(bytes: number): string {
-  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new Error(`size ${bytes} must be a positive integer`);
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) {
+    throw new Error(`size ${bytes} must be a positive integer`);
+  }
   for (const [unit, mult] of [["G", 2 ** 30], ["M", 2 ** 20], ["K", 2 ** 10]] as const) {
     if (bytes % mult === 0) return `${bytes / mult}${unit}`;
   }
@@ -142,7 +148,9 @@ export function qemuArgs(vm: VmDeviceConfig): string[] {
   if (vm.shm !== undefined) {
     args.push(
       "-object",
-      `memory-backend-file,id=${id.memdev},share=on,mem-path=${qemuOptValue(vm.shm)},size=${qemuSize(vm.shmSize)}`,
+      `memory-backend-file,id=${id.memdev},share=on,mem-path=${qemuOptValue(vm.shm)},size=${
+        qemuSize(vm.shmSize)
+      }`,
       "-device",
       `ivshmem-plain,id=${id.ivshmem},memdev=${id.memdev}`,
     );
