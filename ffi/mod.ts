@@ -117,7 +117,10 @@ export function mapShared(
  * "timed-out" otherwise. Callers must re-check their condition in every case.
  *
  * Deno: the syscall runs on a worker thread; the event loop stays free.
- * Bun: blocks the JS thread for up to `timeoutMs` (no nonblocking FFI); keep it short.
+ * Bun: blocks the JS thread for up to `timeoutMs` (no nonblocking FFI); keep it short, or
+ * call it from a Worker that owns the consumer loop.
+ * Measured wake-up round trip (two processes, futex ping-pong, p50, noisy 2-core host):
+ * Bun blocking 6.6 us; Deno blocking 15 us; Deno nonblocking 7.5-21 us; p99 0.2-0.45 ms.
  *
  * @example
  * ```ts

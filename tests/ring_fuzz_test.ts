@@ -169,7 +169,7 @@ function within(budget: number, body: (rnd: () => number, iter: number) => void,
   while (performance.now() - t0 < budget) {
     for (let k = 0; k < 50; k++) body(rnd, iter++);
   }
-  console.log(`  fuzz seed 0x${seed.toString(16)}: ${iter} cases`);
+  console.log(`  fuzz seed 0x${(seed >>> 0).toString(16)}: ${iter} cases`);
   return iter;
 }
 

@@ -24,6 +24,9 @@
  * producer.tryWrite(msg) && bell.notify();
  * const parker = new Parker(bytes, ring, futexWait);
  * await parker.waitForData(() => consumer.hasData());
+ * // back-pressure, the other way round: the producer parks until the consumer frees space
+ * const spaceBell = new Doorbell(bytes, ring, (w, i) => futexWake(w, i, 1), "producer");
+ * const spaceParker = new Parker(bytes, ring, futexWait, { sleeper: "producer" });
  * ```
  * @module
  */
@@ -43,6 +46,20 @@ export type SleepFn = (
   expected: number,
   timeoutMs: number,
 ) => unknown;
+
+/**
+ * Who sleeps on the bell: "consumer" (waits for data; the producer rings after commit; the
+ * default) or "producer" (waits for space; the consumer rings after poll, using the ring's
+ * PRODUCER_PARKED / PRODUCER_WAKE_SEQ words).
+ */
+export type Sleeper = "consumer" | "producer";
+
+function cells(ring: RingDescriptor, who: Sleeper): { parked: number; seq: number } {
+  const c = ring.control;
+  return who === "consumer"
+    ? { parked: c.CONSUMER_PARKED >> 2, seq: c.CONSUMER_WAKE_SEQ >> 2 }
+    : { parked: c.PRODUCER_PARKED >> 2, seq: c.PRODUCER_WAKE_SEQ >> 2 };
+}
 
 function wordsOf(bytes: Uint8Array): Int32Array {
   return new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
@@ -72,11 +89,14 @@ export class Doorbell {
   private readonly countIndex: number;
   private readonly ringFn: RingFn;
 
-  constructor(bytes: Uint8Array, ring: RingDescriptor, ringFn: RingFn) {
+  /** `sleeper`: whose parked flag this bell watches (default "consumer"). */
+  constructor(bytes: Uint8Array, ring: RingDescriptor, ringFn: RingFn, sleeper: Sleeper = "consumer") {
     this.word = wordsOf(bytes);
-    this.seqIndex = ring.control.CONSUMER_WAKE_SEQ >> 2;
-    this.parkedIndex = ring.control.CONSUMER_PARKED >> 2;
-    this.countIndex = ring.control.RING_COUNT >> 2;
+    const c = cells(ring, sleeper);
+    this.seqIndex = c.seq;
+    this.parkedIndex = c.parked;
+    // Only the data doorbell is counted in shared memory (RING_COUNT); both count locally.
+    this.countIndex = sleeper === "consumer" ? ring.control.RING_COUNT >> 2 : -1;
     this.ringFn = ringFn;
   }
 
@@ -87,7 +107,7 @@ export class Doorbell {
     if (Atomics.load(w, this.parkedIndex) === 0) return false;
     if (Atomics.compareExchange(w, this.parkedIndex, 1, 0) !== 1) return false;
     Atomics.add(w, this.seqIndex, 1);
-    Atomics.add(w, this.countIndex, 1);
+    if (this.countIndex >= 0) Atomics.add(w, this.countIndex, 1);
     this.rings++;
     this.ringFn(w, this.seqIndex);
     return true;
@@ -100,6 +120,8 @@ export interface ParkOptions {
   spinIterations?: number;
   /** Longest single sleep in ms; the consumer re-checks after each. Default 50. */
   sliceMs?: number;
+  /** Who parks: "consumer" (wait for data, default) or "producer" (wait for space). */
+  sleeper?: Sleeper;
 }
 
 /**
@@ -127,8 +149,9 @@ export class Parker {
 
   constructor(bytes: Uint8Array, ring: RingDescriptor, sleep: SleepFn, options: ParkOptions = {}) {
     this.word = wordsOf(bytes);
-    this.seqIndex = ring.control.CONSUMER_WAKE_SEQ >> 2;
-    this.parkedIndex = ring.control.CONSUMER_PARKED >> 2;
+    const c = cells(ring, options.sleeper ?? "consumer");
+    this.seqIndex = c.seq;
+    this.parkedIndex = c.parked;
     this.sleep = sleep;
     this.spinIterations = options.spinIterations ?? 256;
     this.sliceMs = options.sliceMs ?? 50;

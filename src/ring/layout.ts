@@ -33,7 +33,8 @@
  *   +128  CONSUMER_PARKED    1 while the consumer is (about to be) asleep, else 0
  *   +132  CONSUMER_WAKE_SEQ  doorbell sequence / futex word, bumped by each ring
  *   +136  RING_COUNT         doorbells rung so far (statistics)
- *   +192  PRODUCER_PARKED, PRODUCER_WAKE_SEQ  (reserved: producer waiting for space)
+ *   +192  PRODUCER_PARKED, PRODUCER_WAKE_SEQ  (producer parked waiting for space; rung by
+ *                                            the consumer after it frees space)
  *
  *  ring data: CAPACITY bytes of 8-byte aligned records
  *   +0 LENGTH u32   body length in bytes (header excluded)

@@ -213,6 +213,18 @@ export class RingProducer extends RingBase {
   }
 
   /**
+   * True when {@link tryClaim}(`length`) would succeed now, counting the padding needed at
+   * the wrap (refreshes the consumer position). Use it as the "space available" condition
+   * of a producer-side Parker.
+   */
+  canClaim(length: number): boolean {
+    const need = recordLength(length);
+    const toEnd = this.capacity - (this.tail & this.mask);
+    const free = this.capacity - ((this.tail - this.refreshHead()) >>> 0);
+    return free >= (need > toEnd ? toEnd + need : need);
+  }
+
+  /**
    * Reserve a contiguous slot for a record body of `length` bytes. Returns the byte offset in
    * the region where the body goes, or -1 when the ring has no room now (the consumer must
    * catch up). Follow with {@link commit} (or {@link abort}) before claiming again.
