@@ -281,3 +281,38 @@ test("region: init bumps epoch, guest attach validates, resync after reset", () 
   view.setUint32(8, 1, true); // initialising
   assert.equal(resyncRegion(g2), null);
 });
+
+test("canClaim matches tryClaim, including the padding needed at the wrap", () => {
+  const { bytes, d } = makeRing(256);
+  const p = new RingProducer(bytes, d), c = new RingConsumer(bytes, d);
+  let x = 99;
+  const rnd = () => (x = (x * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+  for (let i = 0; i < 5000; i++) {
+    const len = Math.floor(rnd() * 200);
+    const predicted = p.canClaim(len);
+    const at = p.tryClaim(len);
+    assert.equal(at >= 0, predicted, `step ${i} len ${len}`);
+    if (at >= 0) p.commit();
+    if (rnd() < 0.6) c.poll(() => {}, 1 + Math.floor(rnd() * 3));
+  }
+});
+
+test("producer-side parking: Doorbell/Parker with sleeper 'producer' use the producer words", async () => {
+  const { Doorbell, Parker } = await import("../src/ring/doorbell.ts");
+  const { bytes, d } = makeRing(256);
+  const p = new RingProducer(bytes, d), c = new RingConsumer(bytes, d);
+  while (p.tryWrite(body(24, 1)));
+  let rang = 0;
+  const spaceBell = new Doorbell(bytes, d, () => void rang++, "producer");
+  const parker = new Parker(bytes, d, () => new Promise((r) => setTimeout(r, 1)), { sleeper: "producer", spinIterations: 1 });
+  const waiting = parker.waitForData(() => p.canClaim(24), 5000);
+  // the producer has announced itself parked in PRODUCER_PARKED; consumer frees space and rings
+  const i32 = new Int32Array(bytes.buffer);
+  assert.equal(Atomics.load(i32, d.control.PRODUCER_PARKED >> 2), 1);
+  assert.equal(Atomics.load(i32, d.control.CONSUMER_PARKED >> 2), 0);
+  c.poll(() => {}, 1);
+  assert.equal(spaceBell.notify(), true);
+  assert.equal(await waiting, true);
+  assert.equal(rang, 1);
+  assert.equal(Atomics.load(i32, d.control.RING_COUNT >> 2), 0); // only data rings are counted there
+});
