@@ -239,12 +239,12 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
     let subDone: Record<string, any>[] = [];
     if (throughput) {
       for (const s of subs) s.send(`expect ${totalSent}`);
-      try {
-        subDone = await Promise.all(subs.map((s) => s.next("done", (seconds * 3 + 20) * 1000)));
-      } catch {
-        for (const s of subs) s.send("stop");
-        subDone = await Promise.all(subs.map((s) => s.next("done", 5000)));
-      }
+      const first = await Promise.allSettled(subs.map((s) => s.next("done", (seconds * 3 + 20) * 1000)));
+      subDone = await Promise.all(first.map((r, i) => {
+        if (r.status === "fulfilled") return r.value;
+        subs[i].send("stop"); // stalled: report what arrived so far
+        return subs[i].next("done", 5000);
+      }));
     }
     const cpu1 = all.map((p) => procCpu(p.pid));
     const procs = all.map((p, i) => {
