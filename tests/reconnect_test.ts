@@ -163,3 +163,23 @@ test("reconnect: a guest process restarting on a live port starts a fresh sessio
     await lab.close();
   }
 });
+
+test("reconnect: a request made while disconnected is answered after the reconnect (reply goes to the new inbox)", async () => {
+  const lab = await startLab({ vms: ["vm1"] });
+  const host = await lab.host({ reconnectDelayMs: 20, reconnectMaxDelayMs: 100 });
+  try {
+    // The service lives on the same connection, so it is resubscribed before the request is sent.
+    host.subscribe<number>("svc.double", { callback: (_e, m) => void m.respond(m.data * 2) });
+    assert.equal((await host.request<number>("svc.double", 1, { timeout: 2000 })).data, 2);
+    const down = new Promise((r) => host.on("disconnected", r));
+    await lab.broker.stop();
+    await down;
+    // Sent while disconnected: buffered. Its reply subject must be the inbox of the session it is
+    // finally sent on; the old broker's inbox means nobody hears the answer (a timeout).
+    const answer = host.request<number>("svc.double", 21, { timeout: 4000 });
+    await lab.restartBroker();
+    assert.equal((await answer).data, 42);
+  } finally {
+    await lab.close();
+  }
+});

@@ -348,8 +348,21 @@ export class Bus implements SubscriptionOwner {
         timer,
         subject,
       });
-      this.publish(subject, value, { reply: `${this.#inboxSubject}.${token}`, headers: opts.headers })
-        .catch((err) => this.#settleRequest(token, err));
+      const send = () =>
+        this.publish(subject, value, { reply: `${this.#inboxSubject}.${token}`, headers: opts.headers })
+          .catch((err) => this.#settleRequest(token, err));
+      // The reply subject names the current session's inbox, which the broker gives anew in every
+      // WELCOME: while disconnected, wait for the next session instead of buffering a request
+      // whose reply would go to the old inbox (nobody would hear it; the request would time out).
+      if (this.#state === "connected") send();
+      else {
+        this.#waitConnected().then(
+          () => {
+            if (this.#requests.has(token)) send();
+          },
+          (err) => this.#settleRequest(token, err),
+        );
+      }
     });
   }
 
