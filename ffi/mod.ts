@@ -87,27 +87,39 @@ export function mapShared(
   options: MapOptions = {},
 ): Promise<SharedMapping> {
   try {
-    if (!Number.isSafeInteger(size) || size <= 0) {
-      throw new RangeError(`mapShared(${path}): size must be a positive integer, got ${size}`);
-    }
-    const create = options.create ?? false;
-    if (!create) {
-      let st;
-      try {
-        st = statSync(path);
-      } catch {
-        st = undefined; // let open() report the real errno
-      }
-      if (st && st.isFile() && st.size < size) {
-        throw new RangeError(
-          `mapShared(${path}): file is ${st.size} bytes, shorter than the requested ${size}`,
-        );
-      }
-    }
-    return Promise.resolve(backend.mapShared(path, size, create, options.mode ?? 0o600));
+    return Promise.resolve(mapSharedSync(path, size, options));
   } catch (e) {
     return Promise.reject(e);
   }
+}
+
+/**
+ * {@link mapShared}, synchronously (mmap does not block on tmpfs or a PCI BAR).
+ *
+ * @example
+ * ```ts
+ * const m = mapSharedSync("/dev/shm/vbus-vm1", 1 << 24, { create: true });
+ * ```
+ */
+export function mapSharedSync(path: string, size: number, options: MapOptions = {}): SharedMapping {
+  if (!Number.isSafeInteger(size) || size <= 0) {
+    throw new RangeError(`mapShared(${path}): size must be a positive integer, got ${size}`);
+  }
+  const create = options.create ?? false;
+  if (!create) {
+    let st;
+    try {
+      st = statSync(path);
+    } catch {
+      st = undefined; // let open() report the real errno
+    }
+    if (st && st.isFile() && st.size < size) {
+      throw new RangeError(
+        `mapShared(${path}): file is ${st.size} bytes, shorter than the requested ${size}`,
+      );
+    }
+  }
+  return backend.mapShared(path, size, create, options.mode ?? 0o600);
 }
 
 /**

@@ -39,7 +39,10 @@ async function healthyFlow(lab: Lab) {
   return {
     async check(n: number) {
       await good.publish("alive", n);
-      assert.deepEqual(await take(sub, 1), [n]);
+      // Skip anything a misbehaving VM managed to publish on the same subject before.
+      let got: number;
+      do [got] = await take(sub, 1); while (got !== n && got < 0);
+      assert.equal(got, n);
     },
     sub,
     close: () => good.close(),
@@ -165,8 +168,6 @@ test("bad input: a flooding VM is rate limited with FLOOD errors; others keep fl
     const vm1 = lab.broker.stats().vms.find((v) => v.name === "vm1")!;
     assert.ok(vm1.dropped >= 1000, `dropped ${vm1.dropped}`);
     assert.ok(vm1.msgsIn <= 400, `accepted ${vm1.msgsIn}`);
-    // Drain what the flooder got through, then the healthy VM still flows.
-    while (healthy.sub.pending > 0) await take(healthy.sub, 1);
     await flooder.close();
     await healthy.check(5);
   } finally {

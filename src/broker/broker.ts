@@ -19,10 +19,15 @@
  */
 import { createServer, type Server, type Socket } from "node:net";
 import { lstat, unlink } from "node:fs/promises";
+import { join } from "node:path";
+import process from "node:process";
 import { randomBytes } from "node:crypto";
 import type { BrokerConfig, VmConfig } from "./config.ts";
 import { Router, type RouteEntry } from "./router.ts";
-import { Session, type SessionContext, SYSTEM_PREFIX } from "./session.ts";
+import { Session, type SessionContext, type SessionShm, SYSTEM_PREFIX } from "./session.ts";
+import { loadFfi } from "../shm/negotiation.ts";
+import { DEFAULT_SHM_SIZE } from "./config.ts";
+import { stat } from "node:fs/promises";
 import { type BrokerStats, type EndpointStats, newEndpointStats } from "./stats.ts";
 import { connectUnix, SocketPort } from "../port/socket_port.ts";
 import { encodeValue } from "../protocol/codec.ts";
@@ -42,6 +47,13 @@ export interface BrokerOptions {
   pingIntervalMs?: number;
   /** Reconnect backoff towards VM ports. Default 50 ms doubling to 2 s. */
   reconnect?: { initialMs?: number; maxMs?: number };
+  /**
+   * Give host-local clients a shared-memory region each (a file under `shmDir`, removed when
+   * the session ends). Default true.
+   */
+  hostShm?: boolean;
+  /** Where per-session regions of host clients are created. Default /dev/shm. */
+  shmDir?: string;
 }
 
 /** A running broker. */
@@ -55,10 +67,16 @@ export class Broker {
   #running = false;
   #abort = new AbortController();
   #sessions = new Set<Session>();
+  // Closed sessions too, until broker stop: their rings must be idle before unmapping.
+  #allSessions = new Set<Session>();
   #vmStats = new Map<string, EndpointStats>();
   #hostStats = newEndpointStats("host");
   #links: Promise<void>[] = [];
   #startedAt = Date.now();
+  #vmShm = new Map<string, SessionShm>();
+  #mappings: { unmap(): void }[] = [];
+  #ffi?: Awaited<ReturnType<typeof loadFfi>>;
+  #hostShmCount = 0;
   #sessionNumber = 0;
   // Distinguishes session ids across broker restarts.
   #runId = randomBytes(3).toString("hex");
@@ -83,6 +101,16 @@ export class Broker {
     this.#running = true;
     this.#startedAt = Date.now();
     this.#addStatsService();
+    for (const vm of this.config.vms) {
+      if (vm.shm) this.#vmShm.set(vm.name, await this.#mapVmShm(vm));
+    }
+    if (this.#opts.hostShm !== false) {
+      try {
+        this.#ffi = await loadFfi();
+      } catch (err) {
+        this.#log.warn("FFI unavailable: host clients use the port stream", { error: (err as Error).message });
+      }
+    }
     if (this.config.listen) await this.#listen(this.config.listen);
     for (const vm of this.config.vms) this.#links.push(this.#runVmLink(vm));
     this.#log.info("broker started", {
@@ -102,6 +130,8 @@ export class Broker {
       if (this.config.listen) await unlink(this.config.listen).catch(() => {});
     }
     await Promise.all(this.#links);
+    await Promise.all([...this.#allSessions].map((s) => s.ringStopped));
+    for (const m of this.#mappings.splice(0)) m.unmap();
     this.#log.info("broker stopped");
   }
 
@@ -135,11 +165,18 @@ export class Broker {
     await removeStaleSocket(path);
     const server = createServer((socket: Socket) => {
       const port = new SocketPort(socket, `host client on ${path}`);
-      this.#startSession(port, {
+      const shm = this.#hostSessionShm();
+      const session = this.#startSession(port, {
         identity: "host",
         host: true,
         permissions: this.config.hostPermissions,
         stats: this.#hostStats,
+        shm,
+      }, () => {
+        if (shm && "bytes" in shm) {
+          unlink(shm.path).catch(() => {});
+          session.ringStopped.then(() => shm.unmap?.());
+        }
       });
     });
     await new Promise<void>((resolve, reject) => {
@@ -153,20 +190,62 @@ export class Broker {
 
   #startSession(
     port: SocketPort,
-    opts: { identity: string; host: boolean; permissions?: VmConfig["permissions"]; stats: EndpointStats },
+    opts: {
+      identity: string;
+      host: boolean;
+      permissions?: VmConfig["permissions"];
+      stats: EndpointStats;
+      shm?: SessionShm;
+    },
     onEnd?: (reason: string) => void,
   ): Session {
     const session = new Session(port, this.#ctx, {
       ...opts,
       onClose: (s, reason) => {
         this.#sessions.delete(s);
+        s.ringStopped.then(() => this.#allSessions.delete(s));
         this.#log.info("session closed", { session: s.id || s.identity, reason });
         onEnd?.(reason);
       },
     });
     this.#sessions.add(session);
+    this.#allSessions.add(session);
     session.start();
     return session;
+  }
+
+  /** Map a VM's shared-memory file (creating it at its configured size if missing). */
+  async #mapVmShm(vm: VmConfig): Promise<SessionShm> {
+    const path = vm.shm!;
+    try {
+      const existing = await stat(path).catch(() => undefined);
+      if (existing && existing.size !== vm.shmSize) {
+        throw new Error(`${path} is ${existing.size} bytes but the config says shmSize ${vm.shmSize}`);
+      }
+      const ffi = await loadFfi();
+      const mapping = ffi.mapSharedSync(path, vm.shmSize, { create: !existing, mode: 0o600 });
+      this.#mappings.push(mapping);
+      this.#log.info("mapped VM shared memory", { vm: vm.name, path, size: vm.shmSize });
+      return { bytes: mapping.bytes, path, perSession: false };
+    } catch (err) {
+      const reason = `cannot map ${path}: ${(err as Error).message}`;
+      this.#log.warn("VM shared memory unavailable; its sessions use the port stream", { vm: vm.name, reason });
+      this.#vmStats.get(vm.name)!.pathReason = reason;
+      return { reason };
+    }
+  }
+
+  /** A fresh region file for one host-local client, or why there is none. */
+  #hostSessionShm(): (SessionShm & { unmap?: () => void }) | undefined {
+    if (this.#opts.hostShm === false) return undefined;
+    if (!this.#ffi) return { reason: "shared memory is not available to the broker (FFI not loaded)" };
+    const path = join(this.#opts.shmDir ?? "/dev/shm", `vbus-${process.pid}-${this.#runId}-${++this.#hostShmCount}`);
+    try {
+      const mapping = this.#ffi.mapSharedSync(path, DEFAULT_SHM_SIZE, { create: true, mode: 0o600 });
+      return { bytes: mapping.bytes, path, perSession: true, unmap: () => mapping.unmap() };
+    } catch (err) {
+      return { reason: `cannot create ${path}: ${(err as Error).message}` };
+    }
   }
 
   /** Keep a connection to one VM's port for as long as the broker runs. */
@@ -199,6 +278,7 @@ export class Broker {
           host: false,
           permissions: vm.permissions,
           stats,
+          shm: this.#vmShm.get(vm.name),
         }, resolve);
       });
       await ended;

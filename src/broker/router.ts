@@ -26,6 +26,8 @@ export interface DeliveryTarget {
     reply: string | null,
     headers: Headers | null,
     payload: Uint8Array,
+    /** The payload is a view into a guest's ring, valid only during this call. */
+    volatile?: boolean,
   ): boolean | void;
 }
 
@@ -75,6 +77,7 @@ export class Router {
     reply: string | null,
     headers: Headers | null,
     payload: Uint8Array,
+    volatile = false,
   ): number {
     const matched = this.#subs.match(subject);
     if (matched.length === 0) return 0;
@@ -84,7 +87,7 @@ export class Router {
     const list = matched.some((e) => e.max > 0) ? matched.slice() : matched;
     for (const entry of list) {
       if (entry.queue === null) {
-        this.#deliver(entry, subject, reply, headers, payload);
+        this.#deliver(entry, subject, reply, headers, payload, volatile);
         delivered++;
       } else {
         groups ??= new Map();
@@ -99,7 +102,7 @@ export class Router {
         const turn = this.#queueTurn.get(key) ?? 0;
         this.#queueTurn.set(key, turn + 1);
         if (this.#queueTurn.size > 65536) this.#queueTurn.clear(); // bound memory
-        this.#deliver(members[turn % members.length], subject, reply, headers, payload);
+        this.#deliver(members[turn % members.length], subject, reply, headers, payload, volatile);
         delivered++;
       }
     }
@@ -112,9 +115,10 @@ export class Router {
     reply: string | null,
     headers: Headers | null,
     payload: Uint8Array,
+    volatile: boolean,
   ) {
     entry.delivered++;
     if (entry.max > 0 && entry.delivered >= entry.max) this.remove(entry);
-    entry.target.deliver(entry, subject, reply, headers, payload);
+    entry.target.deliver(entry, subject, reply, headers, payload, volatile);
   }
 }

@@ -12,11 +12,12 @@
  */
 import { randomBytes } from "node:crypto";
 import type { Port } from "../port/port.ts";
-import { FrameDecoder, type Frame } from "../protocol/frame.ts";
+import { encodeFrame, FrameDecoder, FrameHeader, type Frame } from "../protocol/frame.ts";
 import { FrameWriter } from "../protocol/frame_writer.ts";
 import { encodeValue } from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import {
+  decodeDoorbellHead,
   decodeHelloHead,
   decodePubHead,
   decodeSubHead,
@@ -40,6 +41,9 @@ import { PermissionGuard } from "./permissions.ts";
 import type { Permissions } from "./config.ts";
 import type { EndpointStats } from "./stats.ts";
 import type { Logger } from "../util/log.ts";
+import { initRegion } from "../ring/region.ts";
+import { RingChannel } from "../shm/ring_channel.ts";
+import { hasGuestNonce, type ShmAnswer, type ShmOffer } from "../shm/negotiation.ts";
 
 /** Features this broker offers; a session uses those its client also announced. */
 export const BROKER_FEATURES: readonly string[] = [Feature.Headers, Feature.NoResponders];
@@ -71,9 +75,17 @@ export interface SessionOptions {
   host: boolean;
   permissions?: Permissions;
   stats: EndpointStats;
+  /**
+   * Shared memory for the fast path: a VM's mapped `shm` file (`perSession` false), a fresh
+   * file made for this host client (`perSession` true), or why there is none.
+   */
+  shm?: SessionShm;
   /** Called once when the session ends, with the reason. */
   onClose(session: Session, reason: string): void;
 }
+
+/** Shared memory offered to a session (see {@link SessionOptions.shm}). */
+export type SessionShm = { bytes: Uint8Array; path: string; perSession: boolean } | { reason: string };
 
 /** A broker-side session. */
 export class Session implements DeliveryTarget {
@@ -99,6 +111,11 @@ export class Session implements DeliveryTarget {
   #floodReportedAt = 0;
   #slowDropped = 0;
   #slowReportedAt = 0;
+  #ring?: RingChannel;
+  // MSG frames waiting for room in this session's inbound ring, oldest first.
+  #backlog: Uint8Array[] = [];
+  #backlogBytes = 0;
+  #backlogFlushing = false;
 
   constructor(port: Port, ctx: SessionContext, opts: SessionOptions) {
     this.#port = port;
@@ -134,6 +151,7 @@ export class Session implements DeliveryTarget {
     const wasOpen = this.#state === "open";
     this.#state = "closed";
     this.#dropSubscriptions();
+    this.#stopRing();
     if (this.#pingTimer) clearInterval(this.#pingTimer);
     this.#writer.flush();
     this.#port.close();
@@ -164,31 +182,82 @@ export class Session implements DeliveryTarget {
     }
   }
 
-  /** Router callback: write one MSG to this session, or drop it if the session is too far behind. */
+  /** Router callback: write one MSG, or drop it if the session is too far behind. */
   deliver(
     entry: RouteEntry,
     subject: string,
     reply: string | null,
     headers: Headers | null,
     payload: Uint8Array,
+    volatile = false,
   ): boolean {
     if (entry.max > 0 && entry.delivered >= entry.max && this.#subs.delete(entry.sid)) {
       this.#opts.stats.subscriptions--; // the router removed it at its max
     }
     if (this.#state !== "open") return false;
     const stats = this.#opts.stats;
+    if (reply !== null) this.#guard.grantReply(reply);
+    const head = encodeValue([entry.sid, subject, reply, headers]);
+    const ring = this.#ring;
+    if (ring) {
+      if (this.#backlog.length === 0 && ring.tryWriteFrame(Op.Msg, head, payload)) {
+        stats.msgsOut++;
+        stats.ringMsgsOut++;
+        stats.bytesOut += payload.length;
+        return true;
+      }
+      return this.#toBacklog(encodeFrame(Op.Msg, head, payload), payload.length);
+    }
     if (this.#port.pending + this.#writer.batched > this.#ctx.limits.maxPendingBytes) {
       stats.dropped++;
       this.#slowDropped++;
       this.#reportSlow();
       return false;
     }
-    if (reply !== null) this.#guard.grantReply(reply);
-    const head = encodeValue([entry.sid, subject, reply, headers]);
-    this.#writer.frame(Op.Msg, head, payload);
+    // A payload read in place from a guest's ring is only valid now: the writer must copy it.
+    this.#writer.frame(Op.Msg, head, payload, 0, volatile);
     stats.msgsOut++;
     stats.bytesOut += payload.length;
     return true;
+  }
+
+  /** Queue a MSG for a full ring; beyond the bound drop the oldest, counted and reported. */
+  #toBacklog(frame: Uint8Array, payloadLength: number): boolean {
+    const stats = this.#opts.stats;
+    const max = this.#ctx.limits.maxPendingBytes;
+    this.#backlog.push(frame);
+    this.#backlogBytes += frame.length;
+    stats.msgsOut++;
+    stats.bytesOut += payloadLength;
+    while (this.#backlogBytes > max && this.#backlog.length > 1) {
+      const dropped = this.#backlog.shift()!;
+      this.#backlogBytes -= dropped.length;
+      stats.dropped++;
+      stats.msgsOut--;
+      this.#slowDropped++;
+    }
+    if (this.#slowDropped > 0) this.#reportSlow();
+    if (!this.#backlogFlushing) this.#flushBacklog();
+    return true;
+  }
+
+  async #flushBacklog() {
+    this.#backlogFlushing = true;
+    try {
+      while (this.#backlog.length > 0 && this.#ring && this.#state === "open") {
+        const ring = this.#ring;
+        const frame = this.#backlog[0];
+        if (!ring.tryWriteFrame(frame[FrameHeader.OP_OFFSET], frame.subarray(FrameHeader.LENGTH, FrameHeader.LENGTH + readHeadLength(frame)), frame.subarray(FrameHeader.LENGTH + readHeadLength(frame)))) {
+          await ring.waitForSpace(frame.length);
+          continue;
+        }
+        this.#backlog.shift();
+        this.#backlogBytes -= frame.length;
+        this.#opts.stats.ringMsgsOut++;
+      }
+    } finally {
+      this.#backlogFlushing = false;
+    }
   }
 
   #onData(chunk: Uint8Array) {
@@ -205,6 +274,16 @@ export class Session implements DeliveryTarget {
 
   #onFrame(frame: Frame) {
     if (this.#state === "closed") return;
+    // Whatever the client put in its ring before sending this frame is handled first.
+    if (this.#ring && !this.#ring.drain()) return;
+    this.#handle(frame, false);
+  }
+
+  /**
+   * Act on one frame from the port or (`inRing`) from the client's ring. Recoverable errors
+   * become ERR frames; from the ring, a malformed frame is a ring violation (rethrown).
+   */
+  #handle(frame: Frame, inRing: boolean) {
     try {
       switch (frame.op) {
         case Op.Hello:
@@ -218,7 +297,9 @@ export class Session implements DeliveryTarget {
       }
       switch (frame.op) {
         case Op.Pub:
-          return this.#onPub(frame);
+          this.#onPub(frame, inRing);
+          if (inRing) this.#opts.stats.ringMsgsIn++;
+          return;
         case Op.Sub:
           return this.#onSub(frame);
         case Op.Unsub:
@@ -229,11 +310,17 @@ export class Session implements DeliveryTarget {
         case Op.Err:
           this.#ctx.log.warn("client reported an error", { session: this.id });
           return;
+        case Op.Doorbell: {
+          const [ring, kind] = decodeDoorbellHead(frame.head);
+          this.#ring?.onDoorbell(ring, kind);
+          return;
+        }
         default:
           throw new VbusError(ErrorCode.BadState, `${opName(frame.op)} is not sent by clients`);
       }
     } catch (err) {
       if (!(err instanceof VbusError)) throw err;
+      if (inRing && err.code === ErrorCode.BadFrame) throw err;
       this.sendError(err.code, err.message, err.subject, err.code === ErrorCode.BadVersion, opName(frame.op));
     }
   }
@@ -249,6 +336,7 @@ export class Session implements DeliveryTarget {
     if (this.#state === "open") {
       // A second HELLO: the guest process restarted on the same port. Start afresh.
       this.#dropSubscriptions();
+      this.#stopRing();
       this.#ctx.log.info("session restarted by a new HELLO", { session: this.id });
     }
     const { identity } = this;
@@ -261,7 +349,9 @@ export class Session implements DeliveryTarget {
     const stats = this.#opts.stats;
     stats.connected = true;
     stats.sessions++;
-    stats.path = "stream";
+    const shm = this.#negotiateShm(hello.shm as ShmOffer | undefined);
+    stats.path = shm?.ok ? "ring" : "stream";
+    stats.pathReason = shm?.ok ? undefined : shm?.reason ?? "the client did not offer shared memory";
     const limits = this.#ctx.limits;
     const welcome: WelcomeHead = {
       v: PROTOCOL_VERSION,
@@ -276,16 +366,87 @@ export class Session implements DeliveryTarget {
       maxHeaderBytes: limits.maxHeaderBytes,
       pingIntervalMs: this.#ctx.pingIntervalMs,
     };
+    if (shm) welcome.shm = shm as unknown as Record<string, unknown>;
     this.#writer.frame(Op.Welcome, encodeValue(welcome));
+    this.#ring?.start();
     this.#startPings();
     this.#ctx.log.info("session open", {
       session: this.id,
       client: hello.client ?? "?",
       features: [...this.#features].join(","),
+      path: stats.path,
+      ...(stats.pathReason ? { why: stats.pathReason } : {}),
     });
   }
 
-  #onPub(frame: Frame) {
+  /** Decide the data path for a new session; on success the ring channel is ready to start. */
+  #negotiateShm(offer: ShmOffer | undefined): ShmAnswer | undefined {
+    const shm = this.#opts.shm;
+    if (!offer) return undefined;
+    if (!shm) return { ok: false, reason: "no shared memory is configured for this endpoint" };
+    if ("reason" in shm) return { ok: false, reason: shm.reason };
+    if (shm.perSession) {
+      if (offer.want !== true) return { ok: false, reason: "malformed shared-memory offer" };
+    } else {
+      if (offer.size !== shm.bytes.length) {
+        return { ok: false, reason: `the guest mapped ${offer.size} bytes, the broker's ${shm.path} has ${shm.bytes.length}` };
+      }
+      if (typeof offer.nonce !== "number" || !hasGuestNonce(shm.bytes, offer.nonce)) {
+        return { ok: false, reason: `the guest's region is not the broker's ${shm.path} (nonce mismatch)` };
+      }
+    }
+    try {
+      // A new epoch with empty rings: nothing from an earlier session can be read.
+      const region = initRegion(shm.bytes, { pid: 0 });
+      this.#ring = new RingChannel(region, {
+        maxFrameBytes: this.#ctx.limits.maxFrameBytes,
+        ringDoorbell: (ring, kind) => this.#writer.frame(Op.Doorbell, encodeValue([ring, kind])),
+        onFrame: (frame) => this.#onRingFrame(frame),
+        onCorrupt: (err) => this.#ringViolation(err),
+      });
+      const answer: ShmAnswer = { ok: true, epoch: region.epoch };
+      if (shm.perSession) {
+        answer.path = shm.path;
+        answer.size = shm.bytes.length;
+      }
+      return answer;
+    } catch (err) {
+      return { ok: false, reason: `cannot initialise the region: ${(err as Error).message}` };
+    }
+  }
+
+  /** A frame read in place from the client's outbound ring: PUB, SUB, UNSUB or PING. */
+  #onRingFrame(frame: Frame) {
+    if (this.#state !== "open") return;
+    const op = frame.op;
+    if (op !== Op.Pub && op !== Op.Sub && op !== Op.Unsub && op !== Op.Ping) {
+      throw new VbusError(ErrorCode.BadFrame, `${opName(op)} does not belong in the shared-memory ring`);
+    }
+    this.#handle(frame, true);
+  }
+
+  /** The guest broke its ring: log, count, and reset the session; other VMs are unaffected. */
+  #ringViolation(err: Error) {
+    const stats = this.#opts.stats;
+    stats.closed["RING_CORRUPT"] = (stats.closed["RING_CORRUPT"] ?? 0) + 1;
+    this.#ctx.log.warn("shared-memory ring violation, resetting the session", { session: this.id, error: err.message });
+    this.sendError(ErrorCode.BadFrame, `shared-memory ring violation: ${err.message}`, undefined, true);
+  }
+
+  #stopRing() {
+    const ring = this.#ring;
+    if (!ring) return;
+    this.#ring = undefined;
+    ring.region.detach();
+    this.ringStopped = ring.stop();
+    this.#backlog = [];
+    this.#backlogBytes = 0;
+  }
+
+  /** Resolves when the session's ring channel no longer touches shared memory. */
+  ringStopped: Promise<void> = Promise.resolve();
+
+  #onPub(frame: Frame, volatile = false) {
     const [subject, reply, headers] = decodePubHead(frame.head);
     const limits = this.#ctx.limits;
     const stats = this.#opts.stats;
@@ -314,7 +475,7 @@ export class Session implements DeliveryTarget {
     }
     stats.msgsIn++;
     stats.bytesIn += frame.payload.length;
-    const delivered = this.#ctx.router.publish(subject, reply, headers, frame.payload);
+    const delivered = this.#ctx.router.publish(subject, reply, headers, frame.payload, volatile);
     if (delivered === 0 && reply !== null && this.#features.has(Feature.NoResponders)) {
       this.#ctx.router.publish(reply, null, NO_RESPONDERS_HEADERS, EMPTY);
     }
@@ -437,4 +598,9 @@ export class Session implements DeliveryTarget {
     }, this.#ctx.pingIntervalMs);
     (this.#pingTimer as { unref?: () => void }).unref?.();
   }
+}
+
+function readHeadLength(frame: Uint8Array): number {
+  const o = FrameHeader.HEAD_LENGTH_OFFSET;
+  return ((frame[o] << 24) >>> 0) + (frame[o + 1] << 16) + (frame[o + 2] << 8) + frame[o + 3];
 }

@@ -56,6 +56,29 @@ import {
 import { QueuedIterator } from "./queued_iterator.ts";
 import type { StatusEvent, StatusOf, StatusType } from "./status.ts";
 import { Subscription, type SubscriptionOwner } from "./subscription.ts";
+import { type Ffi, loadFfi, type ShmAnswer, type ShmOffer, writeGuestNonce } from "../shm/negotiation.ts";
+import { RingChannel } from "../shm/ring_channel.ts";
+import { attachRegion } from "../ring/region.ts";
+import { decodeDoorbellHead } from "../protocol/heads.ts";
+import { statSync } from "node:fs";
+import { createLogger } from "../util/log.ts";
+
+const log = createLogger("vbus-client");
+
+/** How this connection gets shared memory. */
+type ShmPlan =
+  | { kind: "none"; reason: string }
+  | { kind: "guest"; path?: string } // map a file or the ivshmem BAR, offer it in HELLO
+  | { kind: "host" }; // ask the broker for a per-session region
+
+interface PendingRingPub {
+  /** PUB (encoded in place from `value`) or a control op sent as `head` alone. */
+  op: number;
+  head: Uint8Array;
+  value: unknown;
+  resolve(): void;
+  reject(err: Error): void;
+}
 
 const RESOLVED: Promise<void> = Promise.resolve();
 const EMPTY_ARRAY_HEAD = encodeValue([]);
@@ -88,7 +111,14 @@ export interface SessionInfo {
 
 /** A connection to the vbus broker. Create it with {@link connect}. */
 export class Bus implements SubscriptionOwner {
-  #opts: Required<Omit<ConnectOptions, "port" | "server" | "transport" | "name">> & { name?: string };
+  #opts: Required<Omit<ConnectOptions, "port" | "server" | "transport" | "name" | "shm">> & { name?: string };
+  #shmPlan: ShmPlan;
+  #ffi?: Ffi;
+  #guestMapping?: { bytes: Uint8Array; unmap(): void };
+  #sessionMapping?: { bytes: Uint8Array; unmap(): void };
+  #ring?: RingChannel;
+  #ringQueue: PendingRingPub[] = [];
+  #ringPumping = false;
   #opener: PortOpener;
   #state: State = "connecting";
   #port?: Port;
@@ -118,15 +148,23 @@ export class Bus implements SubscriptionOwner {
 
   /** @internal Use {@link connect}. */
   constructor(opts: ConnectOptions = {}) {
-    const { port: _p, server: _s, transport, ...rest } = opts;
+    const { port: _p, server: _s, transport, shm, ...rest } = opts;
     this.#opts = { ...CONNECT_DEFAULTS, ...stripUndefined(rest) };
     if (transport) {
       this.#opener = transport;
+      this.#shmPlan = typeof shm === "string"
+        ? { kind: "guest", path: shm }
+        : { kind: "none", reason: "no shared-memory file given for this transport" };
     } else {
       const endpoint = resolveEndpoint(opts);
       this.#opener = endpoint.kind === "server"
         ? () => connectUnix(endpoint.path)
         : () => openDevice(portPath(endpoint.path));
+      this.#shmPlan = shm === false
+        ? { kind: "none", reason: "disabled by the shm option" }
+        : endpoint.kind === "server"
+        ? { kind: "host" }
+        : { kind: "guest", path: typeof shm === "string" ? shm : undefined };
     }
     this.closed = new Promise((r) => this.#closedResolve = r);
   }
@@ -156,6 +194,7 @@ export class Bus implements SubscriptionOwner {
 
   /** @internal First connection, bounded by `timeoutMs`. */
   async start(): Promise<void> {
+    await this.#prepareShm();
     const timeout = setTimeout(() => this.#abort.abort(), this.#opts.timeoutMs);
     try {
       await this.#connectLoop();
@@ -194,7 +233,15 @@ export class Bus implements SubscriptionOwner {
    * so the caller can retry later. Throws on the same errors `publish` rejects with.
    */
   tryPublish(subject: string, value?: unknown, opts?: PublishOptions): boolean {
-    if (this.#writer?.blocked && this.#state === "connected") return false;
+    if (this.#state === "connected" && (this.#writer?.blocked || this.#ringQueue.length > 0)) return false;
+    if (this.#ring && this.#state === "connected") {
+      const head = encodeValue([subject, opts?.reply ?? null, opts?.headers ?? null]);
+      const problem = validateSubject(subject, this.#welcome?.maxSubjectBytes ?? DEFAULT_LIMITS.maxSubjectBytes);
+      if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject "${subject}": ${problem}`, subject);
+      const r = this.#ring.tryPublishInPlace(head, value);
+      if (r === "too-large") throw new VbusError(ErrorCode.FrameTooLarge, "message does not fit in the shared-memory ring", subject);
+      return r === "ok";
+    }
     this.#publish(subject, value, opts).catch(() => {});
     return true;
   }
@@ -213,8 +260,9 @@ export class Bus implements SubscriptionOwner {
     }
     const headers = opts?.headers ?? null;
     if (headers !== null) this.#checkHeaders(headers, subject);
-    const payload = encodeValue(value);
     const head = encodeValue([subject, reply, headers]);
+    if (this.#ring && this.#state === "connected") return this.#publishRing(head, value, subject);
+    const payload = encodeValue(value);
     const size = FrameHeader.LENGTH + head.length + payload.length;
     const max = this.#welcome?.maxFrameBytes ?? DEFAULT_LIMITS.maxFrameBytes;
     if (size > max) {
@@ -226,6 +274,79 @@ export class Bus implements SubscriptionOwner {
       return writer.blocked ? writer.ready() : RESOLVED;
     }
     return this.#bufferFrame(encodeFrame(Op.Pub, head, payload), subject);
+  }
+
+  #publishRing(head: Uint8Array, value: unknown, subject: string): Promise<void> {
+    if (this.#ringQueue.length === 0) {
+      const r = this.#ring!.tryPublishInPlace(head, value);
+      if (r === "ok") return RESOLVED;
+      if (r === "too-large") {
+        throw new VbusError(ErrorCode.FrameTooLarge, `message does not fit in the shared-memory ring (at most ${this.#ring!.maxFrameOut} bytes)`, subject);
+      }
+    }
+    // Ring full: wait for room, keeping publish order.
+    return new Promise((resolve, reject) => {
+      this.#ringQueue.push({ op: Op.Pub, head, value, resolve, reject });
+      if (!this.#ringPumping) this.#pumpRing();
+    });
+  }
+
+  /**
+   * Send SUB, UNSUB or PING. With shared memory they go through the ring like PUBs, so a
+   * publish can never overtake the subscription or flush sent before it.
+   */
+  #control(op: number, head: Uint8Array) {
+    const ring = this.#ring;
+    if (!ring) {
+      this.#writer!.frame(op, head);
+      return;
+    }
+    if (this.#ringQueue.length === 0 && ring.tryWriteFrame(op, head)) return;
+    this.#ringQueue.push({ op, head, value: undefined, resolve: () => {}, reject: () => {} });
+    if (!this.#ringPumping) this.#pumpRing();
+  }
+
+  async #pumpRing() {
+    this.#ringPumping = true;
+    try {
+      while (this.#ringQueue.length > 0) {
+        const ring = this.#ring;
+        const next = this.#ringQueue[0];
+        if (!ring || this.#state !== "connected") {
+          // The session ended: what waits goes to the reconnect buffer like any publish.
+          for (const p of this.#ringQueue.splice(0)) {
+            if (p.op !== Op.Pub) continue; // control is re-sent by the next session
+            try {
+              const payload = encodeValue(p.value);
+              await this.#bufferFrame(encodeFrame(Op.Pub, p.head, payload), "");
+              p.resolve();
+            } catch (err) {
+              p.reject(err as Error);
+            }
+          }
+          return;
+        }
+        let r: string;
+        try {
+          r = next.op === Op.Pub
+            ? ring.tryPublishInPlace(next.head, next.value)
+            : ring.tryWriteFrame(next.op, next.head) ? "ok" : "full";
+        } catch (err) {
+          this.#ringQueue.shift();
+          next.reject(err as Error);
+          continue;
+        }
+        if (r === "full") {
+          await ring.waitForSpace(next.op === Op.Pub ? ring.claimSize(next.head, next.value) : next.head.length + 64);
+          continue;
+        }
+        this.#ringQueue.shift();
+        if (r === "ok") next.resolve();
+        else next.reject(new VbusError(ErrorCode.FrameTooLarge, "message does not fit in the shared-memory ring"));
+      }
+    } finally {
+      this.#ringPumping = false;
+    }
   }
 
   #checkHeaders(headers: Headers, subject: string) {
@@ -282,11 +403,10 @@ export class Bus implements SubscriptionOwner {
   }
 
   #sendSub(sub: Subscription<unknown>) {
-    const w = this.#writer!;
-    w.frame(Op.Sub, encodeValue([sub.sid, sub.subject, sub.queue ?? null]));
+    this.#control(Op.Sub, encodeValue([sub.sid, sub.subject, sub.queue ?? null]));
     if (sub.opts.max) {
       const remaining = sub.opts.max - sub.received;
-      w.frame(Op.Unsub, encodeValue([sub.sid, Math.max(1, remaining)]));
+      this.#control(Op.Unsub, encodeValue([sub.sid, Math.max(1, remaining)]));
     }
   }
 
@@ -296,11 +416,11 @@ export class Bus implements SubscriptionOwner {
     if (!sub) return;
     if (max !== undefined && max > sub.received) {
       sub.opts.max = max;
-      if (this.#state === "connected") this.#writer!.frame(Op.Unsub, encodeValue([sid, max]));
+      if (this.#state === "connected") this.#control(Op.Unsub, encodeValue([sid, max]));
       return;
     }
     this.#subs.delete(sid);
-    if (this.#state === "connected") this.#writer!.frame(Op.Unsub, encodeValue([sid, 0]));
+    if (this.#state === "connected") this.#control(Op.Unsub, encodeValue([sid, 0]));
     sub.end();
   }
 
@@ -309,7 +429,7 @@ export class Bus implements SubscriptionOwner {
     const sub = this.#subs.get(sid);
     if (!sub) return;
     if (this.#state === "connected") {
-      this.#writer!.frame(Op.Unsub, encodeValue([sid, 0]));
+      this.#control(Op.Unsub, encodeValue([sid, 0]));
       // Every MSG the broker sent before it saw the UNSUB arrives before this PONG.
       await this.flush().catch(() => {});
     }
@@ -374,7 +494,7 @@ export class Bus implements SubscriptionOwner {
 
   #sendInboxSub() {
     this.#inboxSubject = this.#welcome!.inbox;
-    this.#writer!.frame(Op.Sub, encodeValue([this.#inboxSid, `${this.#inboxSubject}.*`, null]));
+    this.#control(Op.Sub, encodeValue([this.#inboxSid, `${this.#inboxSubject}.*`, null]));
   }
 
   #settleRequest(token: string, result: Msg<unknown> | Error) {
@@ -395,7 +515,7 @@ export class Bus implements SubscriptionOwner {
     if (this.#state !== "connected" && this.#state !== "draining") await this.#waitConnected();
     return new Promise((resolve, reject) => {
       this.#pongWaiters.push({ resolve, reject });
-      this.#writer!.frame(Op.Ping, EMPTY_ARRAY_HEAD);
+      this.#control(Op.Ping, EMPTY_ARRAY_HEAD);
     });
   }
 
@@ -411,7 +531,7 @@ export class Bus implements SubscriptionOwner {
     if (this.#state === "closed" || this.#state === "draining") return;
     const connected = this.#state === "connected";
     if (connected) {
-      for (const sid of this.#subs.keys()) this.#writer!.frame(Op.Unsub, encodeValue([sid, 0]));
+      for (const sid of this.#subs.keys()) this.#control(Op.Unsub, encodeValue([sid, 0]));
       await this.flush().catch(() => {});
     }
     this.#state = "draining";
@@ -433,7 +553,11 @@ export class Bus implements SubscriptionOwner {
     if (this.#pingTimer) clearInterval(this.#pingTimer);
     this.#writer?.flush();
     this.#port?.close();
+    const mappings = [this.#guestMapping, this.#sessionMapping];
+    this.#guestMapping = this.#sessionMapping = undefined;
+    this.#stopRing().then(() => mappings.forEach((m) => m?.unmap()));
     const closedErr = error ?? new VbusError(ErrorCode.Closed, "connection closed");
+    for (const p of this.#ringQueue.splice(0)) p.reject(closedErr);
     for (const w of this.#pongWaiters.splice(0)) w.reject(closedErr);
     for (const w of this.#connectedWaiters.splice(0)) w.reject(closedErr);
     for (const token of [...this.#requests.keys()]) this.#settleRequest(token, closedErr);
@@ -521,7 +645,8 @@ export class Bus implements SubscriptionOwner {
   #handshake(port: Port): Promise<void> {
     return new Promise((resolve, reject) => {
       const decoder = new FrameDecoder(DEFAULT_LIMITS.maxFrameBytes * 2);
-      const nonce = Math.floor(Math.random() * 0x7fffffff);
+      let nonce = 0;
+      let offerShm = this.#shmPlan.kind !== "none";
       let established = false;
       const timer = setTimeout(() => {
         port.close();
@@ -547,6 +672,17 @@ export class Bus implements SubscriptionOwner {
         if (frame.op !== Op.Welcome) return; // stale bytes from an earlier session
         const welcome = decodeWelcomeHead(frame.head);
         if (welcome.nonce !== nonce) return;
+        if (offerShm) {
+          const problem = this.#attachRing(port, welcome.shm as ShmAnswer | undefined);
+          if (problem) {
+            // The broker set up rings we cannot use: start the session again without them.
+            this.#emit({ type: "dataPath", path: "stream", reason: problem });
+            log.info("shared-memory fast path not used", { reason: problem });
+            offerShm = false;
+            sendHello();
+            return;
+          }
+        }
         established = true;
         clearTimeout(timer);
         this.#abort.signal.removeEventListener("abort", onAbort);
@@ -573,14 +709,108 @@ export class Bus implements SubscriptionOwner {
           } else this.#onPortClosed(port, err);
         },
       );
-      const hello: HelloHead = {
-        v: PROTOCOL_VERSION,
-        features: CLIENT_FEATURES,
-        client: `vbus-ts/0.1 ${runtimeName()}${this.#opts.name ? ` ${this.#opts.name}` : ""}`,
-        nonce,
+      const sendHello = () => {
+        nonce = Math.floor(Math.random() * 0x7fffffff);
+        const hello: HelloHead = {
+          v: PROTOCOL_VERSION,
+          features: CLIENT_FEATURES,
+          client: `vbus-ts/0.1 ${runtimeName()}${this.#opts.name ? ` ${this.#opts.name}` : ""}`,
+          nonce,
+        };
+        const offer = offerShm ? this.#shmOffer() : undefined;
+        if (offer) hello.shm = offer as Record<string, unknown>;
+        else offerShm = false;
+        port.write(encodeFrame(Op.Hello, encodeValue(hello)));
       };
-      port.write(encodeFrame(Op.Hello, encodeValue(hello)));
+      sendHello();
     });
+  }
+
+  /** Map what the plan says, once per connection; on failure say why and use the stream. */
+  async #prepareShm() {
+    const plan = this.#shmPlan;
+    if (plan.kind === "none") return;
+    try {
+      this.#ffi = await loadFfi();
+      if (plan.kind === "guest") {
+        let path = plan.path;
+        let size: number;
+        if (path) {
+          size = statSync(path).size;
+        } else {
+          const dev = this.#ffi.findIvshmem();
+          if (!dev) throw new Error("no ivshmem device (PCI 1af4:1110) in /sys/bus/pci/devices");
+          path = dev.path;
+          size = dev.size;
+        }
+        this.#guestMapping = this.#ffi.mapSharedSync(path, size);
+      }
+    } catch (err) {
+      const reason = `shared memory unavailable: ${(err as Error).message}`;
+      this.#shmPlan = { kind: "none", reason };
+      log.info("using the port stream only", { reason });
+    }
+  }
+
+  #shmOffer(): ShmOffer | undefined {
+    const plan = this.#shmPlan;
+    if (plan.kind === "host") return { want: true };
+    if (plan.kind === "guest" && this.#guestMapping) {
+      const bytes = this.#guestMapping.bytes;
+      return { size: bytes.length, nonce: writeGuestNonce(bytes) };
+    }
+    return undefined;
+  }
+
+  /** Attach to the region the broker prepared; returns why not, or undefined on success. */
+  #attachRing(port: Port, answer: ShmAnswer | undefined): string | undefined {
+    if (!answer) return "the broker did not answer the shared-memory offer";
+    if (!answer.ok) return `the broker declined shared memory: ${answer.reason ?? "no reason given"}`;
+    try {
+      let bytes: Uint8Array;
+      if (this.#shmPlan.kind === "host") {
+        if (typeof answer.path !== "string" || typeof answer.size !== "number") return "malformed shared-memory answer";
+        const old = this.#sessionMapping;
+        this.#sessionMapping = this.#ffi!.mapSharedSync(answer.path, answer.size);
+        if (old) this.#stopRing().then(() => old.unmap());
+        bytes = this.#sessionMapping.bytes;
+      } else {
+        bytes = this.#guestMapping!.bytes;
+      }
+      const region = attachRegion(bytes, "guest");
+      if (region.epoch !== answer.epoch) {
+        return `region epoch ${region.epoch} is not the broker's ${answer.epoch}`;
+      }
+      this.#stopRing();
+      this.#ring = new RingChannel(region, {
+        maxFrameBytes: DEFAULT_LIMITS.maxFrameBytes * 2,
+        ringDoorbell: (ring, kind) => this.#writer?.frame(Op.Doorbell, encodeValue([ring, kind])),
+        onFrame: (frame) => this.#onRingFrame(frame),
+        onCorrupt: (err) => {
+          this.#emit({ type: "error", code: ErrorCode.BadFrame, message: `shared-memory ring: ${err.message}` });
+          port.close(); // a fresh session re-initialises the region
+        },
+      });
+      return undefined;
+    } catch (err) {
+      return `cannot attach the region: ${(err as Error).message}`;
+    }
+  }
+
+  /** Stop the ring channel; resolves when it no longer touches the mapping. */
+  #stopRing(): Promise<void> {
+    const ring = this.#ring;
+    if (!ring) return Promise.resolve();
+    this.#ring = undefined;
+    ring.region.detach();
+    return ring.stop();
+  }
+
+  #onRingFrame(frame: Frame) {
+    if (frame.op !== Op.Msg) {
+      throw new VbusError(ErrorCode.BadFrame, `unexpected op ${frame.op} in the shared-memory ring`);
+    }
+    this.#onMsg(frame, true);
   }
 
   #established(port: Port, welcome: WelcomeHead) {
@@ -604,16 +834,29 @@ export class Bus implements SubscriptionOwner {
     this.#buffer = [];
     this.#bufferBytes = 0;
     this.#startPings();
+    if (this.#ring) {
+      this.#ring.start();
+      this.#emit({ type: "dataPath", path: "ring" });
+    } else if (this.#shmPlan.kind === "none") {
+      this.#emit({ type: "dataPath", path: "stream", reason: this.#shmPlan.reason });
+    }
     const base = { session: welcome.session, identity: welcome.identity, port: port.description };
     if (reconnect) this.#emit({ type: "reconnected", ...base, resubscribed, flushed });
     else this.#emit({ type: "connected", ...base });
     for (const w of this.#connectedWaiters.splice(0)) w.resolve();
   }
 
+  /** The data path of the current session: "ring" (shared memory) or "stream" (the port). */
+  get dataPath(): "ring" | "stream" | undefined {
+    if (this.#state !== "connected") return undefined;
+    return this.#ring ? "ring" : "stream";
+  }
+
   #onPortClosed(port: Port, err?: Error) {
     if (port !== this.#port || this.#state === "closed") return;
     const reason = err?.message ?? "port closed by the peer";
     if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#stopRing();
     this.#writer = undefined;
     const lost = new VbusError(ErrorCode.Port, `disconnected before the broker confirmed: ${reason}`);
     for (const w of this.#pongWaiters.splice(0)) w.reject(lost);
@@ -638,13 +881,20 @@ export class Bus implements SubscriptionOwner {
       }
       this.#pingsOut++;
       this.#pongWaiters.push({ resolve: () => this.#pingsOut = 0, reject: () => {} });
-      this.#writer!.frame(Op.Ping, EMPTY_ARRAY_HEAD);
+      this.#control(Op.Ping, EMPTY_ARRAY_HEAD);
     }, this.#opts.pingIntervalMs);
     (this.#pingTimer as { unref?: () => void }).unref?.();
   }
 
   #onFrame(frame: Frame) {
+    // MSGs the broker put in the ring before this frame are handled before it.
+    this.#ring?.drain();
     switch (frame.op) {
+      case Op.Doorbell: {
+        const [ring, kind] = decodeDoorbellHead(frame.head);
+        this.#ring?.onDoorbell(ring, kind);
+        return;
+      }
       case Op.Msg:
         return this.#onMsg(frame);
       case Op.Pong: {
@@ -664,9 +914,11 @@ export class Bus implements SubscriptionOwner {
     }
   }
 
-  #onMsg(frame: Frame) {
+  #onMsg(frame: Frame, inRing = false) {
     const [sid, subject, reply, headers] = decodeMsgHead(frame.head);
+    let payload = frame.payload;
     if (sid === this.#inboxSid) {
+      if (inRing) payload = payload.slice(); // the reply is read after the slot is reused
       const token = subject.slice(subject.lastIndexOf(".") + 1);
       if (headers?.[STATUS_HEADER] === STATUS_NO_RESPONDERS) {
         const req = this.#requests.get(token);
@@ -676,13 +928,18 @@ export class Bus implements SubscriptionOwner {
         );
         return;
       }
-      const msg = new Msg(subject, reply ?? undefined, headers ?? undefined, frame.payload, sid, this);
+      const msg = new Msg(subject, reply ?? undefined, headers ?? undefined, payload, sid, this);
       this.#settleRequest(token, msg);
       return;
     }
     const sub = this.#subs.get(sid);
     if (!sub) return; // unsubscribed while in flight
-    sub.dispatch(new Msg(subject, reply ?? undefined, headers ?? undefined, frame.payload, sid, this));
+    // From the ring: a callback reads the slot in place; a queued message needs its own copy.
+    const inPlace = inRing && sub.hasCallback;
+    if (inRing && !inPlace) payload = payload.slice();
+    const msg = new Msg(subject, reply ?? undefined, headers ?? undefined, payload, sid, this);
+    sub.dispatch(msg);
+    if (inPlace) msg.expire();
     if (sub.isClosed) this.#subs.delete(sid);
   }
 

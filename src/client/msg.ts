@@ -16,6 +16,15 @@
 import { decodeValue } from "../protocol/codec.ts";
 import type { Headers } from "../protocol/ops.ts";
 import type { PublishOptions } from "./options.ts";
+import { ErrorCode, VbusError } from "../protocol/errors.ts";
+
+function expiredError(subject: string): VbusError {
+  return new VbusError(
+    ErrorCode.Codec,
+    `the payload of this message on "${subject}" lived in shared memory and was only valid during the callback: read msg.data (and copy binary values) inside the callback`,
+    subject,
+  );
+}
 
 /** What a message needs to answer itself. */
 export interface Responder {
@@ -26,6 +35,8 @@ export interface Responder {
 export class Msg<T = unknown> {
   #decoded = false;
   #data?: T;
+  #raw: Uint8Array;
+  #expired = false;
 
   constructor(
     /** The subject it was published to. */
@@ -34,19 +45,38 @@ export class Msg<T = unknown> {
     readonly reply: string | undefined,
     /** Headers, or undefined when none were sent. */
     readonly headers: Headers | undefined,
-    /** The msgpack-encoded value as received. */
-    readonly raw: Uint8Array,
+    raw: Uint8Array,
     readonly sid: number,
     private readonly responder: Responder,
-  ) {}
+  ) {
+    this.#raw = raw;
+  }
 
-  /** The published value, decoded on first access (`undefined` for an empty payload). */
+  /**
+   * The msgpack-encoded value as received. For a message handed to a subscription callback
+   * from shared memory this is a view into the ring, valid only until the callback returns.
+   */
+  get raw(): Uint8Array {
+    if (this.#expired) throw expiredError(this.subject);
+    return this.#raw;
+  }
+
+  /**
+   * The published value, decoded on first access (`undefined` for an empty payload). Binary
+   * values inside it share the rule of {@link raw}: copy them to keep them past a callback.
+   */
   get data(): T {
     if (!this.#decoded) {
-      this.#data = decodeValue<T>(this.raw);
+      if (this.#expired) throw expiredError(this.subject);
+      this.#data = decodeValue<T>(this.#raw);
       this.#decoded = true;
     }
     return this.#data as T;
+  }
+
+  /** @internal The ring slot behind `raw` is about to be reused. */
+  expire(): void {
+    this.#expired = true;
   }
 
   /**

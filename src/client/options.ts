@@ -26,6 +26,12 @@ export interface ConnectOptions {
   server?: string;
   /** Any other byte stream (e.g. a simulated VM in tests); called again on every reconnect. */
   transport?: PortOpener;
+  /**
+   * The shared-memory fast path. In a guest: `true` (default) finds the ivshmem device by PCI
+   * id; a string maps that file instead (e.g. a simulated VM's /dev/shm file); `false` uses the
+   * port stream only. On the host (`server`): `true` (default) asks the broker for a region.
+   */
+  shm?: string | boolean;
   /** Free-form name sent in HELLO for the broker's logs (never used as identity). */
   name?: string;
   /** Reconnect after the port drops. Default true. */

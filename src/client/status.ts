@@ -36,6 +36,13 @@ export type StatusEvent =
     dropped: number;
     subject?: string;
   }
+  | {
+    type: "dataPath";
+    /** "ring": messages travel through shared memory; "stream": through the port. */
+    path: "ring" | "stream";
+    /** Why not the ring, when it is not. */
+    reason?: string;
+  }
   | { type: "closed"; error?: Error };
 
 /** The `type` of a {@link StatusEvent}. */

@@ -55,6 +55,11 @@ export class Subscription<T = unknown> implements AsyncIterable<Msg<T>> {
     return this.opts.queue;
   }
 
+  /** True when messages are handed to a callback (not queued for an iterator). */
+  get hasCallback(): boolean {
+    return this.#callback !== undefined;
+  }
+
   /** Messages waiting in the iterator's queue. */
   get pending(): number {
     return this.#queue.pending;

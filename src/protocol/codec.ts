@@ -21,7 +21,9 @@ const packr = new Packr(MSGPACK_OPTIONS);
 const unpackr = new Unpackr(MSGPACK_OPTIONS);
 
 /**
- * Encode a value with msgpack. The result stays valid (msgpackr never reuses returned bytes).
+ * Encode a value with msgpack into a buffer of its own. (msgpackr keeps its write buffer in
+ * module state shared by every Packr, and the ring encoder points it into shared memory, so
+ * results are copied out rather than left as views of that buffer.)
  *
  * @example
  * ```ts
@@ -30,7 +32,7 @@ const unpackr = new Unpackr(MSGPACK_OPTIONS);
  */
 export function encodeValue(value: unknown): Uint8Array {
   try {
-    return packr.pack(value);
+    return packr.pack(value).slice();
   } catch (err) {
     throw new VbusError(ErrorCode.Codec, `cannot encode value: ${(err as Error).message}`);
   }

@@ -10,6 +10,10 @@
  *  +--------+-----+-------+---------------+---------------+------------------+-------------+
  * ```
  *
+ * The low 3 bits of `flags` ({@link FrameHeader.FLAGS_PAD_MASK}) count padding bytes between
+ * head and payload: in a shared-memory ring msgpackr encodes the payload in place at an
+ * 8-byte aligned position. On the port stream they are always 0.
+ *
  * The head is a msgpack value whose shape depends on the op (see `ops.ts`). The payload is
  * opaque bytes (for PUB and MSG: the msgpack encoding of the published value), so the broker
  * routes a message without decoding its value. The magic lets a reader notice a stream that
@@ -41,6 +45,8 @@ export const FrameHeader = {
   PAYLOAD_LENGTH_OFFSET: 8,
   /** Bytes before the head. */
   LENGTH: 12,
+  /** Bits of the flags byte that count padding bytes between head and payload (0..7). */
+  FLAGS_PAD_MASK: 0x07,
 } as const;
 
 /** One decoded frame. `head` and `payload` are views into the received bytes. */
@@ -95,6 +101,44 @@ export function encodeFrame(
   out.set(head, FrameHeader.LENGTH);
   out.set(payload, FrameHeader.LENGTH + head.length);
   return out;
+}
+
+/**
+ * Parse the one frame that fills `bytes[offset, offset + length)`, e.g. a ring record's body
+ * in memory the peer can change at any moment: every header field is read once, and the
+ * frame must fill the record exactly. Throws a `BAD_FRAME` / `FRAME_TOO_LARGE` VbusError.
+ *
+ * @example
+ * ```ts
+ * const f = encodeFrame(Op.Ping, new Uint8Array([0x90]));
+ * parseFrameAt(f, 0, f.length, 1024).op; // Op.Ping
+ * ```
+ */
+export function parseFrameAt(bytes: Uint8Array, offset: number, length: number, maxFrameBytes: number): Frame {
+  if (length < FrameHeader.LENGTH) throw new VbusError(ErrorCode.BadFrame, `record of ${length} bytes is shorter than a frame header`);
+  if (length > maxFrameBytes) {
+    throw new VbusError(ErrorCode.FrameTooLarge, `frame of ${length} bytes exceeds the limit of ${maxFrameBytes}`);
+  }
+  const m0 = bytes[offset];
+  const m1 = bytes[offset + 1];
+  const op = bytes[offset + FrameHeader.OP_OFFSET];
+  const flags = bytes[offset + FrameHeader.FLAGS_OFFSET];
+  const headLength = readU32(bytes, offset + FrameHeader.HEAD_LENGTH_OFFSET);
+  const payloadLength = readU32(bytes, offset + FrameHeader.PAYLOAD_LENGTH_OFFSET);
+  if (m0 !== FrameHeader.MAGIC_0 || m1 !== FrameHeader.MAGIC_1) throw new VbusError(ErrorCode.BadFrame, "bad frame magic in ring record");
+  if (!isOp(op)) throw new VbusError(ErrorCode.BadFrame, `unknown op ${op} in ring record`);
+  const pad = flags & FrameHeader.FLAGS_PAD_MASK;
+  if (FrameHeader.LENGTH + headLength + pad + payloadLength !== length) {
+    throw new VbusError(ErrorCode.BadFrame, `frame lengths (head ${headLength}, pad ${pad}, payload ${payloadLength}) do not fill the ${length}-byte record`);
+  }
+  const headStart = offset + FrameHeader.LENGTH;
+  const payloadStart = headStart + headLength + pad;
+  return {
+    op,
+    flags,
+    head: bytes.subarray(headStart, headStart + headLength),
+    payload: bytes.subarray(payloadStart, payloadStart + payloadLength),
+  };
 }
 
 /** A shared empty payload. */
@@ -203,7 +247,9 @@ export class FrameDecoder {
         if (!isOp(op)) throw new VbusError(ErrorCode.BadFrame, `unknown op ${op}`);
         const headLength = readU32(b, pos + FrameHeader.HEAD_LENGTH_OFFSET);
         const payloadLength = readU32(b, pos + FrameHeader.PAYLOAD_LENGTH_OFFSET);
-        const total = FrameHeader.LENGTH + headLength + payloadLength;
+        const flags = b[pos + FrameHeader.FLAGS_OFFSET];
+        const pad = flags & FrameHeader.FLAGS_PAD_MASK;
+        const total = FrameHeader.LENGTH + headLength + pad + payloadLength;
         if (headLength > this.#maxHead || total > this.#maxFrame) {
           throw new VbusError(
             ErrorCode.FrameTooLarge,
@@ -222,11 +268,11 @@ export class FrameDecoder {
           break;
         }
         const headStart = pos + FrameHeader.LENGTH;
-        const payloadStart = headStart + headLength;
+        const payloadStart = headStart + headLength + pad;
         const frame: Frame = {
           op,
-          flags: b[pos + FrameHeader.FLAGS_OFFSET],
-          head: b.subarray(headStart, payloadStart),
+          flags,
+          head: b.subarray(headStart, headStart + headLength),
           payload: b.subarray(payloadStart, payloadStart + payloadLength),
         };
         pos += total;

@@ -45,9 +45,12 @@ export class FrameWriter {
     return this.#length;
   }
 
-  /** Queue a frame. `head` and `payload` are copied (or, when large, kept by reference). */
-  frame(op: number, head: Uint8Array, payload: Uint8Array = EMPTY, flags = 0): void {
-    const byReference = payload.length >= PAYLOAD_BY_REFERENCE_BYTES;
+  /**
+   * Queue a frame. `head` and `payload` are copied, except a large payload, which is kept by
+   * reference unless `copyPayload` (for a payload that is only valid during this call).
+   */
+  frame(op: number, head: Uint8Array, payload: Uint8Array = EMPTY, flags = 0, copyPayload = false): void {
+    const byReference = !copyPayload && payload.length >= PAYLOAD_BY_REFERENCE_BYTES;
     const need = FrameHeader.LENGTH + head.length + (byReference ? 0 : payload.length);
     this.#reserve(need);
     const b = this.#batch;

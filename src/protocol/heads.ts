@@ -132,3 +132,12 @@ export function decodeErrHead(bytes: Uint8Array): ErrHead {
   }
   return h;
 }
+
+/** Decode a DOORBELL head: [ring, kind]. */
+export function decodeDoorbellHead(bytes: Uint8Array): [ring: number, kind: number] {
+  const h = decodeHead(bytes, "DOORBELL");
+  if (!Array.isArray(h) || h.length !== 2 || !Number.isInteger(h[0]) || !Number.isInteger(h[1])) {
+    bad("DOORBELL head");
+  }
+  return h as [number, number];
+}

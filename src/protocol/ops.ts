@@ -118,5 +118,5 @@ export interface ErrHead {
   /** Name of the op that caused it ("PUB", "SUB", ...), when one frame did. */
   op?: string;
 }
-/** DOORBELL head: [ring index]. */
-export type DoorbellHead = [ring: number];
+/** DOORBELL head: [ring id (0 outbound, 1 inbound), kind (0 data to read, 1 space to write)]. */
+export type DoorbellHead = [ring: number, kind: number];
