@@ -5,7 +5,10 @@
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
+
+/** Size of each simulated VM's shared-memory file (a power of two, like ivshmem). */
+export const SHM_SIZE = 4 * 1024 * 1024;
 import { Broker, type BrokerOptions } from "../src/broker/broker.ts";
 import { validateConfig } from "../src/broker/config.ts";
 import type { Permissions } from "../src/broker/config.ts";
@@ -25,6 +28,8 @@ export function tempDir(): { dir: string; cleanup(): void } {
 export interface LabVm {
   name: string;
   vm: SimulatedVm;
+  /** The VM's shared-memory file (its "ivshmem BAR"), when the lab has shm. */
+  shm?: string;
   /** Connect the guest-side client through the VM's port. */
   connect(opts?: ConnectOptions): Promise<Bus>;
 }
@@ -48,6 +53,8 @@ export interface LabOptions {
   limits?: Partial<Limits>;
   hostPermissions?: Permissions;
   broker?: BrokerOptions;
+  /** Give every VM a shared-memory file (the fast path); host clients get rings unless false. */
+  shm?: boolean;
 }
 
 const quiet = createLogger("test-broker", "silent");
@@ -64,6 +71,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     vms: vmSpecs.map((v) => ({
       name: v.name,
       socket: join(dir, `${v.name}.sock`),
+      ...(opts.shm ? { shm: `/dev/shm/${basename(dir)}-${v.name}`, shmSize: SHM_SIZE } : {}),
       ...(v.permissions ? { permissions: v.permissions } : {}),
     })),
   };
@@ -75,11 +83,13 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     vms[v.name] = {
       name: v.name,
       vm,
-      connect: (o = {}) => connect({ transport: () => vm.open(), timeoutMs: 5000, ...o }),
+      shm: v.shm,
+      connect: (o = {}) => connect({ transport: () => vm.open(), timeoutMs: 5000, shm: v.shm, ...o }),
     };
   }
   const brokerOpts: BrokerOptions = {
     logger: quiet,
+    hostShm: opts.shm ?? false,
     reconnect: { initialMs: 20, maxMs: 200 },
     ...opts.broker,
   };
@@ -106,7 +116,10 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     close: async () => {
       for (const c of clients) await c.close();
       await broker.stop();
-      for (const v of Object.values(vms)) await v.vm.stop();
+      for (const v of Object.values(vms)) {
+        await v.vm.stop();
+        if (v.shm) rmSync(v.shm, { force: true });
+      }
       cleanup();
     },
   };

@@ -24,6 +24,7 @@
  * @module
  */
 import { setImmediate } from "node:timers";
+import { Buffer } from "node:buffer";
 import { Packr, REUSE_BUFFER_MODE } from "msgpackr";
 import { MSGPACK_OPTIONS } from "../protocol/codec.ts";
 import { EMPTY, type Frame, FrameHeader, parseFrameAt, writeFrameHeader } from "../protocol/frame.ts";
@@ -42,7 +43,7 @@ const BATCH_RECORDS = 1024;
 /** Headroom msgpackr needs after its position to encode in place (else it uses its own buffer). */
 const MSGPACK_HEADROOM = 2048 + 64;
 /** Where msgpackr writes when not encoding into a ring (see codec.ts). */
-const SCRATCH = new Uint8Array(64 * 1024);
+const SCRATCH = Buffer.alloc(64 * 1024);
 /** Longest sleep before re-checking the ring even without a doorbell (a lost frame costs this). */
 const PARK_SLICE_MS = 50;
 
@@ -223,7 +224,8 @@ export class RingChannel {
     b.set(head, at + FrameHeader.LENGTH);
     // The slot is the Packr's buffer: on overflow msgpackr allocates its own instead of
     // writing past the claim, and we notice below.
-    const slot = b.subarray(payloadAt, at + claim);
+    // A Buffer view (no copy): msgpackr writes strings with Buffer's utf8Write where it exists.
+    const slot = asBuffer(b, payloadAt, at + claim);
     const packr = this.#packr;
     let out: Uint8Array & { start: number; end: number };
     try {
@@ -343,4 +345,8 @@ export class RingChannel {
 
 function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
+}
+
+function asBuffer(b: Uint8Array, start: number, end: number): Uint8Array {
+  return Buffer.from(b.buffer, b.byteOffset + start, end - start);
 }
