@@ -1,0 +1,46 @@
+// Shared by the two vbus systems: a `vbus broker` process per case (host socket in the case's
+// temp dir), clients connecting as host-local clients through it. `shm` picks the data path:
+// true = shared-memory rings (one region per client session), false = the port stream.
+import { writeFileSync } from "node:fs";
+import type { BenchSystem, Channel, Endpoint, OpenOptions, ServerContext } from "../lib/system.ts";
+
+export function vbusSystem(name: string, shm: boolean): BenchSystem {
+  return {
+    name,
+    describe: shm
+      ? "vbus broker, host clients on shared-memory rings (msgpackr in place, doorbells on the socket)"
+      : "vbus broker, host clients on the port stream (unix socket, same framing as virtio-serial)",
+    peer: false,
+
+    async start(ctx: ServerContext) {
+      const listen = `${ctx.tmpDir}/vbus.sock`;
+      const conf = `${ctx.tmpDir}/vbus.json`;
+      writeFileSync(conf, JSON.stringify({ listen, vms: [] }));
+      const child = ctx.spawnScript("vbus-broker", "src/cli/main.ts", ["broker", "--config", conf], { VBUS_LOG: "warn" });
+      await ctx.waitForPath(listen, 15000, child);
+      return { endpoint: { listen }, stop: () => child.kill() };
+    },
+
+    async open(endpoint: Endpoint, opts: OpenOptions): Promise<Channel> {
+      const { connect } = await import("../../mod.ts");
+      const bus = await connect({ server: String(endpoint.listen), shm, reconnect: false, name: opts.id });
+      if (shm && bus.dataPath !== "ring") throw new Error(`${name}: expected the ring path, got ${bus.dataPath}`);
+      if (opts.sub) {
+        const on = opts.onMessage;
+        bus.subscribe<Uint8Array>(opts.sub, { callback: (_err, m) => on(m.data) });
+        await bus.flush(); // the broker has the subscription
+      }
+      const subject = opts.pub ?? "";
+      let failure: Error | undefined;
+      const fail = (err: Error) => (failure ??= err);
+      return {
+        publish: (p) => void bus.publish(subject, p).catch(fail),
+        flush: async () => {
+          if (failure) throw failure;
+          await bus.flush();
+        },
+        close: () => bus.close(),
+      };
+    },
+  };
+}
