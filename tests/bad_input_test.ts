@@ -179,3 +179,22 @@ test("bad input: a flooding VM is rate limited with FLOOD errors; others keep fl
 function decodeWelcome(frames: Frame[]): { maxFrameBytes: number } {
   return decodeValue(frames.find((x) => x.op === Op.Welcome)!.head);
 }
+
+test("bad input: a stale batch of frames before HELLO (a guest write that was blocked while no host was connected) gets one ERR and never closes the session", async () => {
+  const lab = await startLab();
+  const healthy = await healthyFlow(lab);
+  try {
+    const g = await rawGuest(lab, "vm1");
+    for (let i = 0; i < 300; i++) g.send(Op.Pub, ["stale", null, null]);
+    g.send(Op.Ping, []);
+    await hello(g);
+    assert.ok(!g.closed, "the session survives stale frames");
+    assert.deepEqual(g.errs().map((e) => e.code), [ErrorCode.BadState], "one ERR, not one per stale frame");
+    const vm1 = lab.broker.stats().vms.find((v) => v.name === "vm1")!;
+    assert.equal(vm1.msgsIn, 0, "nothing stale was routed");
+    await healthy.check(5);
+  } finally {
+    await healthy.close();
+    await lab.close();
+  }
+});

@@ -16,6 +16,8 @@
 import { covers, matches } from "../subject/subject.ts";
 import type { Permissions } from "./config.ts";
 
+/** Every session's reply inbox lives under this prefix. */
+export const INBOX_PREFIX = "_INBOX.";
 /** Reply subjects remembered per session (oldest forgotten first). */
 export const MAX_PENDING_REPLIES = 10_000;
 
@@ -52,9 +54,12 @@ export class PermissionGuard {
     return false;
   }
 
-  /** Remember that the session was handed `reply` and may answer it once. */
+  /**
+   * Remember that the session was handed `reply` and may answer it once. Only inbox subjects
+   * are granted: a requester cannot name an arbitrary subject and have a responder publish there.
+   */
   grantReply(reply: string): void {
-    if (!this.#publish) return;
+    if (!this.#publish || !reply.startsWith(INBOX_PREFIX)) return;
     if (this.#replies.size >= MAX_PENDING_REPLIES) {
       this.#replies.delete(this.#replies.values().next().value as string);
     }

@@ -101,6 +101,7 @@ export class Session implements DeliveryTarget {
   #guard!: PermissionGuard;
   #features = new Set<string>();
   #errors = 0;
+  #framesBeforeHello = 0;
   #pingsOut = 0;
   #pingTimer?: ReturnType<typeof setInterval>;
   // Flood guard: a token bucket refilled at maxMsgsPerSecond.
@@ -195,6 +196,8 @@ export class Session implements DeliveryTarget {
       this.#opts.stats.subscriptions--; // the router removed it at its max
     }
     if (this.#state !== "open") return false;
+    // The broker's own subjects (e.g. $VBUS.STATS requests) never reach a VM, even via `>`.
+    if (!this.#opts.host && subject.startsWith(SYSTEM_PREFIX)) return false;
     const stats = this.#opts.stats;
     if (reply !== null) this.#guard.grantReply(reply);
     const head = encodeValue([entry.sid, subject, reply, headers]);
@@ -293,6 +296,11 @@ export class Session implements DeliveryTarget {
           return;
       }
       if (this.#state !== "open") {
+        // A guest write left blocked in virtio-serial while no host was connected is delivered
+        // to the next host connection, before the guest's new HELLO (measured on real guests: a
+        // whole batch of PUBs after a broker restart). Report the first such frame, drop the rest
+        // silently, so stale bytes never add up to "too many errors" and close the session.
+        if (this.#framesBeforeHello++ > 0) return;
         throw new VbusError(ErrorCode.BadState, `${opName(frame.op)} before HELLO`);
       }
       switch (frame.op) {
