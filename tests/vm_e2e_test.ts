@@ -84,6 +84,8 @@ interface World {
   host: Bus;
   guests: Record<string, GuestHandle>;
   scripts: Record<string, string>;
+  /** Prefix of console log names, so the ring pair does not overwrite the stream pair's logs. */
+  tag: string;
 }
 let world: World | undefined;
 
@@ -96,10 +98,13 @@ function startBroker(w: World): ChildProcess {
     cwd: PROJECT_ROOT,
   });
   mkdirSync(LOG_DIR, { recursive: true });
-  const log = createWriteStream(join(LOG_DIR, `e2e-broker-${RUNTIME}.log`), {
-    flags: w.brokerStarts ? "a" : "w",
-  });
-  log.write(`# broker start #${++w.brokerStarts} (${RUNTIME})\n`);
+  const log = createWriteStream(
+    join(LOG_DIR, `e2e-broker-${RUNTIME}${w.tag ? `-${w.tag}` : ""}.log`),
+    {
+      flags: w.brokerStarts ? "a" : "w",
+    },
+  );
+  log.write(`# broker start #${++w.brokerStarts} (${RUNTIME}) ${w.tag}\n`);
   child.stderr!.pipe(log);
   w.broker = child;
   return child;
@@ -117,7 +122,7 @@ async function killBroker(w: World) {
 function bootVm(w: World, name: string, tag: string): Promise<GuestHandle> {
   const vm = w.config.vms.find((v) => v.name === name)!;
   return bootGuest({
-    name: `e2e-${RUNTIME}-${tag}`,
+    name: `e2e-${RUNTIME}-${w.tag}${tag}`,
     deviceArgs: qemuArgs(vm),
     script: w.scripts[name],
     timeoutMs: GUEST_LIFETIME_MS,
@@ -239,24 +244,24 @@ async function teardown() {
   await w.host.close().catch(() => {});
   await killBroker(w);
   rmSync(w.dir, { recursive: true, force: true });
+  for (const vm of w.config.vms) if (vm.shm) rmSync(vm.shm, { force: true });
 }
 after(teardown);
 
-test("vm e2e: boot a Deno guest and a Bun guest from qemuArgs(vm), with a vbus broker", {
-  skip,
-  timeout: 180_000,
-}, async () => {
+/** Boot vm1 (Deno) and vm2 (Bun) with the agent, a broker child process and the host client. */
+async function bootWorld(opts: { shm: boolean; tag: string }): Promise<World> {
   const dir = mkdtempSync(join(tmpdir(), "vbus-e2e-"));
   const out = join(dir, "out");
   mkdirSync(out);
   chmodSync(out, 0o777);
+  const shmFile = (vm: string) => `/dev/shm/vbus-e2e-${RUNTIME}-${process.pid}-${vm}`;
   const raw = {
     listen: join(dir, "broker.sock"),
-    // No "shm": these VMs use the port stream. The ring-path variant goes in its own test below.
-    vms: [
-      { name: "vm1", socket: join(dir, "vm1.sock") },
-      { name: "vm2", socket: join(dir, "vm2.sock") },
-    ],
+    vms: ["vm1", "vm2"].map((name) => ({
+      name,
+      socket: join(dir, `${name}.sock`),
+      ...(opts.shm ? { shm: shmFile(name), shmSize: 1 << 20 } : {}),
+    })),
   };
   const configPath = join(dir, "broker.jsonc");
   writeFileSync(configPath, `// vbus e2e test broker\n${JSON.stringify(raw, null, 2)}\n`);
@@ -273,6 +278,7 @@ test("vm e2e: boot a Deno guest and a Bun guest from qemuArgs(vm), with a vbus b
       vm1: "exec ./node_modules/.bin/deno run -A tests/fixtures/vm_agent.ts",
       vm2: "exec ./node_modules/.bin/bun tests/fixtures/vm_agent.ts",
     },
+    tag: opts.tag,
   };
   world = w;
   const t0 = Date.now();
@@ -297,13 +303,20 @@ test("vm e2e: boot a Deno guest and a Bun guest from qemuArgs(vm), with a vbus b
   const boots = await Promise.all([g1.ready, g2.ready]);
   const [a1, a2] = await Promise.all([agentUp(w, "vm1", 120_000), agentUp(w, "vm2", 120_000)]);
   console.log(
-    `vm e2e (${RUNTIME}): accelerator=${g1.accelerator} boot vm1=${boots[0]} ms vm2=${
-      boots[1]
-    } ms, ` +
-      `agents answering after ${Date.now() - t0} ms`,
+    `vm e2e (${RUNTIME}${opts.shm ? ", shm" : ""}): accelerator=${g1.accelerator} ` +
+      `boot vm1=${boots[0]} ms vm2=${boots[1]} ms, agents answering after ${Date.now() - t0} ms`,
   );
   assert.deepEqual([a1.me, a1.runtime], ["vm1", "deno"]);
   assert.deepEqual([a2.me, a2.runtime], ["vm2", "bun"]);
+  return w;
+}
+
+test("vm e2e: boot a Deno guest and a Bun guest from qemuArgs(vm), with a vbus broker", {
+  skip,
+  timeout: 180_000,
+}, async () => {
+  // No "shm": these VMs use the port stream. The ring path has its own pair, at the end.
+  await bootWorld({ shm: false, tag: "" });
 });
 
 test(
@@ -351,11 +364,7 @@ test(
   },
 );
 
-// TODO(ring): the shared-memory fast path is being written (src/ring, src/broker/stats.ts `path`).
-// Once the broker reports path "ring" for a VM with `shm`, add the ring-path variant here: the
-// same Deno -> Bun stream with `shm: "/dev/shm/vbus-e2e-<vm>-<pid>"` (shmSize 1 << 20) in both
-// VMs' config (qemuArgs then adds ivshmem-plain), asserting `stats.vms[i].path === "ring"` and
-// `ringMsgsIn`/`ringMsgsOut` growing by N, then rm the shm files.
+// The ring-path variant of this stream (VMs configured with `shm`) is the last test of the file.
 
 test("vm e2e: request/reply between guests and a host process, both directions", {
   skip,
@@ -606,3 +615,61 @@ test("vm e2e: both agents exit cleanly", { skip, timeout: 60_000 }, async () => 
   }
   await teardown();
 });
+
+test(
+  "vm e2e: ring path: with shm (ivshmem in both guests) the Deno -> Bun stream goes through shared memory",
+  { skip, timeout: 240_000 },
+  async () => {
+    const w = await bootWorld({ shm: true, tag: "ring-" });
+    try {
+      const before = await stats(w);
+      for (const vm of ["vm1", "vm2"]) {
+        const v = vmStats(before, vm);
+        assert.equal(v.path, "ring", `${vm} path ${v.path} (${v.pathReason ?? ""})`);
+      }
+      const N = 2000;
+      await publishFromGuest(w, "vm1", {
+        subject: "e2e.to.vm2.ring",
+        from: 1,
+        to: N,
+        intervalMs: 0,
+        flushEvery: 100,
+        peer: "vm2",
+      });
+      const done = await publisherDone(w, "vm1", 60_000);
+      assert.equal(done.confirmed, N, `every batch confirmed by flush (${done.unconfirmed} not)`);
+      const got = await until("vm2 to record every message", 20_000, () => {
+        const r = received(w, "vm2", "ring");
+        return r.length >= N ? r : undefined;
+      });
+      assert.deepEqual(got, range(1, N), "vm2 received 1..N once each, in order");
+      const s = await stats(w);
+      const [v1, v2] = [vmStats(s, "vm1"), vmStats(s, "vm2")];
+      console.log(
+        `vm e2e (${RUNTIME}, shm): vm1 ringMsgsIn ${v1.ringMsgsIn} msgsIn ${v1.msgsIn}, ` +
+          `vm2 ringMsgsOut ${v2.ringMsgsOut} msgsOut ${v2.msgsOut}`,
+      );
+      assert.equal(v1.path, "ring");
+      assert.equal(v2.path, "ring");
+      assert.ok(
+        v1.ringMsgsIn - vmStats(before, "vm1").ringMsgsIn >= N,
+        "vm1 published through its ring",
+      );
+      assert.ok(
+        v2.ringMsgsOut - vmStats(before, "vm2").ringMsgsOut >= N,
+        "vm2 received through its ring",
+      );
+      await Promise.all(["vm1", "vm2"].map((vm) => ctl(w, vm, { op: "exit" }).catch(() => {})));
+      const results = await Promise.all(["vm1", "vm2"].map((vm) => w.guests[vm].exited));
+      for (const [i, r] of results.entries()) {
+        assert.equal(
+          r.code,
+          0,
+          `vm${i + 1} exit code ${r.code} (${r.error ?? ""})\n${r.consoleLog.slice(-3000)}`,
+        );
+      }
+    } finally {
+      await teardown();
+    }
+  },
+);
