@@ -68,6 +68,8 @@ async function host() {
     process.exit(1); // lab/vm.ts kills live guests on exit
   }, DEADLINE_MS);
   const dir = mkdtempSync(join(tmpdir(), "vbus-vmdemo-"));
+  // ivshmem backing files: the guests' messages go through shared-memory rings (path=ring).
+  const shmFile = (vm: string) => `/dev/shm/vbus-vmdemo-${process.pid}-${vm}`;
   const config = parseConfig(
     JSON.stringify({
       listen: join(dir, "broker.sock"),
@@ -75,9 +77,11 @@ async function host() {
         {
           name: "vm1",
           socket: join(dir, "vm1.sock"),
+          shm: shmFile("vm1"),
+          shmSize: 1 << 20,
           permissions: { publish: ["sensors.vm1.>"], subscribe: ["cmd.vm1.>"] },
         },
-        { name: "vm2", socket: join(dir, "vm2.sock") },
+        { name: "vm2", socket: join(dir, "vm2.sock"), shm: shmFile("vm2"), shmSize: 1 << 20 },
       ],
     }),
     "vm demo config",
@@ -90,7 +94,10 @@ async function host() {
 
   const t0 = Date.now();
   const scripts: Record<string, string> = {
-    vm1: "exec ./node_modules/.bin/bun examples/sensor_publisher.ts",
+    // vm1 waits for the host's go (so vm2, slower to start under Deno, sees the readings too):
+    // the vbus CLI in the guest, then the sensor publisher.
+    vm1: "./node_modules/.bin/bun src/cli/main.ts sub cmd.vm1.start --count 1 >/dev/null && " +
+      "exec ./node_modules/.bin/bun examples/sensor_publisher.ts",
     vm2: "exec ./node_modules/.bin/deno run -A examples/vm_demo.ts --guest",
   };
   const guests = await Promise.all(config.vms.map((vm) =>
@@ -123,11 +130,24 @@ async function host() {
   let code = 0;
   try {
     // Ask vm2 once its Deno service is up (no responders until then).
-    const vm2Up = askWhenUp(hostBus, g2.exited);
+    await askWhenUp(hostBus, g2.exited);
+    // Tell vm1 to start (repeated until its first reading: its CLI may not have subscribed yet).
+    let readings = 0;
+    hostBus.subscribe("sensors.vm1.temp", { callback: () => readings++ });
+    let go = true;
+    let announced = false;
+    g1.exited.then(() => go = false);
+    while (go && readings === 0) {
+      await hostBus.publish("cmd.vm1.start", true);
+      if (!announced) {
+        say("host", "publishes cmd.vm1.start (again each second until vm1's first reading)");
+      }
+      announced = true;
+      for (let i = 0; i < 10 && go && readings === 0; i++) await sleep(100);
+    }
     const r1 = await g1.exited; // the sensor publisher sends 10 readings, then vm1 powers off
     say("lab", `vm1: program exited with code ${r1.code}, guest off after ${r1.totalMs} ms`);
     if (r1.code !== 0) code = 1;
-    await vm2Up;
     await hostBus.publish("demo.stop");
     await hostBus.flush();
     const r2 = await g2.exited;
@@ -157,6 +177,7 @@ async function host() {
     await hostBus.close();
     await broker.stop();
     rmSync(dir, { recursive: true, force: true });
+    for (const vm of config.vms) if (vm.shm) rmSync(vm.shm, { force: true });
     clearTimeout(deadline);
   }
   console.log(code === 0 ? "\nVM demo finished" : "\nVM demo failed");
