@@ -99,6 +99,7 @@ const SET = QUICK
   : { seconds: 3, count: { 64: 300_000, 65536: 20_000 } as Record<number, number>, rrCount: 2_000, rrSeconds: 4 };
 const IDLE_MS = 1000;
 const T_START = Date.now();
+const sourceAtStart = sourceInfo();
 const remaining = () => BUDGET_MS - (Date.now() - T_START);
 const now = () => performance.now();
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -726,6 +727,22 @@ function firstLine(cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 20_000 });
   return (r.stdout ?? "").split("\n")[0].trim() || "?";
 }
+/** Which code was measured: the checkout's commit, and uncommitted changes to what runs. */
+function sourceInfo(): { commit: string; dirty: string[] } {
+  const git = (args: string[]) => spawnSync("git", ["-C", PROJECT_ROOT, ...args], { encoding: "utf8", timeout: 20_000 });
+  const head = git(["rev-parse", "--short", "HEAD"]);
+  if (head.status !== 0) return { commit: "unknown (not a git checkout)", dirty: [] };
+  const st = git(["status", "--porcelain", "--", "src", "mod.ts", "ffi", "lab", "bench/guests.ts", "bench/guests"]);
+  return {
+    commit: head.stdout.trim(),
+    dirty: (st.stdout ?? "").split("\n").filter((l) => l.trim()).map((l) => l.slice(3)),
+  };
+}
+const sourceEnd = sourceInfo();
+const source = {
+  ...sourceAtStart,
+  changedDuringRun: sourceEnd.commit !== sourceAtStart.commit || sourceEnd.dirty.join() !== sourceAtStart.dirty.join(),
+};
 const cpuModel = cpus()[0]?.model ?? "?";
 const hostRuntime = RUNTIME === "deno"
   ? `deno ${(globalThis as unknown as { Deno: { version: { deno: string } } }).Deno.version.deno}`
@@ -769,6 +786,7 @@ const settings = {
 const finishedAt = new Date().toISOString();
 const json = {
   schema: "vbus-bench-guests/1",
+  source,
   startedAt,
   finishedAt,
   tookS: +((Date.now() - T_START) / 1000).toFixed(1),
@@ -809,6 +827,7 @@ md.push(
 md.push("## Machine", "", "| item | value |", "|---|---|");
 const mrow = (k: string, v: unknown) => md.push(`| ${k} | ${String(v).replace(/\|/g, "\\|")} |`);
 mrow("accelerator", `${acc} (${accel.reason})`);
+mrow("code measured", `${relative(process.cwd(), PROJECT_ROOT) || "."} at ${source.commit}${source.dirty.length ? ` **with uncommitted changes** in ${source.dirty.join(", ")}` : ", clean"}${source.changedDuringRun ? " (**the tree changed during the run**)" : ""}`);
 mrow("CPU", `${cpuModel}, ${machine.cores} cores, ${machine.memoryGiB} GiB`);
 mrow("host kernel", machine.kernel);
 mrow("QEMU", `${machine.qemu}; guests: ${machine.guestMemory} RAM, 1 vCPU, ivshmem 16 MiB, guest kernel ${machine.guestKernel}`);
