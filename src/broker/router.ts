@@ -28,6 +28,8 @@ export interface DeliveryTarget {
     payload: Uint8Array,
     /** The payload is a view into a guest's ring, valid only during this call. */
     volatile?: boolean,
+    /** The publisher's PUB head after its array marker, for splicing the MSG head. */
+    pubTail?: Uint8Array,
   ): boolean | void;
 }
 
@@ -78,6 +80,7 @@ export class Router {
     headers: Headers | null,
     payload: Uint8Array,
     volatile = false,
+    pubTail?: Uint8Array,
   ): number {
     const matched = this.#subs.match(subject);
     if (matched.length === 0) return 0;
@@ -87,7 +90,7 @@ export class Router {
     const list = matched.some((e) => e.max > 0) ? matched.slice() : matched;
     for (const entry of list) {
       if (entry.queue === null) {
-        this.#deliver(entry, subject, reply, headers, payload, volatile);
+        this.#deliver(entry, subject, reply, headers, payload, volatile, pubTail);
         delivered++;
       } else {
         groups ??= new Map();
@@ -102,7 +105,7 @@ export class Router {
         const turn = this.#queueTurn.get(key) ?? 0;
         this.#queueTurn.set(key, turn + 1);
         if (this.#queueTurn.size > 65536) this.#queueTurn.clear(); // bound memory
-        this.#deliver(members[turn % members.length], subject, reply, headers, payload, volatile);
+        this.#deliver(members[turn % members.length], subject, reply, headers, payload, volatile, pubTail);
         delivered++;
       }
     }
@@ -116,9 +119,10 @@ export class Router {
     headers: Headers | null,
     payload: Uint8Array,
     volatile: boolean,
+    pubTail: Uint8Array | undefined,
   ) {
     entry.delivered++;
     if (entry.max > 0 && entry.delivered >= entry.max) this.remove(entry);
-    entry.target.deliver(entry, subject, reply, headers, payload, volatile);
+    entry.target.deliver(entry, subject, reply, headers, payload, volatile, pubTail);
   }
 }

@@ -14,7 +14,7 @@ import { randomBytes } from "node:crypto";
 import type { Port } from "../port/port.ts";
 import { encodeFrame, FrameDecoder, FrameHeader, type Frame } from "../protocol/frame.ts";
 import { FrameWriter } from "../protocol/frame_writer.ts";
-import { encodeValue } from "../protocol/codec.ts";
+import { encodeValue, msgHeadMaxLength, PUB_HEAD_MARK, writeMsgHead } from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import {
   decodeDoorbellHead,
@@ -113,6 +113,8 @@ export class Session implements DeliveryTarget {
   #slowDropped = 0;
   #slowReportedAt = 0;
   #ring?: RingChannel;
+  // Private copy of a PUB head read from a guest's ring (heads are at most 64 KiB).
+  #headCopy = new Uint8Array(64 * 1024);
   // MSG frames waiting for room in this session's inbound ring, oldest first.
   #backlog: Uint8Array[] = [];
   #backlogBytes = 0;
@@ -191,6 +193,7 @@ export class Session implements DeliveryTarget {
     headers: Headers | null,
     payload: Uint8Array,
     volatile = false,
+    pubTail?: Uint8Array,
   ): boolean {
     if (entry.max > 0 && entry.delivered >= entry.max && this.#subs.delete(entry.sid)) {
       this.#opts.stats.subscriptions--; // the router removed it at its max
@@ -200,8 +203,14 @@ export class Session implements DeliveryTarget {
     if (!this.#opts.host && subject.startsWith(SYSTEM_PREFIX)) return false;
     const stats = this.#opts.stats;
     if (reply !== null) this.#guard.grantReply(reply);
-    const head = encodeValue([entry.sid, subject, reply, headers]);
     const ring = this.#ring;
+    if (ring && pubTail && this.#backlog.length === 0 && ring.tryWriteMsg(entry.sid, pubTail, payload)) {
+      stats.msgsOut++;
+      stats.ringMsgsOut++;
+      stats.bytesOut += payload.length;
+      return true;
+    }
+    const head = pubTail ? msgHead(entry.sid, pubTail) : encodeValue([entry.sid, subject, reply, headers]);
     if (ring) {
       if (this.#backlog.length === 0 && ring.tryWriteFrame(Op.Msg, head, payload)) {
         stats.msgsOut++;
@@ -408,7 +417,7 @@ export class Session implements DeliveryTarget {
       const region = initRegion(shm.bytes, { pid: 0 });
       this.#ring = new RingChannel(region, {
         maxFrameBytes: this.#ctx.limits.maxFrameBytes,
-        ringDoorbell: (ring, kind) => this.#writer.frame(Op.Doorbell, encodeValue([ring, kind])),
+        ringDoorbell: (ring, kind) => this.#writer.urgent(Op.Doorbell, encodeValue([ring, kind])),
         onFrame: (frame) => this.#onRingFrame(frame),
         onCorrupt: (err) => this.#ringViolation(err),
       });
@@ -455,7 +464,18 @@ export class Session implements DeliveryTarget {
   ringStopped: Promise<void> = Promise.resolve();
 
   #onPub(frame: Frame, volatile = false) {
-    const [subject, reply, headers] = decodePubHead(frame.head);
+    let buf = frame.buf, start = frame.headStart, end = frame.headEnd;
+    if (volatile) {
+      // The guest can rewrite its ring at any moment: decode from our own copy of the head,
+      // and forward exactly those bytes.
+      const n = end - start;
+      const copy = this.#headCopy;
+      for (let i = 0; i < n; i++) copy[i] = buf[start + i];
+      buf = copy;
+      start = 0;
+      end = n;
+    }
+    const [subject, reply, headers] = decodePubHead(buf, start, end);
     const limits = this.#ctx.limits;
     const stats = this.#opts.stats;
     if (!this.#takeToken()) return;
@@ -483,7 +503,9 @@ export class Session implements DeliveryTarget {
     }
     stats.msgsIn++;
     stats.bytesIn += frame.payload.length;
-    const delivered = this.#ctx.router.publish(subject, reply, headers, frame.payload, volatile);
+    // The MSG head is spliced from the validated PUB head bytes (no re-encoding per delivery).
+    const pubTail = buf[start] === PUB_HEAD_MARK ? buf.subarray(start + 1, end) : undefined;
+    const delivered = this.#ctx.router.publish(subject, reply, headers, frame.payload, volatile, pubTail);
     if (delivered === 0 && reply !== null && this.#features.has(Feature.NoResponders)) {
       this.#ctx.router.publish(reply, null, NO_RESPONDERS_HEADERS, EMPTY);
     }
@@ -611,4 +633,9 @@ export class Session implements DeliveryTarget {
 function readHeadLength(frame: Uint8Array): number {
   const o = FrameHeader.HEAD_LENGTH_OFFSET;
   return ((frame[o] << 24) >>> 0) + (frame[o + 1] << 16) + (frame[o + 2] << 8) + frame[o + 3];
+}
+
+function msgHead(sid: number, pubTail: Uint8Array): Uint8Array {
+  const out = new Uint8Array(msgHeadMaxLength(pubTail));
+  return out.subarray(0, writeMsgHead(out, 0, sid, pubTail));
 }

@@ -81,6 +81,8 @@ interface PendingRingPub {
 }
 
 const RESOLVED: Promise<void> = Promise.resolve();
+/** Subjects whose PUB head is kept encoded. */
+const HEAD_CACHE_SIZE = 1024;
 const EMPTY_ARRAY_HEAD = encodeValue([]);
 const CLIENT_FEATURES = [Feature.Headers, Feature.NoResponders];
 /** Unanswered client PINGs after which the connection is considered dead. */
@@ -119,6 +121,7 @@ export class Bus implements SubscriptionOwner {
   #ring?: RingChannel;
   #ringQueue: PendingRingPub[] = [];
   #ringPumping = false;
+  #headCache = new Map<string, Uint8Array>();
   #opener: PortOpener;
   #state: State = "connecting";
   #port?: Port;
@@ -260,7 +263,7 @@ export class Bus implements SubscriptionOwner {
     }
     const headers = opts?.headers ?? null;
     if (headers !== null) this.#checkHeaders(headers, subject);
-    const head = encodeValue([subject, reply, headers]);
+    const head = reply === null && headers === null ? this.#plainHead(subject) : encodeValue([subject, reply, headers]);
     if (this.#ring && this.#state === "connected") return this.#publishRing(head, value, subject);
     const payload = encodeValue(value);
     const size = FrameHeader.LENGTH + head.length + payload.length;
@@ -274,6 +277,17 @@ export class Bus implements SubscriptionOwner {
       return writer.blocked ? writer.ready() : RESOLVED;
     }
     return this.#bufferFrame(encodeFrame(Op.Pub, head, payload), subject);
+  }
+
+  /** The PUB head of a plain publish to `subject`, encoded once and cached. */
+  #plainHead(subject: string): Uint8Array {
+    let head = this.#headCache.get(subject);
+    if (!head) {
+      if (this.#headCache.size >= HEAD_CACHE_SIZE) this.#headCache.clear();
+      head = encodeValue([subject, null, null]);
+      this.#headCache.set(subject, head);
+    }
+    return head;
   }
 
   #publishRing(head: Uint8Array, value: unknown, subject: string): Promise<void> {
@@ -784,7 +798,7 @@ export class Bus implements SubscriptionOwner {
       this.#stopRing();
       this.#ring = new RingChannel(region, {
         maxFrameBytes: DEFAULT_LIMITS.maxFrameBytes * 2,
-        ringDoorbell: (ring, kind) => this.#writer?.frame(Op.Doorbell, encodeValue([ring, kind])),
+        ringDoorbell: (ring, kind) => this.#writer?.urgent(Op.Doorbell, encodeValue([ring, kind])),
         onFrame: (frame) => this.#onRingFrame(frame),
         onCorrupt: (err) => {
           this.#emit({ type: "error", code: ErrorCode.BadFrame, message: `shared-memory ring: ${err.message}` });
@@ -915,7 +929,7 @@ export class Bus implements SubscriptionOwner {
   }
 
   #onMsg(frame: Frame, inRing = false) {
-    const [sid, subject, reply, headers] = decodeMsgHead(frame.head);
+    const [sid, subject, reply, headers] = decodeMsgHead(frame.buf, frame.headStart, frame.headEnd);
     let payload = frame.payload;
     if (sid === this.#inboxSid) {
       if (inRing) payload = payload.slice(); // the reply is read after the slot is reused

@@ -49,12 +49,34 @@ export const FrameHeader = {
   FLAGS_PAD_MASK: 0x07,
 } as const;
 
-/** One decoded frame. `head` and `payload` are views into the received bytes. */
+/**
+ * One decoded frame. `head` and `payload` are views into the received bytes; `buf`,
+ * `headStart` and `headEnd` locate the head without making a view (the hot path decodes it
+ * in place).
+ */
 export interface Frame {
   op: number;
   flags: number;
-  head: Uint8Array;
+  readonly head: Uint8Array;
   payload: Uint8Array;
+  buf: Uint8Array;
+  headStart: number;
+  headEnd: number;
+}
+
+/** A frame found in a ring record: the head view is only made if someone asks for it. */
+class RingFrame implements Frame {
+  constructor(
+    readonly op: number,
+    readonly flags: number,
+    readonly buf: Uint8Array,
+    readonly headStart: number,
+    readonly headEnd: number,
+    readonly payload: Uint8Array,
+  ) {}
+  get head(): Uint8Array {
+    return this.buf.subarray(this.headStart, this.headEnd);
+  }
 }
 
 /**
@@ -133,12 +155,7 @@ export function parseFrameAt(bytes: Uint8Array, offset: number, length: number, 
   }
   const headStart = offset + FrameHeader.LENGTH;
   const payloadStart = headStart + headLength + pad;
-  return {
-    op,
-    flags,
-    head: bytes.subarray(headStart, headStart + headLength),
-    payload: bytes.subarray(payloadStart, payloadStart + payloadLength),
-  };
+  return new RingFrame(op, flags, bytes, headStart, headStart + headLength, bytes.subarray(payloadStart, payloadStart + payloadLength));
 }
 
 /** A shared empty payload. */
@@ -274,6 +291,9 @@ export class FrameDecoder {
           flags,
           head: b.subarray(headStart, headStart + headLength),
           payload: b.subarray(payloadStart, payloadStart + payloadLength),
+          buf: b,
+          headStart,
+          headEnd: headStart + headLength,
         };
         pos += total;
         onFrame(frame);

@@ -81,6 +81,15 @@ export class FrameWriter {
     this.#write(bytes);
   }
 
+  /**
+   * Queue a frame and hand everything batched to the port now: for a doorbell, which a parked
+   * peer is waiting for (the caller may be in a loop that never yields to the event loop).
+   */
+  urgent(op: number, head: Uint8Array): void {
+    this.frame(op, head);
+    this.flush();
+  }
+
   /** Hand the batch to the port now. */
   flush(): void {
     this.#scheduled = false;

@@ -11,7 +11,7 @@
  * ```
  * @module
  */
-import { decodeValue } from "./codec.ts";
+import { decodeValueAt } from "./codec.ts";
 import { ErrorCode, VbusError } from "./errors.ts";
 import type {
   ErrHead,
@@ -28,9 +28,9 @@ function bad(what: string): never {
   throw new VbusError(ErrorCode.BadFrame, `malformed ${what}`);
 }
 
-function decodeHead(bytes: Uint8Array, what: string): unknown {
+function decodeHead(bytes: Uint8Array, what: string, start = 0, end = bytes.length): unknown {
   try {
-    return decodeValue(bytes);
+    return decodeValueAt(bytes, start, end);
   } catch {
     return bad(`${what} head: not msgpack`);
   }
@@ -103,8 +103,8 @@ export function decodeUnsubHead(bytes: Uint8Array): UnsubHead {
 }
 
 /** Decode a PUB head. */
-export function decodePubHead(bytes: Uint8Array): PubHead {
-  const h = decodeHead(bytes, "PUB");
+export function decodePubHead(bytes: Uint8Array, start = 0, end = bytes.length): PubHead {
+  const h = decodeHead(bytes, "PUB", start, end);
   if (!Array.isArray(h) || h.length !== 3) bad("PUB head");
   const [subject, reply, headers] = h as unknown[];
   if (typeof subject !== "string") bad("PUB subject");
@@ -114,8 +114,8 @@ export function decodePubHead(bytes: Uint8Array): PubHead {
 }
 
 /** Decode a MSG head. */
-export function decodeMsgHead(bytes: Uint8Array): MsgHead {
-  const h = decodeHead(bytes, "MSG");
+export function decodeMsgHead(bytes: Uint8Array, start = 0, end = bytes.length): MsgHead {
+  const h = decodeHead(bytes, "MSG", start, end);
   if (!Array.isArray(h) || h.length !== 4) bad("MSG head");
   const [sid, subject, reply, headers] = h as unknown[];
   if (!isSid(sid) || typeof subject !== "string" || !optionalString(reply) || !isHeaders(headers)) {

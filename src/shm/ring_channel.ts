@@ -26,7 +26,7 @@
 import { setImmediate } from "node:timers";
 import { Buffer } from "node:buffer";
 import { Packr, REUSE_BUFFER_MODE } from "msgpackr";
-import { MSGPACK_OPTIONS } from "../protocol/codec.ts";
+import { MSGPACK_OPTIONS, msgHeadMaxLength, writeBinHeader, writeMsgHead } from "../protocol/codec.ts";
 import { EMPTY, type Frame, FrameHeader, parseFrameAt, writeFrameHeader } from "../protocol/frame.ts";
 import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
@@ -206,6 +206,28 @@ export class RingChannel {
   }
 
   /**
+   * Write a MSG frame built from a PUB head's tail (see `writeMsgHead`) straight into the
+   * transmit ring: the head is spliced, not re-encoded, and the payload copied once.
+   */
+  tryWriteMsg(sid: number, pubTail: Uint8Array, payload: Uint8Array): boolean {
+    if (this.#stopped) return false;
+    const max = FrameHeader.LENGTH + msgHeadMaxLength(pubTail) + payload.length;
+    if (max > this.#producer.maxBodyLength) return false;
+    const at = this.#producer.tryClaim(max);
+    if (at < 0) {
+      this.stats.fullCount++;
+      return false;
+    }
+    const b = this.#bytes;
+    const headLength = writeMsgHead(b, at + FrameHeader.LENGTH, sid, pubTail);
+    writeFrameHeader(b, at, Op.Msg, 0, headLength, payload.length);
+    b.set(payload, at + FrameHeader.LENGTH + headLength);
+    this.#producer.commit(FrameHeader.LENGTH + headLength + payload.length);
+    this.#committed();
+    return true;
+  }
+
+  /**
    * Encode `value` with msgpack straight into a PUB frame in the transmit ring (no
    * intermediate buffer). Returns "ok", "full" (retry after {@link waitForSpace}) or
    * "too-large" (does not fit in the ring at all).
@@ -214,6 +236,7 @@ export class RingChannel {
     if (this.#stopped) return "full";
     const max = this.#producer.maxBodyLength;
     const claim = this.claimSize(head, value);
+    if (value instanceof Uint8Array && claim > max) return "too-large";
     const at = this.#producer.tryClaim(claim);
     if (at < 0) {
       this.stats.fullCount++;
@@ -222,6 +245,15 @@ export class RingChannel {
     const b = this.#bytes;
     const payloadAt = at + FrameHeader.LENGTH + head.length;
     b.set(head, at + FrameHeader.LENGTH);
+    if (value instanceof Uint8Array) {
+      // Binary: its msgpack encoding is a bin header and the bytes, written into the slot.
+      const h = writeBinHeader(b, payloadAt, value.length);
+      b.set(value, payloadAt + h);
+      writeFrameHeader(b, at, Op.Pub, 0, head.length, h + value.length);
+      this.#producer.commit(FrameHeader.LENGTH + head.length + h + value.length);
+      this.#committed();
+      return "ok";
+    }
     // The slot is the Packr's buffer: on overflow msgpackr allocates its own instead of
     // writing past the claim, and we notice below.
     // A Buffer view (no copy): msgpackr writes strings with Buffer's utf8Write where it exists.
@@ -258,9 +290,9 @@ export class RingChannel {
 
   /** Bytes {@link tryPublishInPlace} claims for this message (what {@link waitForSpace} needs). */
   claimSize(head: Uint8Array, value: unknown): number {
+    if (value instanceof Uint8Array) return FrameHeader.LENGTH + head.length + 5 + value.length;
     const fixed = FrameHeader.LENGTH + head.length + FrameHeader.FLAGS_PAD_MASK;
-    const estimate = value instanceof Uint8Array ? value.length + 5 : 0;
-    return Math.min(this.#producer.maxBodyLength, fixed + estimate + MSGPACK_HEADROOM);
+    return Math.min(this.#producer.maxBodyLength, fixed + MSGPACK_HEADROOM);
   }
 
   /** Resolves when the transmit ring can take a frame of `length` bytes (or the channel stops). */

@@ -1,0 +1,150 @@
+/**
+ * Profile the fast path: a `vbus broker`, one subscriber and one publisher as three processes
+ * (host clients on shared-memory rings), N binary messages of SIZE bytes, 1 publisher -> 1
+ * subscriber. Prints msgs/s, MB/s and the CPU seconds of each process; with --prof, each
+ * process writes a Bun CPU profile in Markdown (`--cpu-prof-md`) to bench/results/profiles/.
+ *
+ *   bun bench/fastpath_profile.ts [--size 64] [--count 1000000] [--shm true|false] [--prof]
+ *
+ * Roles (internal): `broker`, `sub`, `pub` are started by the parent with --role.
+ * @module
+ */
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+
+const { values } = parseArgs({
+  options: {
+    role: { type: "string" },
+    size: { type: "string", default: "64" },
+    count: { type: "string", default: "1000000" },
+    shm: { type: "string", default: "true" },
+    socket: { type: "string" },
+    prof: { type: "boolean", default: false },
+    seconds: { type: "string", default: "20" },
+  },
+});
+const size = Number(values.size);
+const count = Number(values.count);
+const shm = values.shm !== "false";
+const SELF = fileURLToPath(import.meta.url);
+const ROOT = join(SELF, "..", "..");
+
+function cpuSeconds(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+    return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in clock ticks of 10 ms
+  } catch {
+    return NaN;
+  }
+}
+
+if (values.role === "sub" || values.role === "pub") {
+  const { connect } = await import("../mod.ts");
+  const bus = await connect({ server: values.socket!, shm, reconnect: false });
+  if (shm && bus.dataPath !== "ring") throw new Error(`expected ring, got ${bus.dataPath}`);
+  if (values.role === "sub") {
+    let got = 0;
+    let t0 = 0;
+    const done = new Promise<void>((resolve) =>
+      bus.subscribe<Uint8Array>("prof", {
+        callback: (_e, m) => {
+          if (got === 0) t0 = performance.now();
+          if ((m.data as Uint8Array).length !== size) throw new Error("bad size");
+          if (++got === count) resolve();
+        },
+      })
+    );
+    await bus.flush();
+    process.stdout.write("ready\n");
+    await done;
+    const s = (performance.now() - t0) / 1000;
+    process.stdout.write(JSON.stringify({ got, seconds: s }) + "\n");
+  } else {
+    const payload = new Uint8Array(size).fill(7);
+    for (let i = 0; i < count; i++) {
+      const p = bus.publish("prof", payload);
+      if ((i & 1023) === 1023) await p;
+    }
+    await bus.flush();
+  }
+  await bus.close();
+  process.exit(0);
+}
+
+if (values.role === "broker") {
+  const { Broker, parseConfig } = await import("../mod.ts");
+  const broker = new Broker(parseConfig(JSON.stringify({ listen: values.socket, vms: [] })));
+  await broker.start();
+  process.stdout.write("ready\n");
+  process.on("SIGTERM", async () => {
+    await broker.stop();
+    process.exit(0);
+  });
+  await new Promise(() => {});
+}
+
+// Parent: start the three processes, time the run, collect CPU per process.
+const dir = mkdtempSync(join(tmpdir(), "vbus-prof-"));
+const socket = join(dir, "broker.sock");
+const profDir = join(ROOT, "bench", "results", "profiles");
+if (values.prof) mkdirSync(profDir, { recursive: true });
+const bun = join(ROOT, "node_modules", ".bin", "bun");
+function start(role: string) {
+  const flags = values.prof ? ["--cpu-prof-md", `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${role}-${size}B-${shm ? "ring" : "stream"}.md`] : [];
+  const child = spawn(bun, [...flags, SELF, "--role", role, "--socket", socket, "--size", String(size), "--count", String(count), "--shm", String(shm)], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, VBUS_LOG: "warn" },
+  });
+  let out = "";
+  child.stdout!.on("data", (d) => out += d);
+  const ready = new Promise<void>((resolve) => {
+    const check = () => (out.includes("ready") ? resolve() : setTimeout(check, 5));
+    check();
+  });
+  const exited = new Promise<number>((resolve) => child.on("close", (c) => resolve(c ?? -1)));
+  return { child, ready, exited, output: () => out };
+}
+const broker = start("broker");
+await broker.ready;
+const sub = start("sub");
+await sub.ready;
+const t0 = performance.now();
+const pub = start("pub");
+const timer = setTimeout(() => {
+  pub.child.kill();
+  sub.child.kill();
+}, Number(values.seconds) * 1000);
+const cpu = { broker: 0, sub: 0, pub: 0 };
+const sample = setInterval(() => {
+  for (const [k, p] of Object.entries({ broker, sub, pub })) {
+    const c = cpuSeconds(p.child.pid!);
+    if (!Number.isNaN(c)) cpu[k as keyof typeof cpu] = c;
+  }
+}, 50);
+const [pubCode, subCode] = await Promise.all([pub.exited, sub.exited]);
+clearInterval(sample);
+clearTimeout(timer);
+const wall = (performance.now() - t0) / 1000;
+broker.child.kill("SIGTERM");
+await broker.exited;
+rmSync(dir, { recursive: true, force: true });
+const line = sub.output().trim().split("\n").pop()!;
+const result = line.startsWith("{") ? JSON.parse(line) : { got: 0, seconds: wall };
+const rate = result.got / result.seconds;
+const report = {
+  path: shm ? "ring" : "stream",
+  size,
+  count,
+  delivered: result.got,
+  msgsPerSec: Math.round(rate),
+  mbPerSec: Math.round((rate * size) / 1e6),
+  cpuSeconds: cpu,
+  exit: { pub: pubCode, sub: subCode },
+};
+console.log(JSON.stringify(report));
+if (values.prof) writeFileSync(join(profDir, `summary-${size}B-${shm ? "ring" : "stream"}.json`), JSON.stringify(report, null, 2));
