@@ -91,3 +91,29 @@ test("codec: binary travels as binary, values round trip", () => {
   assert.deepEqual([...r.nested.x], [9]);
   assert.equal(decodeValue(new Uint8Array(0)), undefined);
 });
+
+test("heads: the fast head reader agrees with msgpackr, and declines what it does not handle", async () => {
+  const { HeadReader } = await import("../src/protocol/fast_heads.ts");
+  const reader = new HeadReader();
+  let seed = 7;
+  const rnd = (n: number) => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n;
+  const word = () => Array.from({ length: 1 + rnd(40) }, () => "abcxyz._-09AZ"[rnd(13)]).join("");
+  for (let i = 0; i < 2000; i++) {
+    const subject = word();
+    const reply = rnd(2) ? null : word();
+    const sid = [1, 127, 128, 255, 256, 65535, 65536, 2 ** 31][rnd(8)];
+    const pub = encodeValue([subject, reply, null]);
+    assert.deepEqual(reader.pub(pub, 0, pub.length), [subject, reply, null]);
+    const msg = encodeValue([sid, subject, reply, null]);
+    assert.deepEqual(reader.msg(msg, 0, msg.length), [sid, subject, reply, null]);
+  }
+  const unusual = [
+    encodeValue(["é.x", null, null]),
+    encodeValue(["a", null, { k: "v" }]),
+    encodeValue(["a", null]),
+    encodeValue(["a".repeat(300), null, null]),
+  ];
+  for (const u of unusual) assert.equal(reader.pub(u, 0, u.length), undefined);
+  const truncated = encodeValue(["abc", null, null]).subarray(0, 4);
+  assert.equal(reader.pub(truncated, 0, truncated.length), undefined);
+});

@@ -14,6 +14,7 @@ import { randomBytes } from "node:crypto";
 import type { Port } from "../port/port.ts";
 import { encodeFrame, FrameDecoder, FrameHeader, type Frame } from "../protocol/frame.ts";
 import { FrameWriter } from "../protocol/frame_writer.ts";
+import { HeadReader } from "../protocol/fast_heads.ts";
 import { encodeValue, msgHeadMaxLength, PUB_HEAD_MARK, writeMsgHead } from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import {
@@ -115,6 +116,7 @@ export class Session implements DeliveryTarget {
   #ring?: RingChannel;
   // Private copy of a PUB head read from a guest's ring (heads are at most 64 KiB).
   #headCopy = new Uint8Array(64 * 1024);
+  #heads = new HeadReader();
   // MSG frames waiting for room in this session's inbound ring, oldest first.
   #backlog: Uint8Array[] = [];
   #backlogBytes = 0;
@@ -475,7 +477,7 @@ export class Session implements DeliveryTarget {
       start = 0;
       end = n;
     }
-    const [subject, reply, headers] = decodePubHead(buf, start, end);
+    const [subject, reply, headers] = this.#heads.pub(buf, start, end) ?? decodePubHead(buf, start, end);
     const limits = this.#ctx.limits;
     const stats = this.#opts.stats;
     if (!this.#takeToken()) return;

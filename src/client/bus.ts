@@ -60,6 +60,7 @@ import { type Ffi, loadFfi, type ShmAnswer, type ShmOffer, writeGuestNonce } fro
 import { RingChannel } from "../shm/ring_channel.ts";
 import { attachRegion } from "../ring/region.ts";
 import { decodeDoorbellHead } from "../protocol/heads.ts";
+import { HeadReader } from "../protocol/fast_heads.ts";
 import { statSync } from "node:fs";
 import { createLogger } from "../util/log.ts";
 
@@ -122,6 +123,7 @@ export class Bus implements SubscriptionOwner {
   #ringQueue: PendingRingPub[] = [];
   #ringPumping = false;
   #headCache = new Map<string, Uint8Array>();
+  #heads = new HeadReader();
   #opener: PortOpener;
   #state: State = "connecting";
   #port?: Port;
@@ -929,7 +931,8 @@ export class Bus implements SubscriptionOwner {
   }
 
   #onMsg(frame: Frame, inRing = false) {
-    const [sid, subject, reply, headers] = decodeMsgHead(frame.buf, frame.headStart, frame.headEnd);
+    const [sid, subject, reply, headers] = this.#heads.msg(frame.buf, frame.headStart, frame.headEnd) ??
+      decodeMsgHead(frame.buf, frame.headStart, frame.headEnd);
     let payload = frame.payload;
     if (sid === this.#inboxSid) {
       if (inRing) payload = payload.slice(); // the reply is read after the slot is reused
