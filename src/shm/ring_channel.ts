@@ -25,6 +25,7 @@
  */
 import { setImmediate } from "node:timers";
 import { Buffer } from "node:buffer";
+import process from "node:process";
 import { Packr, REUSE_BUFFER_MODE } from "msgpackr";
 import { MSGPACK_OPTIONS, msgHeadMaxLength, writeBinHeader, writeMsgHead } from "../protocol/codec.ts";
 import { EMPTY, type Frame, FrameHeader, parseFrameAt, writeFrameHeader } from "../protocol/frame.ts";
@@ -37,6 +38,22 @@ import { RingId } from "../ring/layout.ts";
 
 /** What a DOORBELL announces: data to read, or space to write. */
 export const DoorbellKind = { Data: 0, Space: 1 } as const;
+
+/**
+ * How long a consumer keeps polling after its last record before it parks (overridable with
+ * VBUS_RING_SPIN_MS). Longer keeps a request/reply exchange free of doorbells; shorter saves
+ * CPU on an idle bus.
+ */
+const DEFAULT_SPIN_MS = spinFromEnv() ?? 0.2;
+
+function spinFromEnv(): number | undefined {
+  try {
+    const v = Number(process.env.VBUS_RING_SPIN_MS);
+    return Number.isFinite(v) && v >= 0 && process.env.VBUS_RING_SPIN_MS !== undefined ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Records consumed per batch before yielding to the event loop. */
 const BATCH_RECORDS = 1024;
@@ -319,7 +336,7 @@ export class RingChannel {
   }
 
   async #receiveLoop() {
-    const spinMs = this.#opts.spinMs ?? 0.2;
+    const spinMs = this.#opts.spinMs ?? DEFAULT_SPIN_MS;
     let idleSince = 0;
     while (this.#running) {
       let n: number;
