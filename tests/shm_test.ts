@@ -271,3 +271,48 @@ test("shm: mixed runtimes in separate processes (Deno publisher, Bun subscriber)
     await lab.close();
   }
 });
+
+test("shm: a \"block\" subscriber that stops reading holds the publisher instead of losing messages", async () => {
+  const lab = await startLab({ shm: true, limits: { maxPendingBytes: 64 * 1024 } });
+  const pub = await lab.vms.vm1.connect();
+  const port = await lab.vms.vm2.vm.open();
+  const frames: { op: number; head: unknown }[] = [];
+  const decoder = new FrameDecoder(1 << 24);
+  port.start((chunk) => decoder.push(chunk, (f) => frames.push({ op: f.op, head: decodeValue(f.head) })), () => {});
+  const m = mapSharedSync(lab.vms.vm2.shm!, SHM_SIZE);
+  const i32 = new Int32Array(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength >> 2);
+  try {
+    const nonce = writeGuestNonce(m.bytes);
+    port.write(encodeFrame(Op.Hello, encodeValue({ v: 1, features: [], nonce: 9, shm: { size: m.bytes.length, nonce } })));
+    await waitFor(() => frames.some((f) => f.op === Op.Welcome), "WELCOME");
+    port.write(encodeFrame(Op.Sub, encodeValue([1, "held", null, "block"])));
+    await waitFor(() => lab.broker.stats().vms.find((v) => v.name === "vm2")!.subscriptions === 1, "subscribed");
+    const N = 6000;
+    let resolved = 0;
+    const payload = new Uint8Array(1024);
+    const all = Array.from({ length: N }, () => pub.publish("held", payload).then(() => resolved++));
+    await waitFor(() => lab.broker.stats().vms.find((v) => v.name === "vm1")!.blocked >= 1, "publisher held");
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(resolved < N, `the publisher waits (${resolved}/${N} accepted)`);
+    // The subscriber catches up: consume its inbound ring by hand and ring the space doorbell.
+    const c = ringControl(RingId.INBOUND);
+    const deadline = Date.now() + 20_000;
+    const vm2Out = () => lab.broker.stats().vms.find((v) => v.name === "vm2")!.ringMsgsOut;
+    while ((resolved < N || vm2Out() < N) && Date.now() < deadline) {
+      Atomics.store(i32, c.CONSUMER_POSITION >> 2, Atomics.load(i32, c.PRODUCER_POSITION >> 2));
+      port.write(encodeFrame(Op.Doorbell, encodeValue([RingId.INBOUND, 1])));
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await Promise.all(all);
+    await pub.flush();
+    assert.equal(vm2Out(), N, "every message delivered");
+    const vm2 = lab.broker.stats().vms.find((v) => v.name === "vm2")!;
+    assert.equal(vm2.dropped, 0, "nothing dropped under the block policy");
+    assert.equal(frames.filter((f) => f.op === Op.Err).length, 0);
+  } finally {
+    m.unmap();
+    port.close();
+    await pub.close();
+    await lab.close();
+  }
+});

@@ -40,6 +40,8 @@ export interface RouteEntry {
   queue: string | null;
   /** Remove after this many deliveries in total; 0 = never. */
   max: number;
+  /** Slow-consumer policy: block publishers instead of dropping (default false). */
+  block?: boolean;
   delivered: number;
   target: DeliveryTarget;
 }

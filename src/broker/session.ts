@@ -65,6 +65,8 @@ export interface SessionContext {
   limits: Limits;
   log: Logger;
   pingIntervalMs: number;
+  /** The session whose PUB is being routed right now (for the "block" policy). */
+  publishing?: Session;
   /** Session ids are `${identity}#${this}`: unique across broker restarts. */
   nextSessionNumber(): string;
 }
@@ -114,6 +116,9 @@ export class Session implements DeliveryTarget {
   #slowDropped = 0;
   #slowReportedAt = 0;
   #ring?: RingChannel;
+  #blockSubs = 0; // live subscriptions with the "block" policy
+  #heldPublishers = new Set<Session>(); // publishers this session holds
+  #holders = new Set<Session>(); // subscribers holding this session
   // Private copy of a PUB head read from a guest's ring (heads are at most 64 KiB).
   #headCopy = new Uint8Array(64 * 1024);
   #heads = new HeadReader();
@@ -157,6 +162,8 @@ export class Session implements DeliveryTarget {
     this.#state = "closed";
     this.#dropSubscriptions();
     this.#stopRing();
+    for (const h of [...this.#holders]) h.#heldPublishers.delete(this);
+    this.#holders.clear();
     if (this.#pingTimer) clearInterval(this.#pingTimer);
     this.#writer.flush();
     this.#port.close();
@@ -199,6 +206,7 @@ export class Session implements DeliveryTarget {
   ): boolean {
     if (entry.max > 0 && entry.delivered >= entry.max && this.#subs.delete(entry.sid)) {
       this.#opts.stats.subscriptions--; // the router removed it at its max
+      if (entry.block) this.#blockSubs--;
     }
     if (this.#state !== "open") return false;
     // The broker's own subjects (e.g. $VBUS.STATS requests) never reach a VM, even via `>`.
@@ -223,6 +231,15 @@ export class Session implements DeliveryTarget {
       return this.#toBacklog(encodeFrame(Op.Msg, head, payload), payload.length);
     }
     if (this.#port.pending + this.#writer.batched > this.#ctx.limits.maxPendingBytes) {
+      if (this.#blockSubs > 0) {
+        // "block": keep the message and hold its publisher until this port drains.
+        this.#writer.frame(Op.Msg, head, payload, 0, volatile);
+        stats.msgsOut++;
+        stats.bytesOut += payload.length;
+        this.#holdPublisher();
+        this.#port.drained().then(() => this.#releasePublishers());
+        return true;
+      }
       stats.dropped++;
       this.#slowDropped++;
       this.#reportSlow();
@@ -235,6 +252,38 @@ export class Session implements DeliveryTarget {
     return true;
   }
 
+  /** "block" policy: stop reading from the session publishing now until this one catches up. */
+  #holdPublisher() {
+    const publisher = this.#ctx.publishing;
+    if (!publisher || publisher === this || this.#heldPublishers.has(publisher)) return;
+    this.#heldPublishers.add(publisher);
+    publisher.holdFor(this);
+  }
+
+  #releasePublishers() {
+    if (this.#heldPublishers.size === 0) return;
+    const held = [...this.#heldPublishers];
+    this.#heldPublishers.clear();
+    for (const p of held) p.releaseFor(this);
+  }
+
+  /** Stop reading this session's input while `subscriber` is behind (its "block" policy). */
+  holdFor(subscriber: Session): void {
+    if (this.#holders.size === 0) {
+      this.#ring?.pause();
+      this.#port.pause();
+      this.#opts.stats.blocked++;
+    }
+    this.#holders.add(subscriber);
+  }
+
+  /** `subscriber` caught up: read this session's input again once nobody holds it. */
+  releaseFor(subscriber: Session): void {
+    if (!this.#holders.delete(subscriber) || this.#holders.size > 0) return;
+    this.#ring?.resume();
+    this.#port.resume();
+  }
+
   /** Queue a MSG for a full ring; beyond the bound drop the oldest, counted and reported. */
   #toBacklog(frame: Uint8Array, payloadLength: number): boolean {
     const stats = this.#opts.stats;
@@ -243,7 +292,9 @@ export class Session implements DeliveryTarget {
     this.#backlogBytes += frame.length;
     stats.msgsOut++;
     stats.bytesOut += payloadLength;
-    while (this.#backlogBytes > max && this.#backlog.length > 1) {
+    if (this.#blockSubs > 0) {
+      if (this.#backlogBytes > max) this.#holdPublisher();
+    } else while (this.#backlogBytes > max && this.#backlog.length > 1) {
       const dropped = this.#backlog.shift()!;
       this.#backlogBytes -= dropped.length;
       stats.dropped++;
@@ -268,7 +319,9 @@ export class Session implements DeliveryTarget {
         this.#backlog.shift();
         this.#backlogBytes -= frame.length;
         this.#opts.stats.ringMsgsOut++;
+        if (this.#backlogBytes <= this.#ctx.limits.maxPendingBytes / 2) this.#releasePublishers();
       }
+      this.#releasePublishers();
     } finally {
       this.#backlogFlushing = false;
     }
@@ -507,14 +560,20 @@ export class Session implements DeliveryTarget {
     stats.bytesIn += frame.payload.length;
     // The MSG head is spliced from the validated PUB head bytes (no re-encoding per delivery).
     const pubTail = buf[start] === PUB_HEAD_MARK ? buf.subarray(start + 1, end) : undefined;
-    const delivered = this.#ctx.router.publish(subject, reply, headers, frame.payload, volatile, pubTail);
+    this.#ctx.publishing = this;
+    let delivered: number;
+    try {
+      delivered = this.#ctx.router.publish(subject, reply, headers, frame.payload, volatile, pubTail);
+    } finally {
+      this.#ctx.publishing = undefined;
+    }
     if (delivered === 0 && reply !== null && this.#features.has(Feature.NoResponders)) {
       this.#ctx.router.publish(reply, null, NO_RESPONDERS_HEADERS, EMPTY);
     }
   }
 
   #onSub(frame: Frame) {
-    const [sid, subject, queue] = decodeSubHead(frame.head);
+    const [sid, subject, queue, slow] = decodeSubHead(frame.head);
     const limits = this.#ctx.limits;
     const problem = validatePattern(subject, limits.maxSubjectBytes);
     if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject: ${problem}`, subject);
@@ -536,7 +595,8 @@ export class Session implements DeliveryTarget {
       this.#opts.stats.denied++;
       throw new VbusError(ErrorCode.PermissionDenied, `subscribe to "${subject}" is not permitted`, subject);
     }
-    const entry: RouteEntry = { sid, subject, queue, max: 0, delivered: 0, target: this };
+    const entry: RouteEntry = { sid, subject, queue, max: 0, delivered: 0, target: this, block: slow === "block" };
+    if (entry.block) this.#blockSubs++;
     this.#subs.set(sid, entry);
     this.#ctx.router.add(entry);
     this.#opts.stats.subscriptions++;
@@ -551,6 +611,7 @@ export class Session implements DeliveryTarget {
       return;
     }
     this.#subs.delete(sid);
+    if (entry.block) this.#blockSubs--;
     if (this.#ctx.router.remove(entry)) this.#opts.stats.subscriptions--;
   }
 
@@ -559,6 +620,8 @@ export class Session implements DeliveryTarget {
       if (this.#ctx.router.remove(entry)) this.#opts.stats.subscriptions--;
     }
     this.#subs.clear();
+    this.#blockSubs = 0;
+    this.#releasePublishers();
   }
 
   #takeToken(): boolean {
@@ -620,6 +683,10 @@ export class Session implements DeliveryTarget {
     this.#pingsOut = 0;
     this.#pingTimer = setInterval(() => {
       if (this.#state !== "open") return;
+      if (this.#holders.size > 0) {
+        this.#pingsOut = 0; // held on purpose ("block" policy): its PONGs wait unread
+        return;
+      }
       if (++this.#pingsOut > MAX_PINGS_OUT) {
         const stats = this.#opts.stats;
         stats.closed["STALE"] = (stats.closed["STALE"] ?? 0) + 1;

@@ -35,6 +35,8 @@ export interface EndpointStats {
   denied: number;
   /** Messages not delivered to this endpoint because it did not keep up. */
   dropped: number;
+  /** Times this endpoint's input was paused for a "block" subscriber that fell behind. */
+  blocked: number;
   /** Errors sent to this endpoint, by code. */
   errors: Record<string, number>;
   /** Sessions closed by the broker, by reason. */
@@ -58,6 +60,7 @@ export function newEndpointStats(name: string): EndpointStats {
     ringMsgsOut: 0,
     denied: 0,
     dropped: 0,
+    blocked: 0,
     errors: {},
     closed: {},
     subscriptions: 0,

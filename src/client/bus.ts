@@ -419,7 +419,10 @@ export class Bus implements SubscriptionOwner {
   }
 
   #sendSub(sub: Subscription<unknown>) {
-    this.#control(Op.Sub, encodeValue([sub.sid, sub.subject, sub.queue ?? null]));
+    const head = sub.opts.slow === "block"
+      ? [sub.sid, sub.subject, sub.queue ?? null, "block"]
+      : [sub.sid, sub.subject, sub.queue ?? null];
+    this.#control(Op.Sub, encodeValue(head));
     if (sub.opts.max) {
       const remaining = sub.opts.max - sub.received;
       this.#control(Op.Unsub, encodeValue([sub.sid, Math.max(1, remaining)]));

@@ -66,6 +66,12 @@ export interface SubscribeOptions<T = unknown> {
   queue?: string;
   /** Unsubscribe automatically after this many messages. */
   max?: number;
+  /**
+   * When this subscriber falls behind at the broker: "drop" (default) drops the oldest
+   * messages for it, counted and reported as a slow-consumer event; "block" holds the
+   * publishers instead, so their publish() waits (applies to this connection's whole queue).
+   */
+  slow?: "drop" | "block";
   /** Receive messages through this callback instead of iterating. */
   callback?: (err: Error | null, msg: Msg<T>) => void;
   /**

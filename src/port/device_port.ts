@@ -31,6 +31,8 @@ export class DevicePort implements Port {
   #closed = false;
   #onClose?: (err?: Error) => void;
   #drainWaiters: (() => void)[] = [];
+  #paused = false;
+  #unpause?: () => void;
 
   constructor(fh: FileHandle, readonly description: string) {
     this.#fh = fh;
@@ -41,6 +43,7 @@ export class DevicePort implements Port {
     (async () => {
       try {
         while (!this.#closed) {
+          if (this.#paused) await new Promise<void>((r) => this.#unpause = r);
           // A fresh buffer per read: frames are handed on as views of it.
           const buf = new Uint8Array(READ_CHUNK_BYTES);
           const { bytesRead } = await this.#fh.read(buf, 0, buf.length, null);
@@ -70,9 +73,21 @@ export class DevicePort implements Port {
     return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
 
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+    const r = this.#unpause;
+    this.#unpause = undefined;
+    r?.();
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#finish();
+    this.resume();
   }
 
   async #pump() {

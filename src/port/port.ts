@@ -31,6 +31,10 @@ export interface Port {
   readonly pending: number;
   /** Resolves when queued bytes fell below the high-water mark (or the port closed). */
   drained(): Promise<void>;
+  /** Stop delivering data until {@link Port.resume} (backpressure towards the peer). */
+  pause(): void;
+  /** Deliver data again after {@link Port.pause}. */
+  resume(): void;
   /** Close the stream. Queued bytes are attempted but not guaranteed. */
   close(): void;
 }

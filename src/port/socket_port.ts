@@ -51,6 +51,14 @@ export class SocketPort implements Port {
     return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
 
+  pause(): void {
+    this.#socket.pause();
+  }
+
+  resume(): void {
+    this.#socket.resume();
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#socket.end();

@@ -84,11 +84,12 @@ export function decodeWelcomeHead(bytes: Uint8Array): WelcomeHead {
 /** Decode a SUB head. */
 export function decodeSubHead(bytes: Uint8Array): SubHead {
   const h = decodeHead(bytes, "SUB");
-  if (!Array.isArray(h) || h.length !== 3) bad("SUB head");
-  const [sid, subject, queue] = h as unknown[];
+  if (!Array.isArray(h) || (h.length !== 3 && h.length !== 4)) bad("SUB head");
+  const [sid, subject, queue, slow] = h as unknown[];
   if (!isSid(sid)) bad("SUB sid");
   if (typeof subject !== "string") bad("SUB subject");
   if (!optionalString(queue)) bad("SUB queue");
+  if (h.length === 4 && slow !== "drop" && slow !== "block") bad("SUB slow-consumer policy");
   return h as SubHead;
 }
 

@@ -100,8 +100,13 @@ export interface WelcomeHead {
   shm?: Record<string, unknown>;
 }
 
-/** SUB head: [sid, subject pattern, queue group or null]. */
-export type SubHead = [sid: number, subject: string, queue: string | null];
+/**
+ * SUB head: [sid, subject pattern, queue group or null], optionally followed by the slow
+ * consumer policy "drop" (default) or "block".
+ */
+export type SubHead = [sid: number, subject: string, queue: string | null, slow?: SlowPolicy];
+/** What the broker does when a subscriber falls behind: drop oldest (counted) or block publishers. */
+export type SlowPolicy = "drop" | "block";
 /** UNSUB head: [sid, max]; max 0 removes at once, otherwise after max messages in total. */
 export type UnsubHead = [sid: number, max: number];
 /** PUB head: [subject, reply or null, headers or null]. */

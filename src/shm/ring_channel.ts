@@ -156,6 +156,7 @@ export class RingChannel {
   stop(): Promise<void> {
     this.#running = false;
     this.#stopped = true;
+    for (const w of this.#resumeWaiters.splice(0)) w();
     this.#wakeAll("data");
     this.#wakeAll("space");
     return this.#idle();
@@ -178,6 +179,21 @@ export class RingChannel {
     }
   }
 
+  #paused = false;
+  #resumeWaiters: (() => void)[] = [];
+
+  /** Stop reading the receive ring (the peer's producer then fills it and waits). */
+  pause(): void {
+    this.#paused = true;
+  }
+
+  /** Read the receive ring again after {@link pause}. */
+  resume(): void {
+    this.#paused = false;
+    for (const w of this.#resumeWaiters.splice(0)) w();
+    this.#wakeAll("data");
+  }
+
   /** A DOORBELL frame arrived from the peer. */
   onDoorbell(ring: number, kind: number): void {
     if (kind === DoorbellKind.Data && ring === this.#rxId) this.#wakeAll("data");
@@ -191,6 +207,7 @@ export class RingChannel {
    */
   drain(): boolean {
     if (this.#stopped) return false;
+    if (this.#paused) return true;
     try {
       for (let i = 0; i < 1 << 16; i++) {
         if (this.#consumer.poll(this.#handler, BATCH_RECORDS) === 0) break;
@@ -339,6 +356,10 @@ export class RingChannel {
     const spinMs = this.#opts.spinMs ?? DEFAULT_SPIN_MS;
     let idleSince = 0;
     while (this.#running) {
+      if (this.#paused) {
+        await new Promise<void>((r) => this.#resumeWaiters.push(r));
+        continue;
+      }
       let n: number;
       try {
         n = this.#consumer.poll(this.#handler, BATCH_RECORDS);

@@ -174,8 +174,22 @@ class GuestPort implements Port {
     this.#finish();
   }
 
+  #paused = false;
+  #held: Uint8Array[] = [];
+
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+    for (const chunk of this.#held.splice(0)) this.deliver(chunk);
+  }
+
   deliver(chunk: Uint8Array) {
-    if (!this.#closed) this.#onData?.(chunk);
+    if (this.#closed) return;
+    if (this.#paused) this.#held.push(chunk);
+    else this.#onData?.(chunk);
   }
 
   hostGone() {
