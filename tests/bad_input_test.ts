@@ -161,13 +161,19 @@ test("bad input: a flooding VM is rate limited with FLOOD errors; others keep fl
   try {
     const flooder = await lab.vms.vm1.connect();
     const errors: string[] = [];
-    flooder.on("error", (e) => errors.push(e.code));
+    let reported = 0;
+    flooder.on("error", (e) => {
+      errors.push(e.code);
+      if (e.code === ErrorCode.Flood) reported += Number(/: (\d+) message/.exec(e.message)?.[1] ?? 0);
+    });
     for (let i = 0; i < 2000; i++) flooder.publish("alive", -1);
     await flooder.flush();
     await waitFor(() => errors.includes(ErrorCode.Flood), "FLOOD error");
     const vm1 = lab.broker.stats().vms.find((v) => v.name === "vm1")!;
     assert.ok(vm1.dropped >= 1000, `dropped ${vm1.dropped}`);
     assert.ok(vm1.msgsIn <= 400, `accepted ${vm1.msgsIn}`);
+    // Every rejected message is reported to the flooder, including the tail of the burst.
+    await waitFor(() => reported === vm1.dropped, `all ${vm1.dropped} drops reported (got ${reported})`, 4000);
     await flooder.close();
     await healthy.check(5);
   } finally {

@@ -52,6 +52,8 @@ export const BROKER_FEATURES: readonly string[] = [Feature.Headers, Feature.NoRe
 export const SYSTEM_PREFIX = "$VBUS.";
 /** Unanswered broker PINGs after which a session is considered dead. */
 export const MAX_PINGS_OUT = 3;
+/** Window over which `maxErrors` protocol errors close a session. */
+export const ERROR_WINDOW_MS = 60_000;
 /** Seconds of continuous flooding after which a session is closed. */
 export const FLOOD_CLOSE_SECONDS = 10;
 
@@ -104,6 +106,8 @@ export class Session implements DeliveryTarget {
   #guard!: PermissionGuard;
   #features = new Set<string>();
   #errors = 0;
+  #errorsSince = 0;
+  #reportTimer?: ReturnType<typeof setTimeout>;
   #framesBeforeHello = 0;
   #pingsOut = 0;
   #pingTimer?: ReturnType<typeof setInterval>;
@@ -162,6 +166,7 @@ export class Session implements DeliveryTarget {
     this.#state = "closed";
     this.#dropSubscriptions();
     this.#stopRing();
+    if (this.#reportTimer) clearTimeout(this.#reportTimer);
     for (const h of [...this.#holders]) h.#heldPublishers.delete(this);
     this.#holders.clear();
     if (this.#pingTimer) clearInterval(this.#pingTimer);
@@ -184,7 +189,7 @@ export class Session implements DeliveryTarget {
     if (fatal) {
       stats.closed[code] = (stats.closed[code] ?? 0) + 1;
       this.close(`${code}: ${message}`);
-    } else if (++this.#errors > this.#ctx.limits.maxErrors) {
+    } else if (this.#countError() > this.#ctx.limits.maxErrors) {
       stats.closed["TOO_MANY_ERRORS"] = (stats.closed["TOO_MANY_ERRORS"] ?? 0) + 1;
       this.#writer.frame(
         Op.Err,
@@ -192,6 +197,16 @@ export class Session implements DeliveryTarget {
       );
       this.close("too many errors");
     }
+  }
+
+  /** Protocol errors in the current minute: a long-lived session is judged on recent behaviour. */
+  #countError(): number {
+    const now = Date.now();
+    if (now - this.#errorsSince > ERROR_WINDOW_MS) {
+      this.#errorsSince = now;
+      this.#errors = 0;
+    }
+    return ++this.#errors;
   }
 
   /** Router callback: write one MSG, or drop it if the session is too far behind. */
@@ -642,7 +657,9 @@ export class Session implements DeliveryTarget {
     this.#floodSince ||= now;
     this.#floodDropped++;
     this.#opts.stats.dropped++;
-    if (now - this.#floodReportedAt >= 1000) {
+    if (now - this.#floodReportedAt < 1000) {
+      this.#reportLater();
+    } else {
       this.#floodReportedAt = now;
       const n = this.#floodDropped;
       this.#floodDropped = 0;
@@ -658,9 +675,32 @@ export class Session implements DeliveryTarget {
     return false;
   }
 
+  /**
+   * Drops within a report's one-second window are reported when it ends, so the last ones of
+   * a burst reach the client too, not only the stats.
+   */
+  #reportLater() {
+    if (this.#reportTimer) return;
+    this.#reportTimer = setTimeout(() => {
+      this.#reportTimer = undefined;
+      if (this.#state !== "open") return;
+      if (this.#slowDropped > 0) this.#reportSlow();
+      if (this.#floodDropped > 0) {
+        const n = this.#floodDropped;
+        this.#floodDropped = 0;
+        this.#floodReportedAt = Date.now();
+        this.sendError(ErrorCode.Flood, `publishing faster than ${this.#ctx.limits.maxMsgsPerSecond} msgs/s: ${n} message(s) rejected`);
+      }
+    }, 1000);
+    (this.#reportTimer as { unref?: () => void }).unref?.();
+  }
+
   #reportSlow() {
     const now = Date.now();
-    if (now - this.#slowReportedAt < 1000) return;
+    if (now - this.#slowReportedAt < 1000) {
+      this.#reportLater();
+      return;
+    }
     this.#slowReportedAt = now;
     const n = this.#slowDropped;
     this.#slowDropped = 0;
