@@ -316,3 +316,24 @@ test("shm: a \"block\" subscriber that stops reading holds the publisher instead
     await lab.close();
   }
 });
+
+test("shm: encoded heads stay intact when in-place encodes move msgpackr's buffer (regression)", async () => {
+  const lab = await startLab({ shm: true, vms: ["vm1"] });
+  const guest = await lab.vms.vm1.connect();
+  const host = await lab.host();
+  try {
+    const sub = guest.subscribe<{ i: number }>("same.subject");
+    guest.subscribe("svc", { callback: (_e, m) => m.respond({ ok: m.data }) });
+    await guest.flush();
+    await host.publish("warm.up", { first: true }); // an in-place encode moves msgpackr's buffer
+    for (let i = 0; i < 50; i++) {
+      await host.publish("same.subject", { i, pad: "x".repeat(i) }); // head cached, value in place
+      await host.request("svc", { i, other: ["heads", i] }, { timeout: 2000 }); // other encodes in between
+    }
+    assert.deepEqual((await take(sub, 50)).map((m) => m.i), Array.from({ length: 50 }, (_, i) => i));
+    assert.equal(lab.broker.stats().host.closed["RING_CORRUPT"], undefined);
+  } finally {
+    await guest.close();
+    await lab.close();
+  }
+});

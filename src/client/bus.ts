@@ -23,7 +23,7 @@ import { connectUnix } from "../port/socket_port.ts";
 import { openDevice, portPath } from "../port/device_port.ts";
 import { encodeFrame, FrameDecoder, FrameHeader, type Frame } from "../protocol/frame.ts";
 import { FrameWriter } from "../protocol/frame_writer.ts";
-import { encodeValue } from "../protocol/codec.ts";
+import { copyBytes, encodeValue } from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import {
   decodeErrHead,
@@ -938,7 +938,7 @@ export class Bus implements SubscriptionOwner {
       decodeMsgHead(frame.buf, frame.headStart, frame.headEnd);
     let payload = frame.payload;
     if (sid === this.#inboxSid) {
-      if (inRing) payload = payload.slice(); // the reply is read after the slot is reused
+      if (inRing) payload = copyBytes(payload); // the reply is read after the slot is reused
       const token = subject.slice(subject.lastIndexOf(".") + 1);
       if (headers?.[STATUS_HEADER] === STATUS_NO_RESPONDERS) {
         const req = this.#requests.get(token);
@@ -956,7 +956,7 @@ export class Bus implements SubscriptionOwner {
     if (!sub) return; // unsubscribed while in flight
     // From the ring: a callback reads the slot in place; a queued message needs its own copy.
     const inPlace = inRing && sub.hasCallback;
-    if (inRing && !inPlace) payload = payload.slice();
+    if (inRing && !inPlace) payload = copyBytes(payload);
     const msg = new Msg(subject, reply ?? undefined, headers ?? undefined, payload, sid, this);
     sub.dispatch(msg);
     if (inPlace) msg.expire();

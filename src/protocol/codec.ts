@@ -32,7 +32,8 @@ const unpackr = new Unpackr(MSGPACK_OPTIONS);
  */
 export function encodeValue(value: unknown): Uint8Array {
   try {
-    return packr.pack(value).slice();
+    // A copy: msgpackr returns a Node Buffer, whose .slice() would only be a view.
+    return copyBytes(packr.pack(value));
   } catch (err) {
     throw new VbusError(ErrorCode.Codec, `cannot encode value: ${(err as Error).message}`);
   }
@@ -71,6 +72,21 @@ export function decodeValueAt<T = unknown>(bytes: Uint8Array, start: number, end
   } catch (err) {
     throw new VbusError(ErrorCode.Codec, `cannot decode value: ${(err as Error).message}`);
   }
+}
+
+/**
+ * A copy of `bytes` in a fresh Uint8Array. (`Buffer.prototype.slice` makes a view, not a
+ * copy, and msgpackr, sockets and FFI hand out Buffers in Bun and Deno.)
+ *
+ * @example
+ * ```ts
+ * const copy = copyBytes(new Uint8Array([1, 2]));
+ * ```
+ */
+export function copyBytes(bytes: Uint8Array, start = 0, end = bytes.length): Uint8Array {
+  const out = new Uint8Array(end - start);
+  out.set(start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end));
+  return out;
 }
 
 /** msgpack bin type bytes. */

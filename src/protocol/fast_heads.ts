@@ -16,6 +16,7 @@
  * @module
  */
 import type { MsgHead, PubHead } from "./ops.ts";
+import { copyBytes } from "./codec.ts";
 
 const NIL = 0xc0;
 const FIXSTR = 0xa0;
@@ -113,7 +114,7 @@ export class HeadReader {
       }
       if (same) return hit.text;
     }
-    const bytes = buf.slice(at, at + len);
+    const bytes = copyBytes(buf, at, at + len);
     const text = String.fromCharCode.apply(null, bytes as unknown as number[]);
     if (this.#cache.size >= CACHE_SIZE) this.#cache.clear();
     this.#cache.set(hash, { bytes, text });
