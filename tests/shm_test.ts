@@ -337,3 +337,30 @@ test("shm: encoded heads stay intact when in-place encodes move msgpackr's buffe
     await lab.close();
   }
 });
+
+test("shm: the broker removes region files left by a broker that died (kill -9), and only those", async () => {
+  const { tempDir } = await import("./helpers.ts");
+  const { Broker } = await import("../src/broker/broker.ts");
+  const { parseConfig } = await import("../src/broker/config.ts");
+  const { createLogger } = await import("../src/util/log.ts");
+  const fs = await import("node:fs");
+  const { dir, cleanup } = tempDir();
+  try {
+    // A pid that cannot be running (above the kernel's pid_max), and our own live pid.
+    const stale = join(dir, "vbus-99999999-abcdef-1");
+    const live = join(dir, `vbus-${process.pid}-abcdef-1`);
+    const other = join(dir, "vbus-vm1");
+    for (const f of [stale, live, other]) fs.writeFileSync(f, "x");
+    const broker = new Broker(parseConfig(JSON.stringify({ listen: join(dir, "b.sock"), vms: [] })), {
+      shmDir: dir,
+      logger: createLogger("t", "silent"),
+    });
+    await broker.start();
+    await broker.stop();
+    assert.equal(fs.existsSync(stale), false, "stale region removed");
+    assert.equal(fs.existsSync(live), true, "a running broker's region kept");
+    assert.equal(fs.existsSync(other), true, "other files untouched");
+  } finally {
+    cleanup();
+  }
+});

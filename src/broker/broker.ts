@@ -18,7 +18,7 @@
  * @module
  */
 import { createServer, type Server, type Socket } from "node:net";
-import { lstat, unlink } from "node:fs/promises";
+import { lstat, readdir, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
 import { randomBytes } from "node:crypto";
@@ -105,6 +105,7 @@ export class Broker {
       if (vm.shm) this.#vmShm.set(vm.name, await this.#mapVmShm(vm));
     }
     if (this.#opts.hostShm !== false) {
+      await removeStaleRegions(this.#opts.shmDir ?? "/dev/shm", this.#log);
       try {
         this.#ffi = await loadFfi();
       } catch (err) {
@@ -285,6 +286,39 @@ export class Broker {
       if (Date.now() - connectedAt > STABLE_SESSION_MS) backoff.reset();
       if (this.#running) await sleep(backoff.next(), signal);
     }
+  }
+}
+
+/** Name of a host client's region file: vbus-<broker pid>-<run id>-<n>. */
+const HOST_REGION_FILE = /^vbus-(\d+)-[0-9a-f]+-\d+$/;
+
+/**
+ * Remove host-client region files left by brokers that died without cleaning up (kill -9):
+ * those whose broker pid no longer runs. Files of running brokers are left alone.
+ */
+async function removeStaleRegions(dir: string, log: Logger) {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = HOST_REGION_FILE.exec(name);
+    if (!m || isRunning(Number(m[1]))) continue;
+    await unlink(join(dir, name)).then(
+      () => log.info("removed a stale region file", { file: join(dir, name) }),
+      () => {},
+    );
+  }
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM"; // exists, not ours
   }
 }
 
