@@ -9,7 +9,7 @@ import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { existsSync } from "node:fs";
-import { SHM_SIZE, startLab, take, waitFor } from "./helpers.ts";
+import { type Lab, SHM_SIZE, startLab, take, waitFor } from "./helpers.ts";
 import { FrameDecoder } from "../src/protocol/frame.ts";
 import { decodeValue } from "../src/protocol/codec.ts";
 import { writeGuestNonce } from "../src/shm/negotiation.ts";
@@ -208,21 +208,40 @@ test("shm: a guest that corrupts its ring gets its session reset; other VMs keep
   }
 });
 
+/**
+ * A raw guest on `vm`: speaks frames by hand, negotiates the rings, and never reads its
+ * inbound ring unless the test does it. `close()` unmaps and closes.
+ */
+async function rawRingGuest(lab: Lab, vm: string) {
+  const port = await lab.vms[vm].vm.open();
+  const frames: { op: number; head: unknown }[] = [];
+  const decoder = new FrameDecoder(1 << 24);
+  port.start((chunk) => decoder.push(chunk, (f) => frames.push({ op: f.op, head: decodeValue(f.head) })), () => {});
+  const m = mapSharedSync(lab.vms[vm].shm!, SHM_SIZE);
+  const nonce = writeGuestNonce(m.bytes);
+  port.write(encodeFrame(Op.Hello, encodeValue({ v: 1, features: [], nonce: 7, shm: { size: m.bytes.length, nonce } })));
+  await waitFor(() => frames.some((f) => f.op === Op.Welcome), "WELCOME");
+  const welcome = frames.find((f) => f.op === Op.Welcome)!.head as { shm: { ok: boolean } };
+  return {
+    port,
+    frames,
+    welcome,
+    i32: new Int32Array(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength >> 2),
+    close() {
+      m.unmap();
+      port.close();
+    },
+  };
+}
+
 test("shm: a subscriber that stops reading: bounded backlog, oldest dropped, counted and reported", async () => {
   const lab = await startLab({ shm: true, limits: { maxPendingBytes: 64 * 1024 } });
   const pub = await lab.vms.vm1.connect();
   // vm2 is a raw guest that negotiates the rings and then never reads its inbound ring.
-  const port = await lab.vms.vm2.vm.open();
-  const frames: { op: number; head: unknown }[] = [];
-  const decoder = new FrameDecoder(1 << 24);
-  port.start((chunk) => decoder.push(chunk, (f) => frames.push({ op: f.op, head: decodeValue(f.head) })), () => {});
-  const m = mapSharedSync(lab.vms.vm2.shm!, SHM_SIZE);
+  const guest = await rawRingGuest(lab, "vm2");
+  const { port, frames } = guest;
   try {
-    const nonce = writeGuestNonce(m.bytes);
-    port.write(encodeFrame(Op.Hello, encodeValue({ v: 1, features: [], nonce: 7, shm: { size: m.bytes.length, nonce } })));
-    await waitFor(() => frames.some((f) => f.op === Op.Welcome), "WELCOME");
-    const welcome = frames.find((f) => f.op === Op.Welcome)!.head as { shm: { ok: boolean } };
-    assert.equal(welcome.shm.ok, true);
+    assert.equal(guest.welcome.shm.ok, true);
     port.write(encodeFrame(Op.Sub, encodeValue([1, "firehose", null])));
     await waitFor(() => lab.broker.stats().vms.find((v) => v.name === "vm2")!.subscriptions === 1, "subscribed");
     const payload = new Uint8Array(1024);
@@ -236,8 +255,7 @@ test("shm: a subscriber that stops reading: bounded backlog, oldest dropped, cou
     assert.match(err.message, /dropped/);
     assert.ok(vm2.ringMsgsOut + vm2.dropped <= 6000 && vm2.ringMsgsOut > 500, `ring out ${vm2.ringMsgsOut}`);
   } finally {
-    m.unmap();
-    port.close();
+    guest.close();
     await pub.close();
     await lab.close();
   }
@@ -275,16 +293,10 @@ test("shm: mixed runtimes in separate processes (Deno publisher, Bun subscriber)
 test("shm: a \"block\" subscriber that stops reading holds the publisher instead of losing messages", async () => {
   const lab = await startLab({ shm: true, limits: { maxPendingBytes: 64 * 1024 } });
   const pub = await lab.vms.vm1.connect();
-  const port = await lab.vms.vm2.vm.open();
-  const frames: { op: number; head: unknown }[] = [];
-  const decoder = new FrameDecoder(1 << 24);
-  port.start((chunk) => decoder.push(chunk, (f) => frames.push({ op: f.op, head: decodeValue(f.head) })), () => {});
-  const m = mapSharedSync(lab.vms.vm2.shm!, SHM_SIZE);
-  const i32 = new Int32Array(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength >> 2);
+  const guest = await rawRingGuest(lab, "vm2");
+  const { port, frames, i32 } = guest;
   try {
-    const nonce = writeGuestNonce(m.bytes);
-    port.write(encodeFrame(Op.Hello, encodeValue({ v: 1, features: [], nonce: 9, shm: { size: m.bytes.length, nonce } })));
-    await waitFor(() => frames.some((f) => f.op === Op.Welcome), "WELCOME");
+    assert.equal(guest.welcome.shm.ok, true);
     port.write(encodeFrame(Op.Sub, encodeValue([1, "held", null, "block"])));
     await waitFor(() => lab.broker.stats().vms.find((v) => v.name === "vm2")!.subscriptions === 1, "subscribed");
     const N = 6000;
@@ -310,8 +322,7 @@ test("shm: a \"block\" subscriber that stops reading holds the publisher instead
     assert.equal(vm2.dropped, 0, "nothing dropped under the block policy");
     assert.equal(frames.filter((f) => f.op === Op.Err).length, 0);
   } finally {
-    m.unmap();
-    port.close();
+    guest.close();
     await pub.close();
     await lab.close();
   }
