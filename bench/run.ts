@@ -151,7 +151,8 @@ const cases: CaseDef[] = [];
 for (let run = 1; run <= settings.runs; run++) {
   for (const w of workloads) {
     for (const pair of pairs) {
-      for (const system of systems.keys()) {
+      for (const [system, sys] of systems) {
+        if (sys.shapes && !sys.shapes.includes(w.shape)) continue; // e.g. an SPSC ring has no fan-out
         const id = `${w.kind}/${w.shape}/${w.size}/${pair.name}/${system}`;
         cases.push({ id, run, system, pair, ...w });
       }

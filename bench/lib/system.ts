@@ -95,6 +95,8 @@ export interface BenchSystem {
   describe: string;
   /** Peers are what vbus is compared against (ratios are computed vs peers). */
   peer: boolean;
+  /** Shapes this system can run ("1:1", "1:4", "4:1", "rr"); absent = all. Others are not run. */
+  shapes?: string[];
   /** Orchestrator side. null when usable, otherwise the reason to skip (shown in the report). */
   check?(): Promise<string | null>;
   /** Orchestrator side. Launch broker/relay/server processes for one case. Resolve only when
