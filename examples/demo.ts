@@ -9,7 +9,7 @@
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { Broker, connect, parseConfig } from "../mod.ts";
 import { SimulatedVm } from "../src/sim/simulated_vm.ts";
 import { createLogger } from "../src/util/log.ts";
@@ -21,11 +21,19 @@ const runtime = "Deno" in globalThis ? "Deno" : "Bun";
 const dir = mkdtempSync(join(tmpdir(), "vbus-demo-"));
 const say = (who: string, text: string) => console.log(`${who.padEnd(6)} | ${text}`);
 
+// Each simulated VM's "ivshmem BAR" is a /dev/shm file the broker maps too: the fast path.
+const shm = (vm: string) => `/dev/shm/${basename(dir)}-${vm}`;
 const config = parseConfig(JSON.stringify({
   listen: join(dir, "broker.sock"),
   vms: [
-    { name: "vm1", socket: join(dir, "vm1.sock"), permissions: { publish: ["sensors.vm1.>"], subscribe: ["cmd.vm1.>"] } },
-    { name: "vm2", socket: join(dir, "vm2.sock") },
+    {
+      name: "vm1",
+      socket: join(dir, "vm1.sock"),
+      shm: shm("vm1"),
+      shmSize: 4 * 1024 * 1024,
+      permissions: { publish: ["sensors.vm1.>"], subscribe: ["cmd.vm1.>"] },
+    },
+    { name: "vm2", socket: join(dir, "vm2.sock"), shm: shm("vm2"), shmSize: 4 * 1024 * 1024 },
   ],
 }), "demo config");
 
@@ -36,12 +44,12 @@ const broker = new Broker(config, { logger: createLogger("broker", "error") });
 await broker.start();
 say("broker", `listening on ${config.listen}, connecting to the ports of vm1 and vm2`);
 
-const vm1 = await connect({ transport: () => vms[0].open(), name: "sensor" });
-const vm2 = await connect({ transport: () => vms[1].open(), name: "math" });
+const vm1 = await connect({ transport: () => vms[0].open(), shm: shm("vm1"), name: "sensor" });
+const vm2 = await connect({ transport: () => vms[1].open(), shm: shm("vm2"), name: "math" });
 const host = await connect({ server: config.listen!, name: "dashboard" });
-say("vm1", `connected; the broker knows it as "${vm1.info?.identity}" (from its port, not from what it claims)`);
-say("vm2", `connected as "${vm2.info?.identity}"`);
-say("host", `connected as "${host.info?.identity}"`);
+say("vm1", `connected; the broker knows it as "${vm1.info?.identity}" (from its port, not from what it claims); data path: ${vm1.dataPath}`);
+say("vm2", `connected as "${vm2.info?.identity}"; data path: ${vm2.dataPath}`);
+say("host", `connected as "${host.info?.identity}"; data path: ${host.dataPath}`);
 
 serveAdd(vm2);
 vm2.subscribe<{ celsius: number }>("sensors.vm1.temp", {
@@ -60,10 +68,11 @@ try {
 
 const stats = broker.stats();
 for (const s of stats.vms) {
-  say("broker", `${s.name}: ${s.msgsIn} in, ${s.msgsOut} out, ${s.denied} denied, path=${s.path}`);
+  say("broker", `${s.name}: ${s.msgsIn} in (${s.ringMsgsIn} via its ring), ${s.msgsOut} out (${s.ringMsgsOut} via its ring), ${s.denied} denied, path=${s.path}`);
 }
 for (const bus of [vm1, vm2, host]) await bus.drain();
 await broker.stop();
 for (const vm of vms) await vm.stop();
 rmSync(dir, { recursive: true, force: true });
+for (const vm of ["vm1", "vm2"]) rmSync(shm(vm), { force: true });
 console.log("\ndemo finished");
