@@ -12,13 +12,14 @@
  */
 import { randomBytes } from "node:crypto";
 import type { Port } from "../port/port.ts";
-import { encodeFrame, FrameDecoder, FrameHeader, type Frame } from "../protocol/frame.ts";
+import { encodeFrame, FrameDecoder, type Frame } from "../protocol/frame.ts";
 import { FrameWriter } from "../protocol/frame_writer.ts";
 import { HeadReader } from "../protocol/fast_heads.ts";
 import { encodeValue, msgHeadMaxLength, PUB_HEAD_MARK, writeMsgHead } from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import {
   decodeDoorbellHead,
+  headersSize,
   decodeHelloHead,
   decodePubHead,
   decodeSubHead,
@@ -36,7 +37,7 @@ import {
   type WelcomeHead,
 } from "../protocol/ops.ts";
 import type { Limits } from "../protocol/limits.ts";
-import { utf8Length, validatePattern, validateSubject } from "../subject/subject.ts";
+import { validatePattern, validateSubject } from "../subject/subject.ts";
 import type { DeliveryTarget, RouteEntry, Router } from "./router.ts";
 import { PermissionGuard } from "./permissions.ts";
 import type { Permissions } from "./config.ts";
@@ -327,7 +328,7 @@ export class Session implements DeliveryTarget {
       while (this.#backlog.length > 0 && this.#ring && this.#state === "open") {
         const ring = this.#ring;
         const frame = this.#backlog[0];
-        if (!ring.tryWriteFrame(frame[FrameHeader.OP_OFFSET], frame.subarray(FrameHeader.LENGTH, FrameHeader.LENGTH + readHeadLength(frame)), frame.subarray(FrameHeader.LENGTH + readHeadLength(frame)))) {
+        if (!ring.tryWriteEncoded(frame)) {
           await ring.waitForSpace(frame.length);
           continue;
         }
@@ -559,9 +560,7 @@ export class Session implements DeliveryTarget {
       if (!this.#features.has(Feature.Headers)) {
         throw new VbusError(ErrorCode.BadHeaders, "headers were not negotiated", subject);
       }
-      let size = 0;
-      for (const k in headers) size += utf8Length(k) + utf8Length(headers[k]) + 2;
-      if (size > limits.maxHeaderBytes) {
+      if (headersSize(headers) > limits.maxHeaderBytes) {
         throw new VbusError(ErrorCode.BadHeaders, `headers exceed ${limits.maxHeaderBytes} bytes`, subject);
       }
     }
@@ -737,11 +736,6 @@ export class Session implements DeliveryTarget {
     }, this.#ctx.pingIntervalMs);
     (this.#pingTimer as { unref?: () => void }).unref?.();
   }
-}
-
-function readHeadLength(frame: Uint8Array): number {
-  const o = FrameHeader.HEAD_LENGTH_OFFSET;
-  return ((frame[o] << 24) >>> 0) + (frame[o + 1] << 16) + (frame[o + 2] << 8) + frame[o + 3];
 }
 
 function msgHead(sid: number, pubTail: Uint8Array): Uint8Array {

@@ -29,6 +29,7 @@ import {
   decodeErrHead,
   decodeMsgHead,
   decodeWelcomeHead,
+  headersSize,
   isHeaders,
 } from "../protocol/heads.ts";
 import {
@@ -42,7 +43,7 @@ import {
   type WelcomeHead,
 } from "../protocol/ops.ts";
 import { DEFAULT_LIMITS } from "../protocol/limits.ts";
-import { utf8Length, validatePattern, validateSubject } from "../subject/subject.ts";
+import { validatePattern, validateSubject } from "../subject/subject.ts";
 import { Backoff, sleep } from "../util/backoff.ts";
 import { Msg } from "./msg.ts";
 import {
@@ -372,10 +373,8 @@ export class Bus implements SubscriptionOwner {
     if (this.#welcome && !this.#features.has(Feature.Headers)) {
       throw new VbusError(ErrorCode.BadHeaders, "the broker did not accept headers", subject);
     }
-    let size = 0;
-    for (const k in headers) size += utf8Length(k) + utf8Length(headers[k]) + 2;
     const max = this.#welcome?.maxHeaderBytes ?? DEFAULT_LIMITS.maxHeaderBytes;
-    if (size > max) throw new VbusError(ErrorCode.BadHeaders, `headers exceed ${max} bytes`, subject);
+    if (headersSize(headers) > max) throw new VbusError(ErrorCode.BadHeaders, `headers exceed ${max} bytes`, subject);
   }
 
   #bufferFrame(frame: Uint8Array, subject: string): Promise<void> {

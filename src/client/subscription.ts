@@ -14,7 +14,7 @@
  */
 import { QueuedIterator } from "./queued_iterator.ts";
 import type { Msg } from "./msg.ts";
-import type { SubscribeOptions } from "./options.ts";
+import { DEFAULT_MAX_PENDING, type SubscribeOptions } from "./options.ts";
 
 /** What a subscription needs from its connection. */
 export interface SubscriptionOwner {
@@ -46,7 +46,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Msg<T>> {
   ) {
     this.#owner = owner;
     this.#callback = opts.callback;
-    this.#queue = new QueuedIterator(opts.maxPending ?? 65_536);
+    this.#queue = new QueuedIterator(opts.maxPending ?? DEFAULT_MAX_PENDING);
     this.closed = new Promise((r) => this.#closedResolve = r);
   }
 

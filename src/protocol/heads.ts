@@ -13,6 +13,7 @@
  */
 import { decodeValueAt } from "./codec.ts";
 import { ErrorCode, VbusError } from "./errors.ts";
+import { utf8Length } from "../subject/subject.ts";
 import type {
   ErrHead,
   Headers,
@@ -52,6 +53,21 @@ export function isHeaders(v: unknown): v is Headers | null {
     if (key.length === 0 || typeof (v as Record<string, unknown>)[key] !== "string") return false;
   }
   return true;
+}
+
+/**
+ * Size of a headers map as the `maxHeaderBytes` limit counts it: UTF-8 bytes of every key and
+ * value, plus 2 per entry. Client and broker use this same rule.
+ *
+ * @example
+ * ```ts
+ * headersSize({ a: "bc" }); // 5
+ * ```
+ */
+export function headersSize(headers: Headers): number {
+  let size = 0;
+  for (const k in headers) size += utf8Length(k) + utf8Length(headers[k]) + 2;
+  return size;
 }
 
 /** Decode a HELLO head. */

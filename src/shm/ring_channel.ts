@@ -239,6 +239,17 @@ export class RingChannel {
     return true;
   }
 
+  /** Copy an already-encoded frame into the transmit ring. False when there is no room now. */
+  tryWriteEncoded(frame: Uint8Array): boolean {
+    if (this.#stopped || frame.length > this.#producer.maxBodyLength) return false;
+    if (!this.#producer.tryWrite(frame)) {
+      this.stats.fullCount++;
+      return false;
+    }
+    this.#committed();
+    return true;
+  }
+
   /**
    * Write a MSG frame built from a PUB head's tail (see `writeMsgHead`) straight into the
    * transmit ring: the head is spliced, not re-encoded, and the payload copied once.

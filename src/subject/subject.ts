@@ -87,11 +87,6 @@ export function validatePattern(pattern: string, maxBytes = 256): string | undef
   return checkTokens(pattern, maxBytes, true);
 }
 
-/** True when the pattern contains a wildcard token. */
-export function hasWildcard(pattern: string): boolean {
-  return pattern.split(TOKEN_SEPARATOR).some((t) => t === WILDCARD_ONE || t === WILDCARD_REST);
-}
-
 /**
  * Does a (valid) pattern match a (valid) literal subject?
  *
