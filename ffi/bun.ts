@@ -139,6 +139,14 @@ function futexWake(view: Int32Array, index: number, count: number): number {
   return rc;
 }
 
+function addressOf(view: ArrayBufferView): number {
+  return Number(ptr(view));
+}
+
+function bufferAt(address: number, byteLength: number): ArrayBuffer {
+  return toArrayBuffer(address, 0, byteLength);
+}
+
 /** The Bun implementation of {@link FfiBackend}. */
 export const backend: FfiBackend = {
   runtime: "bun",
@@ -147,4 +155,6 @@ export const backend: FfiBackend = {
   futexWait,
   futexWaitSync,
   futexWake,
+  addressOf,
+  bufferAt,
 };

@@ -40,6 +40,10 @@ export interface FfiBackend {
   ): Promise<FutexWaitResult>;
   futexWaitSync(view: Int32Array, index: number, expected: number, timeoutMs: number): FutexWaitResult;
   futexWake(view: Int32Array, index: number, count: number): number;
+  /** The address of a view's first byte (to hand the same memory to a Worker). */
+  addressOf(view: ArrayBufferView): number;
+  /** An ArrayBuffer over `byteLength` bytes at `address` (memory this process owns). */
+  bufferAt(address: number, byteLength: number): ArrayBuffer;
 }
 
 // Linux x86_64 ABI constants (asm-generic/fcntl.h, mman.h, futex.h, unistd_64.h).

@@ -168,6 +168,18 @@ function futexWake(view: Int32Array, index: number, count: number): number {
   return rc;
 }
 
+function addressOf(view: ArrayBufferView): number {
+  const p = Deno.UnsafePointer.of(view as unknown as Uint8Array<ArrayBuffer>);
+  if (p === null) throw new TypeError("addressOf: view has no backing memory");
+  return Number(Deno.UnsafePointer.value(p));
+}
+
+function bufferAt(address: number, byteLength: number): ArrayBuffer {
+  const p = Deno.UnsafePointer.create(BigInt(address));
+  if (p === null) throw new TypeError("bufferAt: null address");
+  return Deno.UnsafePointerView.getArrayBuffer(p, byteLength);
+}
+
 /** The Deno implementation of {@link FfiBackend}. */
 export const backend: FfiBackend = {
   runtime: "deno",
@@ -176,4 +188,6 @@ export const backend: FfiBackend = {
   futexWait,
   futexWaitSync,
   futexWake,
+  addressOf,
+  bufferAt,
 };

@@ -184,6 +184,34 @@ export function futexWake(view: Int32Array, index: number, count = 1): number {
   return backend.futexWake(view, index, count);
 }
 
+/**
+ * The address of a view's first byte, so that another thread of this process (a Worker) can
+ * see the same memory through {@link bufferAt}.
+ *
+ * @example
+ * ```ts
+ * import { addressOf, bufferAt } from "./ffi/mod.ts";
+ * const same = new Int32Array(bufferAt(addressOf(words), words.byteLength));
+ * ```
+ */
+export function addressOf(view: ArrayBufferView): number {
+  return backend.addressOf(view);
+}
+
+/**
+ * An ArrayBuffer over `byteLength` bytes at `address` (from {@link addressOf} in this process;
+ * any other address crashes the process).
+ *
+ * @example
+ * ```ts
+ * import { bufferAt } from "./ffi/mod.ts";
+ * const words = new Int32Array(bufferAt(address, 4096));
+ * ```
+ */
+export function bufferAt(address: number, byteLength: number): ArrayBuffer {
+  return backend.bufferAt(address, byteLength);
+}
+
 /** Where a guest finds its ivshmem shared memory. */
 export interface IvshmemDevice {
   /** PCI device directory, e.g. /sys/bus/pci/devices/0000:00:04.0 */
@@ -241,3 +269,5 @@ export function findIvshmem(sysfsRoot = "/sys/bus/pci/devices"): IvshmemDevice |
   }
   return null;
 }
+
+export { FutexWaiter } from "./futex_waiter.ts";

@@ -6,7 +6,8 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { unlinkSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { futexWait, futexWake, mapShared, runtime } from "../ffi/mod.ts";
+import { futexWait, FutexWaiter, futexWake, mapShared, runtime } from "../ffi/mod.ts";
+import type { SleepFn } from "../src/ring/doorbell.ts";
 import { Doorbell, Parker } from "../src/ring/doorbell.ts";
 import { initRegion } from "../src/ring/region.ts";
 import { RingConsumer, RingProducer } from "../src/ring/ring.ts";
@@ -97,16 +98,58 @@ test("park/unpark within one process: promise doorbell, every message arrives, n
   );
 });
 
-test(`park/unpark across processes: ${OTHER} producer, ${runtime} consumer, futex doorbell`, async () => {
-  const path = `/dev/shm/vbus-test-park-${process.pid}`;
+test(`park/unpark across processes: ${OTHER} producer, ${runtime} consumer, futexWait`, async () => {
+  await crossProcess("futexWait", () => ({ sleep: futexWait, close: async () => {} }));
+});
+
+test(`park/unpark across processes: ${OTHER} producer, ${runtime} consumer, FutexWaiter (Worker)`, async () => {
+  const waiter = new FutexWaiter();
+  await waiter.ready;
+  await crossProcess("FutexWaiter", () => ({ sleep: (w, i, e, ms) => waiter.wait(w, i, e, ms), close: () => waiter.close() }));
+});
+
+test("FutexWaiter: the event loop keeps running while it sleeps; a wake from a timer ends the wait", async () => {
+  const path = `/dev/shm/vbus-test-waiter-${process.pid}`;
+  const m = await mapShared(path, 4096, { create: true });
+  const words = new Int32Array(m.bytes.buffer, m.bytes.byteOffset, 1024);
+  const waiter = new FutexWaiter();
+  try {
+    // A blocking wait could not let this timer run: it would sleep the full 3 s.
+    const timer = setTimeout(() => {
+      Atomics.add(words, 5, 1);
+      futexWake(words, 5, 1);
+    }, 20);
+    const t0 = performance.now();
+    const r = await waiter.wait(words, 5, 0, 3000);
+    const ms = performance.now() - t0;
+    clearTimeout(timer);
+    // "not-equal" when the worker started only after the timer had moved the word on.
+    assert.ok(r === "ok" || r === "not-equal", r);
+    assert.ok(ms < 2500, `woken after ${ms.toFixed(0)} ms`);
+    assert.equal(await waiter.wait(words, 5, 0, 3000), "not-equal", "the word already moved on");
+    assert.equal(await waiter.wait(words, 6, 0, 30), "timed-out");
+    await assert.rejects(Promise.all([waiter.wait(words, 7, 0, 50), waiter.wait(words, 7, 0, 50)]), /one wait at a time/);
+  } finally {
+    await waiter.close();
+    m.unmap();
+    unlinkSync(path);
+  }
+  assert.equal(await waiter.wait(words, 5, 1, 10), "not-equal", "a closed waiter never sleeps");
+});
+
+type MakeSleeper = (words: Int32Array) => { sleep: SleepFn; close(): Promise<void> };
+
+async function crossProcess(label: string, makeSleeper: MakeSleeper) {
+  const path = `/dev/shm/vbus-test-park-${label}-${process.pid}`;
   const m = await mapShared(path, 1 << 20, { create: true });
+  const sleeper = makeSleeper(new Int32Array(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength >> 2));
   try {
     const region = initRegion(m.bytes, { outboundCapacity: 1 << 16, inboundCapacity: 1 << 16 });
     const consumer = new RingConsumer(m.bytes, region.rx);
     let timeouts = 0;
     let started = false;
     const parker = new Parker(m.bytes, region.rx, async (w, i, e, ms) => {
-      const r = await futexWait(w, i, e, ms);
+      const r = await sleeper.sleep(w, i, e, ms);
       if (r === "timed-out" && started) timeouts++;
       return r;
     }, { spinIterations: 64, sliceMs: 2000 });
@@ -176,11 +219,12 @@ test(`park/unpark across processes: ${OTHER} producer, ${runtime} consumer, fute
     assert.equal(timeouts, 0, "consumer slept into a timeout while the producer was active: lost wake-up");
     assert.ok(parker.parks > 50, `consumer parked only ${parker.parks} times`);
     console.log(
-      `  cross-process: ${N} msgs, ${parker.parks} parks, ${stats.rings} rings / ${stats.notifies} notifies, ` +
+      `  cross-process (${label}): ${N} msgs, ${parker.parks} parks, ${stats.rings} rings / ${stats.notifies} notifies, ` +
         `${parker.spinHits} spin hits, ${(performance.now() - t0).toFixed(0)} ms (incl. child start)`,
     );
   } finally {
+    await sleeper.close();
     m.unmap();
     unlinkSync(path);
   }
-});
+}

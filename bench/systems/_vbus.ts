@@ -1,15 +1,18 @@
-// Shared by the two vbus systems: a `vbus broker` process per case (host socket in the case's
+// Shared by the vbus systems: a `vbus broker` process per case (host socket in the case's
 // temp dir), clients connecting as host-local clients through it. `shm` picks the data path:
 // true = shared-memory rings (one region per client session), false = the port stream.
+// `wake` picks how the broker wakes a parked client on rings: doorbell frames or futex.
 import { writeFileSync } from "node:fs";
 import type { BenchSystem, Channel, Endpoint, OpenOptions, ServerContext } from "../lib/system.ts";
 
-export function vbusSystem(name: string, shm: boolean): BenchSystem {
+export function vbusSystem(name: string, shm: boolean, wake: "doorbell" | "futex" = "doorbell"): BenchSystem {
   return {
     name,
-    describe: shm
-      ? "vbus broker, host clients on shared-memory rings (msgpackr in place, doorbells on the socket)"
-      : "vbus broker, host clients on the port stream (unix socket, same framing as virtio-serial)",
+    describe: !shm
+      ? "vbus broker, host clients on the port stream (unix socket, same framing as virtio-serial)"
+      : wake === "futex"
+      ? "vbus broker, host clients on shared-memory rings, woken by FUTEX_WAKE (a Worker sleeps per client)"
+      : "vbus broker, host clients on shared-memory rings (msgpackr in place, doorbells on the socket)",
     peer: false,
 
     async start(ctx: ServerContext) {
@@ -23,7 +26,13 @@ export function vbusSystem(name: string, shm: boolean): BenchSystem {
 
     async open(endpoint: Endpoint, opts: OpenOptions): Promise<Channel> {
       const { connect } = await import("../../mod.ts");
-      const bus = await connect({ server: String(endpoint.listen), shm, reconnect: false, name: opts.id });
+      const bus = await connect({
+        server: String(endpoint.listen),
+        shm,
+        reconnect: false,
+        name: opts.id,
+        ...(shm ? { wake } : {}),
+      });
       if (shm && bus.dataPath !== "ring") throw new Error(`${name}: expected the ring path, got ${bus.dataPath}`);
       if (opts.sub) {
         const on = opts.onMessage;

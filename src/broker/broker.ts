@@ -242,8 +242,15 @@ export class Broker {
     if (!this.#ffi) return { reason: "shared memory is not available to the broker (FFI not loaded)" };
     const path = join(this.#opts.shmDir ?? "/dev/shm", `vbus-${process.pid}-${this.#runId}-${++this.#hostShmCount}`);
     try {
-      const mapping = this.#ffi.mapSharedSync(path, DEFAULT_SHM_SIZE, { create: true, mode: 0o600 });
-      return { bytes: mapping.bytes, path, perSession: true, unmap: () => mapping.unmap() };
+      const ffi = this.#ffi;
+      const mapping = ffi.mapSharedSync(path, DEFAULT_SHM_SIZE, { create: true, mode: 0o600 });
+      return {
+        bytes: mapping.bytes,
+        path,
+        perSession: true,
+        futexWake: (word, index) => ffi.futexWake(word, index, 1),
+        unmap: () => mapping.unmap(),
+      };
     } catch (err) {
       return { reason: `cannot create ${path}: ${(err as Error).message}` };
     }

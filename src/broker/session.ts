@@ -91,7 +91,15 @@ export interface SessionOptions {
 }
 
 /** Shared memory offered to a session (see {@link SessionOptions.shm}). */
-export type SessionShm = { bytes: Uint8Array; path: string; perSession: boolean } | { reason: string };
+export type SessionShm =
+  | {
+    bytes: Uint8Array;
+    path: string;
+    perSession: boolean;
+    /** FUTEX_WAKE, for host-local clients that ask to be woken that way. */
+    futexWake?: (word: Int32Array, index: number) => void;
+  }
+  | { reason: string };
 
 /** A broker-side session. */
 export class Session implements DeliveryTarget {
@@ -439,6 +447,7 @@ export class Session implements DeliveryTarget {
     stats.sessions++;
     const shm = this.#negotiateShm(hello.shm as ShmOffer | undefined);
     stats.path = shm?.ok ? "ring" : "stream";
+    if (!shm?.ok) stats.wake = undefined;
     stats.pathReason = shm?.ok ? undefined : shm?.reason ?? "the client did not offer shared memory";
     const limits = this.#ctx.limits;
     const welcome: WelcomeHead = {
@@ -486,9 +495,22 @@ export class Session implements DeliveryTarget {
     try {
       // A new epoch with empty rings: nothing from an earlier session can be read.
       const region = initRegion(shm.bytes, { pid: 0 });
+      // Futexes only work when both sides map the same file on this host: never for a VM.
+      const futexWake = shm.perSession && offer.futex === true ? shm.futexWake : undefined;
+      const stats = this.#opts.stats;
+      stats.wake = futexWake ? "futex" : "doorbell";
       this.#ring = new RingChannel(region, {
         maxFrameBytes: this.#ctx.limits.maxFrameBytes,
         ringDoorbell: (ring, kind) => this.#writer.urgent(Op.Doorbell, encodeValue([ring, kind])),
+        futex: futexWake
+          ? {
+            peerSleeps: true,
+            wake: (word, index) => {
+              stats.futexWakes++;
+              futexWake(word, index);
+            },
+          }
+          : undefined,
         onFrame: (frame) => this.#onRingFrame(frame),
         onCorrupt: (err) => this.#ringViolation(err),
       });
@@ -497,6 +519,7 @@ export class Session implements DeliveryTarget {
         answer.path = shm.path;
         answer.size = shm.bytes.length;
       }
+      if (futexWake) answer.futex = true;
       return answer;
     } catch (err) {
       return { ok: false, reason: `cannot initialise the region: ${(err as Error).message}` };

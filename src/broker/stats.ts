@@ -31,6 +31,10 @@ export interface EndpointStats {
   ringMsgsIn: number;
   /** Messages delivered through the shared-memory ring. */
   ringMsgsOut: number;
+  /** How the broker wakes this endpoint's parked ring reader: DOORBELL frames or futex. */
+  wake?: "doorbell" | "futex";
+  /** Parked readers the broker woke with FUTEX_WAKE (host-local clients only). */
+  futexWakes: number;
   /** Publishes and subscribes refused by permissions. */
   denied: number;
   /** Messages not delivered to this endpoint because it did not keep up. */
@@ -58,6 +62,7 @@ export function newEndpointStats(name: string): EndpointStats {
     bytesOut: 0,
     ringMsgsIn: 0,
     ringMsgsOut: 0,
+    futexWakes: 0,
     denied: 0,
     dropped: 0,
     blocked: 0,

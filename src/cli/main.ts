@@ -48,6 +48,7 @@ Options:
   --queue Q       join queue group Q
   --timeout MS    request timeout (default 5000)
   --header K=V    add a message header (repeatable)
+  --wake W        host clients on rings: how the broker wakes this one, doorbell (default) or futex
   --config FILE   broker configuration (JSON with comments; see README)
   -h, --help      show this help
 `;
@@ -63,6 +64,7 @@ const OPTIONS = {
   header: { type: "string", multiple: true },
   port: { type: "string" },
   server: { type: "string" },
+  wake: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -71,10 +73,10 @@ type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositi
 /** What each command takes: positional names and allowed options. */
 const COMMANDS: Record<string, { args: string[]; options: (keyof typeof OPTIONS)[] }> = {
   broker: { args: [], options: ["config"] },
-  pub: { args: ["SUBJECT", "VALUE"], options: ["count", "header", "port", "server"] },
-  sub: { args: ["SUBJECT"], options: ["count", "queue", "port", "server"] },
-  req: { args: ["SUBJECT", "VALUE"], options: ["timeout", "header", "port", "server"] },
-  reply: { args: ["SUBJECT", "VALUE"], options: ["count", "queue", "port", "server"] },
+  pub: { args: ["SUBJECT", "VALUE"], options: ["count", "header", "port", "server", "wake"] },
+  sub: { args: ["SUBJECT"], options: ["count", "queue", "port", "server", "wake"] },
+  req: { args: ["SUBJECT", "VALUE"], options: ["timeout", "header", "port", "server", "wake"] },
+  reply: { args: ["SUBJECT", "VALUE"], options: ["count", "queue", "port", "server", "wake"] },
   stats: { args: [], options: ["timeout", "port", "server"] },
   "qemu-args": { args: ["VM"], options: ["config"] },
   "libvirt-xml": { args: ["VM"], options: ["config"] },
@@ -147,7 +149,11 @@ function headersOf(list: string[] | undefined): Record<string, string> | undefin
 }
 
 function connectOptions(values: Values): ConnectOptions {
-  return { port: values.port, server: values.server, name: "vbus-cli", reconnect: true };
+  const wake = values.wake;
+  if (wake !== undefined && wake !== "doorbell" && wake !== "futex") {
+    throw new UsageError(`--wake must be doorbell or futex, got "${wake}"`);
+  }
+  return { port: values.port, server: values.server, name: "vbus-cli", reconnect: true, wake };
 }
 
 async function withBus<T>(values: Values, fn: (bus: Bus) => Promise<T>): Promise<T> {

@@ -57,8 +57,9 @@ import {
 import { QueuedIterator } from "./queued_iterator.ts";
 import type { StatusEvent, StatusOf, StatusType } from "./status.ts";
 import { Subscription, type SubscriptionOwner } from "./subscription.ts";
+import type { FutexWaiter } from "../../ffi/futex_waiter.ts";
 import { type Ffi, loadFfi, type ShmAnswer, type ShmOffer, writeGuestNonce } from "../shm/negotiation.ts";
-import { RingChannel } from "../shm/ring_channel.ts";
+import { type FutexWakeups, RingChannel, type RingChannelStats } from "../shm/ring_channel.ts";
 import { attachRegion } from "../ring/region.ts";
 import { decodeDoorbellHead } from "../protocol/heads.ts";
 import { HeadReader } from "../protocol/fast_heads.ts";
@@ -67,11 +68,17 @@ import { createLogger } from "../util/log.ts";
 
 const log = createLogger("vbus-client");
 
+/** FUTEX_WAIT sleeps of a `wake: "futex"` client, waiting for data and for space. */
+export interface FutexSleepCounts {
+  data: { sleeps: number; timeouts: number };
+  space: { sleeps: number; timeouts: number };
+}
+
 /** How this connection gets shared memory. */
 type ShmPlan =
   | { kind: "none"; reason: string }
   | { kind: "guest"; path?: string } // map a file or the ivshmem BAR, offer it in HELLO
-  | { kind: "host" }; // ask the broker for a per-session region
+  | { kind: "host"; futex: boolean }; // ask the broker for a per-session region
 
 interface PendingRingPub {
   /** PUB (encoded in place from `value`) or a control op sent as `head` alone. */
@@ -115,11 +122,15 @@ export interface SessionInfo {
 
 /** A connection to the vbus broker. Create it with {@link connect}. */
 export class Bus implements SubscriptionOwner {
-  #opts: Required<Omit<ConnectOptions, "port" | "server" | "transport" | "name" | "shm">> & { name?: string };
+  #opts: Required<Omit<ConnectOptions, "port" | "server" | "transport" | "name" | "shm" | "wake">> & {
+    name?: string;
+  };
   #shmPlan: ShmPlan;
   #ffi?: Ffi;
   #guestMapping?: { bytes: Uint8Array; unmap(): void };
   #sessionMapping?: { bytes: Uint8Array; unmap(): void };
+  #futexWaiters?: [FutexWaiter, FutexWaiter];
+  #futexCounts?: FutexSleepCounts;
   #ring?: RingChannel;
   #ringQueue: PendingRingPub[] = [];
   #ringPumping = false;
@@ -154,8 +165,15 @@ export class Bus implements SubscriptionOwner {
 
   /** @internal Use {@link connect}. */
   constructor(opts: ConnectOptions = {}) {
-    const { port: _p, server: _s, transport, shm, ...rest } = opts;
+    const { port: _p, server: _s, transport, shm, wake, ...rest } = opts;
+    if (wake !== undefined && wake !== "doorbell" && wake !== "futex") {
+      throw new TypeError(`wake must be "doorbell" or "futex", not ${JSON.stringify(wake)}`);
+    }
     this.#opts = { ...CONNECT_DEFAULTS, ...stripUndefined(rest) };
+    const hostLocal = !transport && resolveEndpoint(opts).kind === "server";
+    if (wake === "futex" && !hostLocal) {
+      throw new TypeError(`wake: "futex" is only for host-local clients (server); a guest is woken by doorbell frames`);
+    }
     if (transport) {
       this.#opener = transport;
       this.#shmPlan = typeof shm === "string"
@@ -169,7 +187,7 @@ export class Bus implements SubscriptionOwner {
       this.#shmPlan = shm === false
         ? { kind: "none", reason: "disabled by the shm option" }
         : endpoint.kind === "server"
-        ? { kind: "host" }
+        ? { kind: "host", futex: wake === "futex" }
         : { kind: "guest", path: typeof shm === "string" ? shm : undefined };
     }
     this.closed = new Promise((r) => this.#closedResolve = r);
@@ -573,7 +591,11 @@ export class Bus implements SubscriptionOwner {
     this.#port?.close();
     const mappings = [this.#guestMapping, this.#sessionMapping];
     this.#guestMapping = this.#sessionMapping = undefined;
-    this.#stopRing().then(() => mappings.forEach((m) => m?.unmap()));
+    const waiters = this.#futexWaiters ?? [];
+    this.#futexWaiters = undefined;
+    this.#stopRing()
+      .then(() => Promise.all(waiters.map((w) => w.close())))
+      .then(() => mappings.forEach((m) => m?.unmap()));
     const closedErr = error ?? new VbusError(ErrorCode.Closed, "connection closed");
     for (const p of this.#ringQueue.splice(0)) p.reject(closedErr);
     for (const w of this.#pongWaiters.splice(0)) w.reject(closedErr);
@@ -763,6 +785,19 @@ export class Bus implements SubscriptionOwner {
         }
         this.#guestMapping = this.#ffi.mapSharedSync(path, size);
       }
+      if (plan.kind === "host" && plan.futex && !this.#futexWaiters) {
+        // Started once and kept across reconnects: a Worker takes a while to start.
+        let waiters: FutexWaiter[] = [];
+        try {
+          waiters = [new this.#ffi.FutexWaiter(), new this.#ffi.FutexWaiter()];
+          await Promise.all(waiters.map((w) => w.ready));
+          this.#futexWaiters = waiters as [FutexWaiter, FutexWaiter];
+        } catch (err) {
+          await Promise.all(waiters.map((w) => w.close()));
+          plan.futex = false;
+          log.warn("futex wake-ups unavailable, using doorbell frames", { reason: (err as Error).message });
+        }
+      }
     } catch (err) {
       const reason = `shared memory unavailable: ${(err as Error).message}`;
       this.#shmPlan = { kind: "none", reason };
@@ -772,7 +807,7 @@ export class Bus implements SubscriptionOwner {
 
   #shmOffer(): ShmOffer | undefined {
     const plan = this.#shmPlan;
-    if (plan.kind === "host") return { want: true };
+    if (plan.kind === "host") return plan.futex ? { want: true, futex: true } : { want: true };
     if (plan.kind === "guest" && this.#guestMapping) {
       const bytes = this.#guestMapping.bytes;
       return { size: bytes.length, nonce: writeGuestNonce(bytes) };
@@ -800,9 +835,14 @@ export class Bus implements SubscriptionOwner {
         return `region epoch ${region.epoch} is not the broker's ${answer.epoch}`;
       }
       this.#stopRing();
+      this.#futexCounts = undefined;
+      const futex = this.#shmPlan.kind === "host" && this.#futexWaiters && answer.futex === true
+        ? this.#futexSleepers(bytes)
+        : undefined;
       this.#ring = new RingChannel(region, {
         maxFrameBytes: DEFAULT_LIMITS.maxFrameBytes * 2,
         ringDoorbell: (ring, kind) => this.#writer?.urgent(Op.Doorbell, encodeValue([ring, kind])),
+        futex,
         onFrame: (frame) => this.#onRingFrame(frame),
         onCorrupt: (err) => {
           this.#emit({ type: "error", code: ErrorCode.BadFrame, message: `shared-memory ring: ${err.message}` });
@@ -813,6 +853,24 @@ export class Bus implements SubscriptionOwner {
     } catch (err) {
       return `cannot attach the region: ${(err as Error).message}`;
     }
+  }
+
+  /** Sleep in FUTEX_WAIT (one Worker per sleeper, started in #prepareShm). */
+  #futexSleepers(bytes: Uint8Array): FutexWakeups {
+    const ffi = this.#ffi!;
+    const [dataWaiter, spaceWaiter] = this.#futexWaiters!;
+    const words = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
+    const all = this.#futexCounts = { data: { sleeps: 0, timeouts: 0 }, space: { sleeps: 0, timeouts: 0 } };
+    const sleeper = (waiter: FutexWaiter, counts: { sleeps: number; timeouts: number }) =>
+    async (_w: Int32Array, index: number, expected: number, ms: number) => {
+      counts.sleeps++;
+      if (await waiter.wait(words, index, expected, ms) === "timed-out") counts.timeouts++;
+    };
+    return {
+      wake: (word, index) => ffi.futexWake(word, index, 1),
+      peerSleeps: false, // the broker serves every session from one event loop: it takes frames
+      sleep: { data: sleeper(dataWaiter, all.data), space: sleeper(spaceWaiter, all.space) },
+    };
   }
 
   /** Stop the ring channel; resolves when it no longer touches the mapping. */
@@ -862,6 +920,25 @@ export class Bus implements SubscriptionOwner {
     if (reconnect) this.#emit({ type: "reconnected", ...base, resubscribed, flushed });
     else this.#emit({ type: "connected", ...base });
     for (const w of this.#connectedWaiters.splice(0)) w.resolve();
+  }
+
+  /**
+   * Counters of the current session's shared-memory rings, or undefined on the port stream:
+   * frames each way, doorbells rung, parks, full-ring waits, and (with `wake: "futex"`) how
+   * often this client slept in FUTEX_WAIT waiting for data and for space, and how many of
+   * those sleeps ran to their timeout (an idle peer, or a lost wake-up).
+   *
+   * @example
+   * ```ts
+   * const s = bus.ringStats;
+   * if (s) console.log(`${s.framesOut} frames out, waited for space ${s.spaceWaits} times`);
+   * ```
+   */
+  get ringStats(): (RingChannelStats & { futex?: FutexSleepCounts }) | undefined {
+    const ring = this.#ring;
+    if (!ring) return undefined;
+    const f = this.#futexCounts;
+    return { ...ring.stats, ...(f ? { futex: { data: { ...f.data }, space: { ...f.space } } } : {}) };
   }
 
   /** The data path of the current session: "ring" (shared memory) or "stream" (the port). */

@@ -32,6 +32,13 @@ export interface ConnectOptions {
    * port stream only. On the host (`server`): `true` (default) asks the broker for a region.
    */
   shm?: string | boolean;
+  /**
+   * Host side (`server`) with shared memory: how the broker wakes this client's parked ring
+   * reader. "doorbell" (default): a DOORBELL frame on the socket. "futex": FUTEX_WAKE on the
+   * ring's wake word, with a Worker sleeping for this client (no frame, no socket read).
+   * Guests always use doorbells: a futex does not cross the VM boundary.
+   */
+  wake?: "doorbell" | "futex";
   /** Free-form name sent in HELLO for the broker's logs (never used as identity). */
   name?: string;
   /** Reconnect after the port drops. Default true. */

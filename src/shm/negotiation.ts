@@ -25,6 +25,8 @@ export interface ShmOffer {
   nonce?: number;
   /** A host-local client: asks the broker for a region of its own. */
   want?: boolean;
+  /** A host-local client: asks to be woken by FUTEX_WAKE instead of DOORBELL frames. */
+  futex?: boolean;
 }
 
 /** WELCOME `shm`: the broker's answer. */
@@ -37,6 +39,8 @@ export interface ShmAnswer {
   /** For host-local clients: the file to map, and its size. */
   path?: string;
   size?: number;
+  /** The broker wakes the client by FUTEX_WAKE (it asked, and it is host-local). */
+  futex?: boolean;
 }
 
 /** The FFI layer's module type. */

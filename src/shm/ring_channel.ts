@@ -10,6 +10,11 @@
  * flag, so a busy stream rings almost never. The same scheme, the other way round, wakes a
  * producer waiting for space.
  *
+ * Host-local peers (both processes map the same /dev/shm file) may negotiate futex wake-ups
+ * instead (`futex` option): the sleeper waits in FUTEX_WAIT on the ring's wake word and the
+ * producer calls FUTEX_WAKE on it, so no frame crosses the socket. Futexes do not cross a VM
+ * boundary, so guests always use DOORBELL frames.
+ *
  * @example
  * ```ts
  * // Broker side, after negotiating the region in HELLO/WELCOME:
@@ -33,7 +38,7 @@ import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { type Region } from "../ring/region.ts";
 import { RingConsumer, RingProducer } from "../ring/ring.ts";
-import { Doorbell, Parker } from "../ring/doorbell.ts";
+import { Doorbell, Parker, type SleepFn } from "../ring/doorbell.ts";
 import { RingId } from "../ring/layout.ts";
 
 /** What a DOORBELL announces: data to read, or space to write. */
@@ -76,24 +81,48 @@ export interface RingChannelOptions {
   maxFrameBytes: number;
   /** Keep polling this long after the last record before parking. Default 0.2 ms. */
   spinMs?: number;
+  /** Futex wake-ups between host-local peers (see the module doc); default: DOORBELL frames. */
+  futex?: FutexWakeups;
+}
+
+/** How a {@link RingChannel} uses futexes (both sides must map the same file). */
+export interface FutexWakeups {
+  /** FUTEX_WAKE on `word[index]` (ffi `futexWake`). */
+  wake(word: Int32Array, index: number): void;
+  /** The peer sleeps in FUTEX_WAIT: wake it with `wake` rather than a DOORBELL frame. */
+  peerSleeps: boolean;
+  /** This side sleeps in FUTEX_WAIT through these (one per sleeper: waiting for data, for space). */
+  sleep?: { data: SleepFn; space: SleepFn };
 }
 
 /** Counters of one channel. */
 export interface RingChannelStats {
   framesIn: number;
   framesOut: number;
-  /** Doorbells this side rang (peer was parked). */
+  /** Doorbells this side rang (peer was parked), as frames or futex wakes. */
   doorbellsRung: number;
+  /** Of those, futex wakes. */
+  futexWakes: number;
   /** Times this side's consumer parked. */
   parks: number;
   /** Times a publish found the ring full. */
   fullCount: number;
+  /** Times this side's producer parked waiting for space. */
+  spaceWaits: number;
 }
 
 /** Frames through the rings of a region; see the module doc. */
 export class RingChannel {
   readonly region: Region;
-  readonly stats: RingChannelStats = { framesIn: 0, framesOut: 0, doorbellsRung: 0, parks: 0, fullCount: 0 };
+  readonly stats: RingChannelStats = {
+    framesIn: 0,
+    framesOut: 0,
+    doorbellsRung: 0,
+    futexWakes: 0,
+    parks: 0,
+    fullCount: 0,
+    spaceWaits: 0,
+  };
   #opts: RingChannelOptions;
   #bytes: Uint8Array;
   #producer: RingProducer;
@@ -120,14 +149,24 @@ export class RingChannel {
     this.#rxId = region.side === "guest" ? RingId.INBOUND : RingId.OUTBOUND;
     this.#producer = new RingProducer(bytes, region.tx);
     this.#consumer = new RingConsumer(bytes, region.rx, { maxBodyLength: opts.maxFrameBytes });
-    const ring = (id: number, kind: number) => () => {
-      this.stats.doorbellsRung++;
-      opts.ringDoorbell(id, kind);
-    };
+    const futex = opts.futex;
+    const ring = (id: number, kind: number) =>
+      futex?.peerSleeps
+        ? (word: Int32Array, index: number) => {
+          this.stats.doorbellsRung++;
+          this.stats.futexWakes++;
+          futex.wake(word, index);
+        }
+        : () => {
+          this.stats.doorbellsRung++;
+          opts.ringDoorbell(id, kind);
+        };
     this.#dataBell = new Doorbell(bytes, region.tx, ring(this.#txId, DoorbellKind.Data), "consumer");
     this.#spaceBell = new Doorbell(bytes, region.rx, ring(this.#rxId, DoorbellKind.Space), "producer");
-    this.#dataParker = new Parker(bytes, region.rx, this.#sleep("data"), { sliceMs: PARK_SLICE_MS });
-    this.#spaceParker = new Parker(bytes, region.tx, this.#sleep("space"), {
+    this.#dataParker = new Parker(bytes, region.rx, futex?.sleep?.data ?? this.#sleep("data"), {
+      sliceMs: PARK_SLICE_MS,
+    });
+    this.#spaceParker = new Parker(bytes, region.tx, futex?.sleep?.space ?? this.#sleep("space"), {
       sliceMs: PARK_SLICE_MS,
       sleeper: "producer",
     });
@@ -348,6 +387,7 @@ export class RingChannel {
   async #waitForSpace(length: number): Promise<void> {
     const need = Math.min(length, this.#producer.maxBodyLength);
     while (!this.#stopped && !this.#producer.canClaim(need)) {
+      this.stats.spaceWaits++;
       await this.#spaceParker.waitForData(() => this.#stopped || this.#producer.canClaim(need), PARK_SLICE_MS);
     }
   }
@@ -412,6 +452,13 @@ export class RingChannel {
   }
 
   #wakeAll(which: "data" | "space") {
+    const futex = this.#opts.futex;
+    if (futex?.sleep) {
+      // This side sleeps in the kernel: bump its wake word and FUTEX_WAKE it.
+      const parker = which === "data" ? this.#dataParker : this.#spaceParker;
+      Atomics.add(parker.word, parker.seqIndex, 1);
+      futex.wake(parker.word, parker.seqIndex);
+    }
     const list = this.#wakers[which];
     this.#wakers[which] = [];
     for (const w of list) w();
