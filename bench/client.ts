@@ -5,6 +5,8 @@
 // Everything is bounded: a client exits by itself after spec.hardLimitS seconds, and when its
 // stdin closes (the orchestrator is gone).
 import type { BenchSystem, Channel, Role, RuntimeName } from "./lib/system.ts";
+import { STRUCTURED } from "./lib/stats.ts";
+import { isStructuredValue, packr, payloadBytes, structuredValue } from "./lib/values.ts";
 
 interface Spec {
   system: string;
@@ -101,8 +103,9 @@ function percentile(sorted: Float64Array, q: number): number {
 async function main(): Promise<void> {
   const mod = await import(`./systems/${spec.system}.ts`);
   const sys: BenchSystem = mod.default;
-  const payload = makePayload(spec.size);
-  const base = { id: spec.id, role: spec.role, maxPayload: spec.size, runtime: spec.runtime };
+  const structured = spec.size === STRUCTURED;
+  const payload = makePayload(payloadBytes(spec.size));
+  const base = { id: spec.id, role: spec.role, maxPayload: payloadBytes(spec.size), runtime: spec.runtime };
 
   if (spec.role === "pub") {
     const ch = (channel = await sys.open(spec.endpoint, { ...base, pub: "bench", sub: null, onMessage: () => {} }));
@@ -121,7 +124,9 @@ async function main(): Promise<void> {
     let inFlight: Promise<void> | null = null;
     while (sent < spec.count && !stopped) {
       const n = Math.min(spec.batch, spec.count - sent);
-      for (let i = 0; i < n; i++) ch.publish(payload);
+      if (!structured) for (let i = 0; i < n; i++) ch.publish(payload);
+      else if (sys.nativeValues) for (let i = 0; i < n; i++) ch.publishValue!(structuredValue(sent + i));
+      else for (let i = 0; i < n; i++) ch.publish(packr.pack(structuredValue(sent + i)));
       sent += n;
       const f = ch.flush();
       if (inFlight) await inFlight;
@@ -146,20 +151,24 @@ async function main(): Promise<void> {
     const size = spec.size;
     let finish: (reason: string) => void = () => {};
     const doneP = new Promise<string>((r) => (finish = r));
+    const onReceived = (intact: boolean) => {
+      if (received === 0) tFirst = wall();
+      received++;
+      if (!intact) badSize++;
+      if (received >= expected && !finished) {
+        finished = true;
+        tLastSeen = wall();
+        finish("complete");
+      }
+    };
     channel = await sys.open(spec.endpoint, {
       ...base,
       pub: null,
       sub: "bench",
-      onMessage: (p) => {
-        if (received === 0) tFirst = wall();
-        received++;
-        if (p.length !== size) badSize++;
-        if (received >= expected && !finished) {
-          finished = true;
-          tLastSeen = wall();
-          finish("complete");
-        }
-      },
+      onMessage: !structured
+        ? (p) => onReceived(p.length === size)
+        : (p) => onReceived(isStructuredValue(packr.unpack(p))),
+      ...(structured && sys.nativeValues ? { onValue: (v: unknown) => onReceived(isStructuredValue(v)) } : {}),
     });
     // coarse sampling of progress: tells when the last message arrived if the stream stalls
     let expectAt = 0;

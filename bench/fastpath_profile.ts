@@ -4,7 +4,10 @@
  * subscriber. Prints msgs/s, MB/s and the CPU seconds of each process; with --prof, each
  * process writes a Bun CPU profile in Markdown (`--cpu-prof-md`) to bench/results/profiles/.
  *
- *   bun bench/fastpath_profile.ts [--size 64] [--count 1000000] [--shm true|false] [--prof]
+ *   bun bench/fastpath_profile.ts [--size 64|obj4] [--count 1000000] [--shm true|false] [--prof]
+ *
+ * `--size obj4` publishes a small structured value (an object of four fields, bench/lib/values.ts)
+ * instead of bytes: msgpackr encodes it in place and the subscriber decodes it.
  *
  * Roles (internal): `broker`, `sub`, `pub` are started by the parent with --role.
  * @module
@@ -16,6 +19,8 @@ import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { STRUCTURED } from "./lib/stats.ts";
+import { isStructuredValue, payloadBytes, structuredValue } from "./lib/values.ts";
 
 const { values } = parseArgs({
   options: {
@@ -28,7 +33,9 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "20" },
   },
 });
-const size = Number(values.size);
+const structured = values.size === "obj4";
+const size = structured ? STRUCTURED : Number(values.size);
+const label = structured ? "obj4" : `${size}B`;
 const count = Number(values.count);
 const shm = values.shm !== "false";
 const SELF = fileURLToPath(import.meta.url);
@@ -54,7 +61,9 @@ if (values.role === "sub" || values.role === "pub") {
       bus.subscribe<Uint8Array>("prof", {
         callback: (_e, m) => {
           if (got === 0) t0 = performance.now();
-          if ((m.data as Uint8Array).length !== size) throw new Error("bad size");
+          if (structured ? !isStructuredValue(m.data) : (m.data as Uint8Array).length !== size) {
+            throw new Error("bad message");
+          }
           if (++got === count) resolve();
         },
       })
@@ -65,9 +74,9 @@ if (values.role === "sub" || values.role === "pub") {
     const s = (performance.now() - t0) / 1000;
     process.stdout.write(JSON.stringify({ got, seconds: s }) + "\n");
   } else {
-    const payload = new Uint8Array(size).fill(7);
+    const payload = new Uint8Array(payloadBytes(size)).fill(7);
     for (let i = 0; i < count; i++) {
-      const p = bus.publish("prof", payload);
+      const p = bus.publish("prof", structured ? structuredValue(i) : payload);
       if ((i & 1023) === 1023) await p;
     }
     await bus.flush();
@@ -95,8 +104,8 @@ const profDir = join(ROOT, "bench", "results", "profiles");
 if (values.prof) mkdirSync(profDir, { recursive: true });
 const bun = join(ROOT, "node_modules", ".bin", "bun");
 function start(role: string) {
-  const flags = values.prof ? ["--cpu-prof-md", `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${role}-${size}B-${shm ? "ring" : "stream"}.md`] : [];
-  const child = spawn(bun, [...flags, SELF, "--role", role, "--socket", socket, "--size", String(size), "--count", String(count), "--shm", String(shm)], {
+  const flags = values.prof ? ["--cpu-prof-md", `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${role}-${label}-${shm ? "ring" : "stream"}.md`] : [];
+  const child = spawn(bun, [...flags, SELF, "--role", role, "--socket", socket, "--size", String(values.size), "--count", String(count), "--shm", String(shm)], {
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, VBUS_LOG: "warn" },
   });
@@ -131,20 +140,22 @@ clearInterval(sample);
 clearTimeout(timer);
 const wall = (performance.now() - t0) / 1000;
 broker.child.kill("SIGTERM");
+const killer = setTimeout(() => broker.child.kill("SIGKILL"), 5000);
 await broker.exited;
+clearTimeout(killer);
 rmSync(dir, { recursive: true, force: true });
 const line = sub.output().trim().split("\n").pop()!;
 const result = line.startsWith("{") ? JSON.parse(line) : { got: 0, seconds: wall };
 const rate = result.got / result.seconds;
 const report = {
   path: shm ? "ring" : "stream",
-  size,
+  size: label,
   count,
   delivered: result.got,
   msgsPerSec: Math.round(rate),
-  mbPerSec: Math.round((rate * size) / 1e6),
+  mbPerSec: Math.round((rate * payloadBytes(size)) / 1e6),
   cpuSeconds: cpu,
   exit: { pub: pubCode, sub: subCode },
 };
 console.log(JSON.stringify(report));
-if (values.prof) writeFileSync(join(profDir, `summary-${size}B-${shm ? "ring" : "stream"}.json`), JSON.stringify(report, null, 2));
+if (values.prof) writeFileSync(join(profDir, `summary-${label}-${shm ? "ring" : "stream"}.json`), JSON.stringify(report, null, 2));

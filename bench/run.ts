@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Child, freePort, killAllSync, onInterrupt, procCpu, ROOT, RUNTIME_BIN, runtimeCommand, waitForPath, waitForPort } from "./lib/proc.ts";
 import type { BenchSystem, RuntimeName, ServerContext, ServerHandle } from "./lib/system.ts";
-import { fmtSize, parseSize } from "./lib/stats.ts";
+import { fmtSize, parseSize, STRUCTURED } from "./lib/stats.ts";
+import { payloadBytes } from "./lib/values.ts";
 import { summarize, writeReports, type CaseRun, type Report } from "./lib/report.ts";
 
 const PLUGIN_SLOTS = ["vbus-ring", "vbus-port", "ring-bare"];
@@ -39,7 +40,8 @@ if (opt.help) {
   --quick              smoke run, whole run < 2 min (1 run, sizes 128,64k, bun+deno, short cases)
   --systems a,b        systems to run (default: every bench/systems/*.ts, plus plug-in slots
                        ${PLUGIN_SLOTS.join(", ")} when their module exists)
-  --sizes 16,128,1k    pub/sub payload sizes (default 16,128,1k,64k,1m)
+  --sizes 16,128,1k    pub/sub payload sizes (default 16,128,1k,64k,1m,obj4; obj4 = an object
+                       of four fields, encoded and decoded by each system's client)
   --rr-sizes 64,64k    request/reply payload sizes (default 64,64k)
   --shapes 1:1,1:4,4:1,rr   workload shapes (default all; "rr" = request/reply latency)
   --runtimes deno,bun,mixed runtime of publisher>subscriber ("mixed" = deno>bun; any "a>b")
@@ -64,8 +66,11 @@ const num = (s: string | undefined, d: number) => {
 const settings = {
   quick,
   runs: Math.floor(num(opt.runs, quick ? 1 : 3)),
-  sizes: list(opt.sizes, quick ? "128,64k" : "16,128,1k,64k,1m").map(parseSize),
-  rrSizes: list(opt["rr-sizes"], "64,64k").map(parseSize),
+  sizes: list(opt.sizes, quick ? "128,64k" : "16,128,1k,64k,1m,obj4").map(parseSize),
+  rrSizes: list(opt["rr-sizes"], "64,64k").map(parseSize).map((s) => {
+    if (s === STRUCTURED) throw new Error("--rr-sizes: obj4 is a pub/sub workload only");
+    return s;
+  }),
   shapes: list(opt.shapes, "1:1,1:4,4:1,rr"),
   runtimes: list(opt.runtimes, quick ? "bun,deno" : "deno,bun,mixed"),
   seconds: num(opt.seconds, quick ? 0.4 : 2),
@@ -204,13 +209,13 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
   };
   const throughput = c.kind === "throughput";
   const perPub = throughput
-    ? Math.max(1, Math.floor(Math.min(settings.count, settings.bytesBudget / c.size) / c.pubs))
+    ? Math.max(1, Math.floor(Math.min(settings.count, settings.bytesBudget / payloadBytes(c.size)) / c.pubs))
     : settings.rrCount;
   const seconds = throughput ? settings.seconds : settings.rrSeconds;
   const hardLimitS = Math.ceil(seconds * 4 + 60);
   const spec = (role: string, id: string, rt: RuntimeName) => ({
     system: c.system, role, id, runtime: rt, endpoint: server!.endpoint, size: c.size,
-    count: perPub, seconds, batch: Math.max(1, Math.min(1024, Math.floor((256 * 1024) / c.size))),
+    count: perPub, seconds, batch: Math.max(1, Math.min(1024, Math.floor((256 * 1024) / payloadBytes(c.size)))),
     warmup: throughput ? 0 : Math.min(500, Math.ceil(settings.rrCount / 10)),
     idleMs: settings.idleMs, hardLimitS,
   });
@@ -273,7 +278,7 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
       result.badSize = subDone.reduce((a, d) => a + d.badSize, 0);
       result.durationS = durS;
       result.msgsPerSec = delivered / durS;
-      result.bytesPerSec = (delivered * c.size) / durS;
+      result.bytesPerSec = (delivered * payloadBytes(c.size)) / durS;
       result.pubMsgsPerSec = totalSent / Math.max(1e-6, pubS);
       result.cpuPerMillionS = delivered ? cpuTotal / (delivered / 1e6) : NaN;
       result.subReasons = subDone.map((d) => d.reason);

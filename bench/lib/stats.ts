@@ -37,15 +37,20 @@ export function fmtNum(x: number, digits = 3): string {
   return trim(x.toPrecision(digits));
 }
 
+/** The size code of the "obj4" workload (a four-field object; see values.ts). */
+export const STRUCTURED = -4;
+
 export function fmtSize(bytes: number): string {
+  if (bytes === STRUCTURED) return "obj4";
   if (bytes >= 1 << 20 && bytes % (1 << 20) === 0) return `${bytes >> 20} MiB`;
   if (bytes >= 1024 && bytes % 1024 === 0) return `${bytes >> 10} KiB`;
   return `${bytes} B`;
 }
 
 export function parseSize(s: string): number {
+  if (s.trim().toLowerCase() === "obj4") return STRUCTURED;
   const m = /^(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib)?$/i.exec(s.trim());
-  if (!m) throw new Error(`bad size "${s}" (examples: 16, 128, 1k, 64k, 1m)`);
+  if (!m) throw new Error(`bad size "${s}" (examples: 16, 128, 1k, 64k, 1m, obj4)`);
   const n = Number(m[1]);
   const u = (m[2] ?? "b").toLowerCase();
   const f = u.startsWith("k") ? 1024 : u.startsWith("m") ? 1024 * 1024 : 1;

@@ -75,12 +75,17 @@ export interface OpenOptions {
   onMessage: (payload: Uint8Array) => void;
   /** Largest payload this case will send (bytes). */
   maxPayload: number;
+  /** "obj4" cases on a system with `nativeValues`: called with each decoded value instead of
+   *  onMessage. */
+  onValue?: (value: unknown) => void;
   runtime: RuntimeName;
 }
 
 export interface Channel {
   /** Queue one message on opts.pub. Must not block; may buffer until flush(). */
   publish(payload: Uint8Array): void;
+  /** Systems with `nativeValues`: queue one structured value (the system encodes it). */
+  publishValue?(value: unknown): void;
   /** Resolve when everything queued so far has been handed to the transport and the
    *  transport is ready for more (this is where backpressure is applied). The publisher calls
    *  it after every batch; the replier after every reply; the requester after every request. */
@@ -95,6 +100,9 @@ export interface BenchSystem {
   describe: string;
   /** Peers are what vbus is compared against (ratios are computed vs peers). */
   peer: boolean;
+  /** The system carries structured values itself (publishValue/onValue); otherwise "obj4"
+   *  cases pack and unpack them with msgpackr in the client. */
+  nativeValues?: boolean;
   /** Shapes this system can run ("1:1", "1:4", "4:1", "rr"); absent = all. Others are not run. */
   shapes?: string[];
   /** Orchestrator side. null when usable, otherwise the reason to skip (shown in the report). */

@@ -14,6 +14,7 @@ export function vbusSystem(name: string, shm: boolean, wake: "doorbell" | "futex
       ? "vbus broker, host clients on shared-memory rings, woken by FUTEX_WAKE (a Worker sleeps per client)"
       : "vbus broker, host clients on shared-memory rings (msgpackr in place, doorbells on the socket)",
     peer: false,
+    nativeValues: true,
 
     async start(ctx: ServerContext) {
       const listen = `${ctx.tmpDir}/vbus.sock`;
@@ -35,7 +36,7 @@ export function vbusSystem(name: string, shm: boolean, wake: "doorbell" | "futex
       });
       if (shm && bus.dataPath !== "ring") throw new Error(`${name}: expected the ring path, got ${bus.dataPath}`);
       if (opts.sub) {
-        const on = opts.onMessage;
+        const on = opts.onValue ?? opts.onMessage as (v: unknown) => void;
         bus.subscribe<Uint8Array>(opts.sub, { callback: (_err, m) => on(m.data) });
         await bus.flush(); // the broker has the subscription
       }
@@ -44,6 +45,7 @@ export function vbusSystem(name: string, shm: boolean, wake: "doorbell" | "futex
       const fail = (err: Error) => (failure ??= err);
       return {
         publish: (p) => void bus.publish(subject, p).catch(fail),
+        publishValue: (v) => void bus.publish(subject, v).catch(fail),
         flush: async () => {
           if (failure) throw failure;
           await bus.flush();
