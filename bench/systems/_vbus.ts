@@ -42,13 +42,16 @@ export function vbusSystem(name: string, shm: boolean, wake: "doorbell" | "futex
       }
       const subject = opts.pub ?? "";
       let failure: Error | undefined;
+      const pending: Promise<unknown>[] = [];
       const fail = (err: Error) => (failure ??= err);
       return {
-        publish: (p) => void bus.publish(subject, p).catch(fail),
-        publishValue: (v) => void bus.publish(subject, v).catch(fail),
+        // flush() = every publish so far was handed to the ring or the port (the Channel
+        // contract); bus.flush() would add a broker round trip (PING/PONG) per call.
+        publish: (p) => void pending.push(bus.publish(subject, p).catch(fail)),
+        publishValue: (v) => void pending.push(bus.publish(subject, v).catch(fail)),
         flush: async () => {
+          await Promise.all(pending.splice(0));
           if (failure) throw failure;
-          await bus.flush();
         },
         close: () => bus.close(),
       };
