@@ -95,6 +95,14 @@ export interface FutexWakeups {
   sleep?: { data: SleepFn; space: SleepFn };
 }
 
+/** A sleeper waiting for a DOORBELL frame (or for its wake word to move). */
+interface Waker {
+  word: Int32Array;
+  index: number;
+  expected: number;
+  done(): void;
+}
+
 /** Counters of one channel. */
 export interface RingChannelStats {
   framesIn: number;
@@ -138,7 +146,7 @@ export class RingChannel {
   #running = false;
   // Set by stop(): the mapping may be unmapped right after, so nothing may touch it again.
   #stopped = false;
-  #wakers: { data: (() => void)[]; space: (() => void)[] } = { data: [], space: [] };
+  #wakers: { data: Waker[]; space: Waker[] } = { data: [], space: [] };
   #handler: (bytes: Uint8Array, offset: number, length: number) => void;
 
   constructor(region: Region, opts: RingChannelOptions) {
@@ -415,6 +423,7 @@ export class RingChannel {
       try {
         n = this.#consumer.poll(this.#handler, BATCH_RECORDS);
         if (n > 0) this.#spaceBell.notify();
+        this.#wakeRung("space");
       } catch (err) {
         this.#fail(err as Error);
         return;
@@ -446,9 +455,25 @@ export class RingChannel {
           clearTimeout(timer);
           resolve();
         }
-        wakers.push(done);
+        wakers.push({ word, index, expected, done });
       });
     };
+  }
+
+  /**
+   * Wake sleepers whose wake word the peer already bumped. The DOORBELL frame that follows may
+   * sit unread behind a busy receive loop (Deno reads sockets late while a loop keeps yielding
+   * with setImmediate: measured 5–170 ms), so the loop checks the shared word itself.
+   */
+  #wakeRung(which: "data" | "space") {
+    const list = this.#wakers[which];
+    if (list.length === 0) return;
+    const keep: Waker[] = [];
+    for (const w of list) {
+      if (Atomics.load(w.word, w.index) !== w.expected) w.done();
+      else keep.push(w);
+    }
+    this.#wakers[which] = keep;
   }
 
   #wakeAll(which: "data" | "space") {
@@ -461,7 +486,7 @@ export class RingChannel {
     }
     const list = this.#wakers[which];
     this.#wakers[which] = [];
-    for (const w of list) w();
+    for (const w of list) w.done();
   }
 
   #fail(err: Error) {
