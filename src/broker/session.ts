@@ -12,7 +12,7 @@
  */
 import { randomBytes } from "node:crypto";
 import type { Port } from "../port/port.ts";
-import { encodeFrame, FrameDecoder, type Frame } from "../protocol/frame.ts";
+import { encodeFrame, FrameDecoder, type Frame, FrameHeader } from "../protocol/frame.ts";
 import { FrameWriter } from "../protocol/frame_writer.ts";
 import { HeadReader } from "../protocol/fast_heads.ts";
 import { encodeValue, msgHeadMaxLength, PUB_HEAD_MARK, writeMsgHead } from "../protocol/codec.ts";
@@ -45,6 +45,8 @@ import type { EndpointStats } from "./stats.ts";
 import type { Logger } from "../util/log.ts";
 import { initRegion } from "../ring/region.ts";
 import { RingChannel } from "../shm/ring_channel.ts";
+import { Fifo } from "../util/fifo.ts";
+import { setImmediate } from "node:timers";
 import { hasGuestNonce, type ShmAnswer, type ShmOffer } from "../shm/negotiation.ts";
 
 /** Features this broker offers; a session uses those its client also announced. */
@@ -58,6 +60,8 @@ export const ERROR_WINDOW_MS = 60_000;
 /** Seconds of continuous flooding after which a session is closed. */
 export const FLOOD_CLOSE_SECONDS = 10;
 
+/** Backlog frames written to a subscriber's ring between two yields to the event loop. */
+const FLUSH_BATCH = 1024;
 const EMPTY_ARRAY_HEAD = encodeValue([]);
 const NO_RESPONDERS_HEADERS: Headers = { [STATUS_HEADER]: STATUS_NO_RESPONDERS };
 const EMPTY = new Uint8Array(0);
@@ -136,7 +140,7 @@ export class Session implements DeliveryTarget {
   #headCopy = new Uint8Array(64 * 1024);
   #heads = new HeadReader();
   // MSG frames waiting for room in this session's inbound ring, oldest first.
-  #backlog: Uint8Array[] = [];
+  #backlog = new Fifo<Uint8Array>();
   #backlogBytes = 0;
   #backlogFlushing = false;
 
@@ -246,6 +250,20 @@ export class Session implements DeliveryTarget {
     }
     const head = pubTail ? msgHead(entry.sid, pubTail) : encodeValue([entry.sid, subject, reply, headers]);
     if (ring) {
+      const size = FrameHeader.LENGTH + head.length + payload.length;
+      if (size > ring.maxFrameOut) {
+        // Only a publisher on the port stream can send this much. Sent on the port, it could
+        // be overtaken by ring records written after it, so it is not delivered: counted,
+        // and both ends are told.
+        stats.dropped++;
+        const why = `a ${size}-byte message does not fit this session's shared-memory ring (largest ${ring.maxFrameOut})`;
+        this.sendError(ErrorCode.FrameTooLarge, `${why}; not delivered`, subject);
+        const publisher = this.#ctx.publishing;
+        if (publisher && publisher !== this) {
+          publisher.sendError(ErrorCode.FrameTooLarge, `not delivered to session ${this.id}: ${why}`, subject);
+        }
+        return false;
+      }
       if (this.#backlog.length === 0 && ring.tryWriteFrame(Op.Msg, head, payload)) {
         stats.msgsOut++;
         stats.ringMsgsOut++;
@@ -333,9 +351,10 @@ export class Session implements DeliveryTarget {
   async #flushBacklog() {
     this.#backlogFlushing = true;
     try {
+      let written = 0;
       while (this.#backlog.length > 0 && this.#ring && this.#state === "open") {
         const ring = this.#ring;
-        const frame = this.#backlog[0];
+        const frame = this.#backlog.peek()!;
         if (!ring.tryWriteEncoded(frame)) {
           await ring.waitForSpace(frame.length);
           continue;
@@ -344,6 +363,9 @@ export class Session implements DeliveryTarget {
         this.#backlogBytes -= frame.length;
         this.#opts.stats.ringMsgsOut++;
         if (this.#backlogBytes <= this.#ctx.limits.maxPendingBytes / 2) this.#releasePublishers();
+        // A subscriber that keeps up could keep this loop going without a single await:
+        // let the rest of the broker run between batches.
+        if (++written % FLUSH_BATCH === 0) await yieldToEventLoop();
       }
       this.#releasePublishers();
     } finally {
@@ -550,7 +572,7 @@ export class Session implements DeliveryTarget {
     this.#ring = undefined;
     ring.region.detach();
     this.ringStopped = ring.stop();
-    this.#backlog = [];
+    this.#backlog.clear();
     this.#backlogBytes = 0;
   }
 
@@ -764,4 +786,8 @@ export class Session implements DeliveryTarget {
 function msgHead(sid: number, pubTail: Uint8Array): Uint8Array {
   const out = new Uint8Array(msgHeadMaxLength(pubTail));
   return out.subarray(0, writeMsgHead(out, 0, sid, pubTail));
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }

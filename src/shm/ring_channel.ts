@@ -121,6 +121,9 @@ export interface RingChannelStats {
 
 /** Frames through the rings of a region; see the module doc. */
 export class RingChannel {
+  /** Channels of this process with a sleeper waiting for a DOORBELL frame (see #wakeRung). */
+  static #sleeping = new Set<RingChannel>();
+
   readonly region: Region;
   readonly stats: RingChannelStats = {
     framesIn: 0,
@@ -423,7 +426,7 @@ export class RingChannel {
       try {
         n = this.#consumer.poll(this.#handler, BATCH_RECORDS);
         if (n > 0) this.#spaceBell.notify();
-        this.#wakeRung("space");
+        if (RingChannel.#sleeping.size > 0) RingChannel.#wakeRungEverywhere();
       } catch (err) {
         this.#fail(err as Error);
         return;
@@ -456,21 +459,32 @@ export class RingChannel {
           resolve();
         }
         wakers.push({ word, index, expected, done });
+        RingChannel.#sleeping.add(this);
       });
     };
   }
 
   /**
-   * Wake sleepers whose wake word the peer already bumped. The DOORBELL frame that follows may
-   * sit unread behind a busy receive loop (Deno reads sockets late while a loop keeps yielding
-   * with setImmediate: measured 5–170 ms), so the loop checks the shared word itself.
+   * Wake sleepers whose wake word the peer already bumped. The DOORBELL frame that follows can
+   * sit unread while a busy receive loop (any channel's: one broker serves many sessions)
+   * keeps yielding with setImmediate: a Deno broker read such frames 5–170 ms late. So every
+   * busy loop also checks the shared words of every channel's sleepers, which costs one
+   * atomic load per sleeper.
    */
+  static #wakeRungEverywhere() {
+    for (const ch of RingChannel.#sleeping) {
+      ch.#wakeRung("data");
+      ch.#wakeRung("space");
+      if (ch.#wakers.data.length === 0 && ch.#wakers.space.length === 0) RingChannel.#sleeping.delete(ch);
+    }
+  }
+
   #wakeRung(which: "data" | "space") {
     const list = this.#wakers[which];
     if (list.length === 0) return;
     const keep: Waker[] = [];
     for (const w of list) {
-      if (Atomics.load(w.word, w.index) !== w.expected) w.done();
+      if (this.#stopped || Atomics.load(w.word, w.index) !== w.expected) w.done();
       else keep.push(w);
     }
     this.#wakers[which] = keep;
@@ -486,6 +500,7 @@ export class RingChannel {
     }
     const list = this.#wakers[which];
     this.#wakers[which] = [];
+    if (this.#wakers.data.length === 0 && this.#wakers.space.length === 0) RingChannel.#sleeping.delete(this);
     for (const w of list) w.done();
   }
 

@@ -1,0 +1,108 @@
+/**
+ * The broker's per-subscriber backlog on the shared-memory path: the queue itself, messages
+ * too large for a subscriber's ring, and a large backlog that drains without stalling the
+ * broker.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { startLab, take } from "./helpers.ts";
+import { Fifo } from "../src/util/fifo.ts";
+
+test("backlog: Fifo keeps order across compactions and reports its length", () => {
+  const q = new Fifo<number>();
+  assert.equal(q.shift(), undefined);
+  let next = 0;
+  for (let i = 0; i < 10_000; i++) {
+    q.push(i);
+    if (i % 3 === 0) assert.equal(q.shift(), next++);
+  }
+  assert.equal(q.length, 10_000 - next);
+  assert.equal(q.peek(), next);
+  while (q.length > 0) assert.equal(q.shift(), next++);
+  assert.equal(next, 10_000);
+  q.push(1);
+  q.clear();
+  assert.equal(q.length, 0);
+  assert.equal(q.peek(), undefined);
+});
+
+test("backlog: a message larger than the subscriber's ring is refused with an error to both ends, not a hang", async () => {
+  const lab = await startLab({ shm: true, vms: [] });
+  // A publisher on the port stream may send up to maxFrameBytes (8 MiB); a subscriber's ring
+  // holds less than that.
+  const pub = await lab.host({ shm: false });
+  const sub = await lab.host();
+  try {
+    assert.equal(sub.dataPath, "ring");
+    const subErrors: string[] = [];
+    const pubErrors: string[] = [];
+    sub.on("error", (e) => subErrors.push(`${e.code}: ${e.message}`));
+    pub.on("error", (e) => pubErrors.push(`${e.code}: ${e.message}`));
+    const it = sub.subscribe<Uint8Array>("big");
+    await sub.flush();
+    await pub.publish("big", new Uint8Array([1]));
+    await pub.publish("big", new Uint8Array(6 * 1024 * 1024));
+    await pub.publish("big", new Uint8Array([3]));
+    const got = await take(it, 2, 20_000);
+    assert.deepEqual(got.map((b) => [...b]), [[1], [3]]);
+    await pub.flush();
+    await sub.flush();
+    assert.equal(subErrors.length, 1, subErrors.join("; "));
+    assert.match(subErrors[0], /FRAME_TOO_LARGE: .*does not fit this session's shared-memory ring/);
+    assert.equal(pubErrors.length, 1, pubErrors.join("; "));
+    assert.match(pubErrors[0], /FRAME_TOO_LARGE: not delivered to session/);
+    assert.equal(lab.broker.stats().host.dropped, 1);
+  } finally {
+    await pub.close();
+    await sub.close();
+    await lab.close();
+  }
+});
+
+test("backlog: a backlog of 300k messages drains in order and the broker keeps serving others", async () => {
+  const lab = await startLab({ shm: true, vms: [] });
+  const pub = await lab.host();
+  const sub = await lab.host();
+  const other = await lab.host();
+  try {
+    // A callback that does not return until released: the subscriber's ring fills and the
+    // broker queues the rest ("block" so that nothing is dropped).
+    let release!: () => void;
+    const gate = new Promise<void>((r) => release = r);
+    let n = 0;
+    let inOrder = true;
+    const all = new Promise<void>((resolve) => {
+      sub.subscribe<number>("flood", {
+        slow: "block",
+        callback: (_e, m) => {
+          if (m.data !== n) inOrder = false;
+          if (++n === N) resolve();
+        },
+      });
+    });
+    const N = 300_000;
+    const blocker = sub.subscribe<number>("gate", { callback: () => gate });
+    void blocker;
+    await sub.flush();
+    await pub.publish("gate", 0);
+    const sent = (async () => {
+      for (let i = 0; i < N; i++) {
+        const p = pub.publish("flood", i);
+        if ((i & 1023) === 1023) await p;
+      }
+    })();
+    // While the backlog builds and drains, another client's round trips keep working.
+    await new Promise((r) => setTimeout(r, 200));
+    release();
+    for (let i = 0; i < 20; i++) await other.flush();
+    await sent;
+    await all;
+    assert.ok(inOrder, "messages arrived out of order");
+    assert.equal(n, N);
+  } finally {
+    await pub.close();
+    await sub.close();
+    await other.close();
+    await lab.close();
+  }
+});
