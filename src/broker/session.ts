@@ -46,7 +46,7 @@ import type { Logger } from "../util/log.ts";
 import { initRegion } from "../ring/region.ts";
 import { RingChannel } from "../shm/ring_channel.ts";
 import { Fifo } from "../util/fifo.ts";
-import { setImmediate } from "node:timers";
+import { yieldToEventLoop } from "../util/event_loop.ts";
 import { hasGuestNonce, type ShmAnswer, type ShmOffer } from "../shm/negotiation.ts";
 
 /** Features this broker offers; a session uses those its client also announced. */
@@ -786,8 +786,4 @@ export class Session implements DeliveryTarget {
 function msgHead(sid: number, pubTail: Uint8Array): Uint8Array {
   const out = new Uint8Array(msgHeadMaxLength(pubTail));
   return out.subarray(0, writeMsgHead(out, 0, sid, pubTail));
-}
-
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }

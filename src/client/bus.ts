@@ -170,17 +170,16 @@ export class Bus implements SubscriptionOwner {
       throw new TypeError(`wake must be "doorbell" or "futex", not ${JSON.stringify(wake)}`);
     }
     this.#opts = { ...CONNECT_DEFAULTS, ...stripUndefined(rest) };
-    const hostLocal = !transport && resolveEndpoint(opts).kind === "server";
-    if (wake === "futex" && !hostLocal) {
-      throw new TypeError(`wake: "futex" is only for host-local clients (server); a guest is woken by doorbell frames`);
-    }
+    const futexOnlyOnHost = `wake: "futex" is only for host-local clients (server); a guest is woken by doorbell frames`;
     if (transport) {
+      if (wake === "futex") throw new TypeError(futexOnlyOnHost);
       this.#opener = transport;
       this.#shmPlan = typeof shm === "string"
         ? { kind: "guest", path: shm }
         : { kind: "none", reason: "no shared-memory file given for this transport" };
     } else {
       const endpoint = resolveEndpoint(opts);
+      if (wake === "futex" && endpoint.kind !== "server") throw new TypeError(futexOnlyOnHost);
       this.#opener = endpoint.kind === "server"
         ? () => connectUnix(endpoint.path)
         : () => openDevice(portPath(endpoint.path));
@@ -837,7 +836,7 @@ export class Bus implements SubscriptionOwner {
       this.#stopRing();
       this.#futexCounts = undefined;
       const futex = this.#shmPlan.kind === "host" && this.#futexWaiters && answer.futex === true
-        ? this.#futexSleepers(bytes)
+        ? this.#futexSleepers()
         : undefined;
       this.#ring = new RingChannel(region, {
         maxFrameBytes: DEFAULT_LIMITS.maxFrameBytes * 2,
@@ -856,15 +855,14 @@ export class Bus implements SubscriptionOwner {
   }
 
   /** Sleep in FUTEX_WAIT (one Worker per sleeper, started in #prepareShm). */
-  #futexSleepers(bytes: Uint8Array): FutexWakeups {
+  #futexSleepers(): FutexWakeups {
     const ffi = this.#ffi!;
     const [dataWaiter, spaceWaiter] = this.#futexWaiters!;
-    const words = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
     const all = this.#futexCounts = { data: { sleeps: 0, timeouts: 0 }, space: { sleeps: 0, timeouts: 0 } };
     const sleeper = (waiter: FutexWaiter, counts: { sleeps: number; timeouts: number }) =>
-    async (_w: Int32Array, index: number, expected: number, ms: number) => {
+    async (word: Int32Array, index: number, expected: number, ms: number) => {
       counts.sleeps++;
-      if (await waiter.wait(words, index, expected, ms) === "timed-out") counts.timeouts++;
+      if (await waiter.wait(word, index, expected, ms) === "timed-out") counts.timeouts++;
     };
     return {
       wake: (word, index) => ffi.futexWake(word, index, 1),

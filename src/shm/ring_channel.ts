@@ -28,7 +28,6 @@
  * ```
  * @module
  */
-import { setImmediate } from "node:timers";
 import { Buffer } from "node:buffer";
 import process from "node:process";
 import { Packr, REUSE_BUFFER_MODE } from "msgpackr";
@@ -40,6 +39,7 @@ import { type Region } from "../ring/region.ts";
 import { RingConsumer, RingProducer } from "../ring/ring.ts";
 import { Doorbell, Parker, type SleepFn } from "../ring/doorbell.ts";
 import { RingId } from "../ring/layout.ts";
+import { yieldToEventLoop } from "../util/event_loop.ts";
 
 /** What a DOORBELL announces: data to read, or space to write. */
 export const DoorbellKind = { Data: 0, Space: 1 } as const;
@@ -452,13 +452,24 @@ export class RingChannel {
     return (word: Int32Array, index: number, expected: number, timeoutMs: number): Promise<void> => {
       if (this.#stopped || Atomics.load(word, index) !== expected) return Promise.resolve();
       return new Promise<void>((resolve) => {
-        const timer = setTimeout(done, timeoutMs);
-        const wakers = this.#wakers[which];
-        function done() {
-          clearTimeout(timer);
+        const waker: Waker = {
+          word,
+          index,
+          expected,
+          done() {
+            clearTimeout(timer);
+            resolve();
+          },
+        };
+        // A sleep that times out leaves the list, so an idle channel does not pile up wakers
+        // for every busy loop to scan.
+        const timer = setTimeout(() => {
+          const list = this.#wakers[which];
+          const at = list.indexOf(waker);
+          if (at >= 0) list.splice(at, 1);
           resolve();
-        }
-        wakers.push({ word, index, expected, done });
+        }, timeoutMs);
+        this.#wakers[which].push(waker);
         RingChannel.#sleeping.add(this);
       });
     };
@@ -509,10 +520,6 @@ export class RingChannel {
     this.stop();
     this.#opts.onCorrupt(err);
   }
-}
-
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }
 
 function asBuffer(b: Uint8Array, start: number, end: number): Uint8Array {
