@@ -21,18 +21,16 @@ import {
   EAGAIN,
   EINTR,
   ETIMEDOUT,
-  FfiError,
   type FfiBackend,
+  FfiError,
   FUTEX_WAIT,
   FUTEX_WAKE,
   type FutexWaitResult,
+  type Libc,
   MAP_SHARED,
-  O_CLOEXEC,
-  O_CREAT,
-  O_RDWR,
+  type MappedMemory,
   PROT_READ,
   PROT_WRITE,
-  type SharedMapping,
   SYS_FUTEX,
   timespec,
 } from "./common.ts";
@@ -41,6 +39,10 @@ const libc = dlopen("libc.so.6", {
   open: { args: ["ptr", "i32", "i32"], returns: "i32" },
   ftruncate: { args: ["i32", "i64"], returns: "i32" },
   close: { args: ["i32"], returns: "i32" },
+  // int fcntl(int fd, int cmd, ...): only ever called with one int argument.
+  fcntl: { args: ["i32", "i32", "i32"], returns: "i32" },
+  flock: { args: ["i32", "i32"], returns: "i32" },
+  memfd_create: { args: ["ptr", "u32"], returns: "i32" },
   mmap: { args: ["u64", "u64", "i32", "i32", "i32", "i64"], returns: "i64" },
   munmap: { args: ["u64", "u64"], returns: "i32" },
   __errno_location: { args: [], returns: "ptr" },
@@ -59,32 +61,25 @@ function wordAddress(view: Int32Array, index: number): bigint {
   return BigInt(ptr(view, index * 4));
 }
 
-function mapShared(path: string, size: number, create: boolean, mode: number): SharedMapping {
-  const flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0);
-  const fd: number = s.open(cString(path), flags, mode);
-  if (fd < 0) throw new FfiError("open", path, errno());
-  try {
-    if (create && s.ftruncate(fd, BigInt(size)) !== 0) {
-      throw new FfiError("ftruncate", path, errno(), `size ${size}`);
-    }
-    const addr: bigint = BigInt(s.mmap(0n, BigInt(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n));
-    if (addr === -1n || addr === 0n) throw new FfiError("mmap", path, errno(), `size ${size}`);
-    const bytes = new Uint8Array(toArrayBuffer(Number(addr), 0, size));
-    let mapped = true;
-    return {
-      bytes,
-      size,
-      path,
-      unmap() {
-        if (!mapped) return;
-        mapped = false;
-        if (s.munmap(addr, BigInt(size)) !== 0) throw new FfiError("munmap", path, errno());
-      },
-    };
-  } finally {
-    s.close(fd);
-  }
+function mmapShared(fd: number, size: number): MappedMemory | null {
+  const addr: bigint = BigInt(s.mmap(0n, BigInt(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n));
+  if (addr === -1n || addr === 0n) return null;
+  return {
+    bytes: new Uint8Array(toArrayBuffer(Number(addr), 0, size)),
+    munmap: () => s.munmap(addr, BigInt(size)),
+  };
 }
+
+const files: Libc = {
+  open: (path, flags, mode) => s.open(cString(path), flags, mode),
+  close: (fd) => s.close(fd),
+  ftruncate: (fd, size) => s.ftruncate(fd, BigInt(size)),
+  fcntl: (fd, cmd, arg) => s.fcntl(fd, cmd, arg),
+  flock: (fd, operation) => s.flock(fd, operation),
+  memfdCreate: (name, flags) => s.memfd_create(cString(name), flags),
+  mmapShared,
+  errno,
+};
 
 function futexWaitSync(
   view: Int32Array,
@@ -151,7 +146,7 @@ function bufferAt(address: number, byteLength: number): ArrayBuffer {
 export const backend: FfiBackend = {
   runtime: "bun",
   asyncFutex: false,
-  mapShared,
+  libc: files,
   futexWait,
   futexWaitSync,
   futexWake,

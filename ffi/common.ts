@@ -26,19 +26,48 @@ export interface SharedMapping {
 /** Outcome of a futex wait. */
 export type FutexWaitResult = "ok" | "not-equal" | "timed-out";
 
+/** Memory one backend mapped with mmap; `munmap()` returns libc's result (0 or -1). */
+export interface MappedMemory {
+  bytes: Uint8Array;
+  munmap(): number;
+}
+
+/**
+ * The libc calls each backend binds, with libc's return conventions (-1 and errno on
+ * failure). `ffi/shared_memory.ts` and `ffi/file_lock.ts` build the public operations on
+ * these once, for both runtimes. Read `errno()` right after the call that failed.
+ */
+export interface Libc {
+  open(path: string, flags: number, mode: number): number;
+  close(fd: number): number;
+  ftruncate(fd: number, size: number): number;
+  /** fcntl with one integer argument (F_ADD_SEALS, F_GET_SEALS). */
+  fcntl(fd: number, cmd: number, arg: number): number;
+  flock(fd: number, operation: number): number;
+  memfdCreate(name: string, flags: number): number;
+  /** mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0); null when it failed. */
+  mmapShared(fd: number, size: number): MappedMemory | null;
+  errno(): number;
+}
+
 /** What each runtime backend implements. */
 export interface FfiBackend {
   readonly runtime: "deno" | "bun";
   /** True when `futexWait` sleeps off the JS thread (Deno); false when it blocks it (Bun). */
   readonly asyncFutex: boolean;
-  mapShared(path: string, size: number, create: boolean, mode: number): SharedMapping;
+  readonly libc: Libc;
   futexWait(
     view: Int32Array,
     index: number,
     expected: number,
     timeoutMs: number,
   ): Promise<FutexWaitResult>;
-  futexWaitSync(view: Int32Array, index: number, expected: number, timeoutMs: number): FutexWaitResult;
+  futexWaitSync(
+    view: Int32Array,
+    index: number,
+    expected: number,
+    timeoutMs: number,
+  ): FutexWaitResult;
   futexWake(view: Int32Array, index: number, count: number): number;
   /** The address of a view's first byte (to hand the same memory to a Worker). */
   addressOf(view: ArrayBufferView): number;
@@ -46,10 +75,24 @@ export interface FfiBackend {
   bufferAt(address: number, byteLength: number): ArrayBuffer;
 }
 
-// Linux x86_64 ABI constants (asm-generic/fcntl.h, mman.h, futex.h, unistd_64.h).
+// Linux x86_64 ABI constants (asm-generic/fcntl.h, mman.h, futex.h, unistd_64.h, memfd.h,
+// file.h).
+export const O_RDONLY = 0;
 export const O_RDWR = 0o2;
 export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
 export const O_CLOEXEC = 0o2000000;
+export const MFD_CLOEXEC = 1;
+export const MFD_ALLOW_SEALING = 2;
+export const F_ADD_SEALS = 1033;
+export const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 1;
+export const F_SEAL_SHRINK = 2;
+export const F_SEAL_GROW = 4;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const EACCES = 13;
+export const EWOULDBLOCK = 11;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;

@@ -15,18 +15,16 @@ import {
   EAGAIN,
   EINTR,
   ETIMEDOUT,
-  FfiError,
   type FfiBackend,
+  FfiError,
   FUTEX_WAIT,
   FUTEX_WAKE,
   type FutexWaitResult,
+  type Libc,
   MAP_SHARED,
-  O_CLOEXEC,
-  O_CREAT,
-  O_RDWR,
+  type MappedMemory,
   PROT_READ,
   PROT_WRITE,
-  type SharedMapping,
   SYS_FUTEX,
   timespec,
 } from "./common.ts";
@@ -35,6 +33,10 @@ const libc = Deno.dlopen("libc.so.6", {
   open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  // int fcntl(int fd, int cmd, ...): only ever called with one int argument.
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  flock: { parameters: ["i32", "i32"], result: "i32" },
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
@@ -64,35 +66,26 @@ function wordPointer(view: Int32Array, index: number): Deno.PointerValue {
   return Deno.UnsafePointer.offset(base, index * 4);
 }
 
-function mapShared(path: string, size: number, create: boolean, mode: number): SharedMapping {
+function mmapShared(fd: number, size: number): MappedMemory | null {
   const s = libc.symbols;
-  const flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0);
-  const fd = s.open(cString(path), flags, mode);
-  if (fd < 0) throw new FfiError("open", path, errno());
-  try {
-    if (create && s.ftruncate(fd, BigInt(size)) !== 0) {
-      throw new FfiError("ftruncate", path, errno(), `size ${size}`);
-    }
-    const p = s.mmap(null, BigInt(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
-    if (p === null || Deno.UnsafePointer.value(p) === MAP_FAILED) {
-      throw new FfiError("mmap", path, errno(), `size ${size}`);
-    }
-    const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, size));
-    let mapped = true;
-    return {
-      bytes,
-      size,
-      path,
-      unmap() {
-        if (!mapped) return;
-        mapped = false;
-        if (s.munmap(p, BigInt(size)) !== 0) throw new FfiError("munmap", path, errno());
-      },
-    };
-  } finally {
-    s.close(fd);
-  }
+  const p = s.mmap(null, BigInt(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
+  if (p === null || Deno.UnsafePointer.value(p) === MAP_FAILED) return null;
+  return {
+    bytes: new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, size)),
+    munmap: () => s.munmap(p, BigInt(size)),
+  };
 }
+
+const files: Libc = {
+  open: (path, flags, mode) => libc.symbols.open(cString(path), flags, mode),
+  close: (fd) => libc.symbols.close(fd),
+  ftruncate: (fd, size) => libc.symbols.ftruncate(fd, BigInt(size)),
+  fcntl: (fd, cmd, arg) => libc.symbols.fcntl(fd, cmd, arg),
+  flock: (fd, operation) => libc.symbols.flock(fd, operation),
+  memfdCreate: (name, flags) => libc.symbols.memfd_create(cString(name), flags),
+  mmapShared,
+  errno,
+};
 
 function classify(rc: number, err: number, view: Int32Array, index: number, expected: number) {
   if (rc >= 0) return "ok" as const;
@@ -184,7 +177,7 @@ function bufferAt(address: number, byteLength: number): ArrayBuffer {
 export const backend: FfiBackend = {
   runtime: "deno",
   asyncFutex: true,
-  mapShared,
+  libc: files,
   futexWait,
   futexWaitSync,
   futexWake,

@@ -1,6 +1,6 @@
 /**
- * The only runtime-specific surface of vbus: shared memory mapping, futex parking and ivshmem
- * discovery. At load time this module detects Deno (`globalThis.Deno`) or Bun
+ * The only runtime-specific surface of vbus: shared memory mapping, sealed regions, file locks,
+ * futex parking and ivshmem discovery. At load time this module detects Deno (`globalThis.Deno`) or Bun
  * (`globalThis.Bun`) and dynamically imports `./deno.ts` or `./bun.ts`; neither runtime ever
  * loads the other's module. Deno needs `--allow-ffi` (and `--allow-read` for `findIvshmem`).
  *
@@ -17,10 +17,17 @@
  * @module
  */
 import { readdirSync, readFileSync, statSync } from "node:fs";
+import process from "node:process";
 import type { FfiBackend, FutexWaitResult, SharedMapping } from "./common.ts";
+import * as sharedMemory from "./shared_memory.ts";
+import type { SealedRegion } from "./shared_memory.ts";
+import * as fileLock from "./file_lock.ts";
+import type { FileLock, LockRefused } from "./file_lock.ts";
 
 export { FfiError } from "./common.ts";
 export type { FutexWaitResult, SharedMapping } from "./common.ts";
+export type { SealedRegion } from "./shared_memory.ts";
+export type { FileLock, LockRefused } from "./file_lock.ts";
 
 function detectRuntime(): "deno" | "bun" {
   const g = globalThis as Record<string, unknown>;
@@ -58,8 +65,13 @@ export const asyncFutex: boolean = backend.asyncFutex;
 
 /** Options of {@link mapShared}. */
 export interface MapOptions {
-  /** Create the file if missing and ftruncate it to `size` (host side). Default false. */
+  /**
+   * Create the file if missing and ftruncate it to `size` (host side). Default false: then the
+   * file's size is never changed (a sealed region, or a file QEMU maps, cannot be resized).
+   */
   create?: boolean;
+  /** With `create`: fail with EEXIST if the file already exists. Default false. */
+  exclusive?: boolean;
   /** File mode when creating. Default 0o600. */
   mode?: number;
 }
@@ -68,7 +80,9 @@ export interface MapOptions {
  * Map `size` bytes of `path` (a /dev/shm file, or an ivshmem `resource2`) MAP_SHARED
  * read/write. The fd is closed right after mmap; the mapping stays valid until `unmap()`.
  * When not creating and `path` is a regular file shorter than `size`, this throws instead of
- * returning a mapping that would SIGBUS on access.
+ * returning a mapping that would SIGBUS on access. A `/proc/<pid>/fd/<n>` path (a
+ * {@link createSealedRegion} of another process) opens only for that process's user; the
+ * error says so.
  *
  * @throws {FfiError} naming the call, path and errno (e.g. `open(/dev/shm/x) failed: ENOENT`).
  * @example
@@ -119,7 +133,62 @@ export function mapSharedSync(path: string, size: number, options: MapOptions = 
       );
     }
   }
-  return backend.mapShared(path, size, create, options.mode ?? 0o600);
+  return sharedMemory.mapFile(backend.libc, path, size, {
+    create,
+    exclusive: options.exclusive ?? false,
+    mode: options.mode ?? 0o600,
+  });
+}
+
+/**
+ * Create `size` bytes of shared memory nobody can resize: a memfd named `name` (it shows as
+ * `/memfd:<name>` in /proc), sealed with F_SEAL_SHRINK, F_SEAL_GROW and F_SEAL_SEAL, and
+ * mapped. Another process of the same user maps it with `mapSharedSync(region.path, size)`
+ * (`/proc/<pid>/fd/<fd>`); any `ftruncate` of it fails with EPERM, so no process that maps it
+ * can make this one SIGBUS. `unmap()` unmaps it and closes the fd: keep it until the other
+ * process no longer needs to open it.
+ *
+ * @throws {FfiError} naming the failing call (memfd_create, ftruncate, fcntl, mmap).
+ * @example
+ * ```ts
+ * import { createSealedRegion, mapSharedSync } from "./ffi/mod.ts";
+ * const region = createSealedRegion("vbus-demo", 1 << 20);
+ * const peer = mapSharedSync(region.path, 1 << 20); // e.g. in a client process
+ * peer.unmap(); region.unmap();
+ * ```
+ */
+export function createSealedRegion(name: string, size: number): SealedRegion {
+  if (!Number.isSafeInteger(size) || size <= 0) {
+    throw new RangeError(
+      `createSealedRegion(${name}): size must be a positive integer, got ${size}`,
+    );
+  }
+  return sharedMemory.createSealedRegion(backend.libc, name, size, process.pid);
+}
+
+/**
+ * Take an exclusive `flock` on `path` without waiting (the file is created with `mode`,
+ * default 0o644, if missing, and kept afterwards). On success `note` (e.g. the pid) is written
+ * into the file and the lock is returned; the kernel releases it when this process exits,
+ * however it exits. When another process (or another open file of this one) holds it, returns
+ * `{ path, heldBy }` with the holder's note instead.
+ *
+ * @throws {FfiError} when the file cannot be opened (e.g. EACCES on its directory).
+ * @example
+ * ```ts
+ * import { tryLockFile } from "./ffi/mod.ts";
+ * const lock = tryLockFile("/run/vbus/vm1.sock.lock", { note: `${process.pid}\n` });
+ * if ("heldBy" in lock) throw new Error(`vm1 is served by pid ${lock.heldBy}`);
+ * ```
+ */
+export function tryLockFile(
+  path: string,
+  options: { note?: string; mode?: number } = {},
+): FileLock | LockRefused {
+  return fileLock.tryLockFile(backend.libc, path, {
+    mode: options.mode ?? 0o644,
+    note: options.note ?? `${process.pid}\n`,
+  });
 }
 
 /**

@@ -3,16 +3,31 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  ftruncateSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { fileURLToPath } from "node:url";
 import {
+  createSealedRegion,
   FfiError,
   findIvshmem,
   futexWait,
   futexWaitSync,
   futexWake,
   mapShared,
+  mapSharedSync,
   runtime,
+  tryLockFile,
 } from "../ffi/mod.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -166,8 +181,15 @@ test("findIvshmem: finds 0x1af4/0x1110 in a sysfs-like tree, null otherwise", ()
       writeFileSync(`${d}/device`, `${device}\n`);
       const start = 0xfe000000n;
       const line = (s: bigint, n: number) =>
-        n ? `0x${s.toString(16).padStart(16, "0")} 0x${(s + BigInt(n) - 1n).toString(16).padStart(16, "0")} 0x0000000000040200` : "0x0000000000000000 0x0000000000000000 0x0000000000000000";
-      writeFileSync(`${d}/resource`, [line(start, 256), line(0n, 0), line(start + 0x1000000n, bar2Size)].join("\n") + "\n");
+        n
+          ? `0x${s.toString(16).padStart(16, "0")} 0x${
+            (s + BigInt(n) - 1n).toString(16).padStart(16, "0")
+          } 0x0000000000040200`
+          : "0x0000000000000000 0x0000000000000000 0x0000000000000000";
+      writeFileSync(
+        `${d}/resource`,
+        [line(start, 256), line(0n, 0), line(start + 0x1000000n, bar2Size)].join("\n") + "\n",
+      );
       writeFileSync(`${d}/resource2`, "");
     };
     assert.equal(findIvshmem(root), null);
@@ -186,5 +208,73 @@ test("findIvshmem: finds 0x1af4/0x1110 in a sysfs-like tree, null otherwise", ()
     assert.ok(real === null || real.size > 0);
   } finally {
     rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("createSealedRegion: another mapping through /proc/<pid>/fd, no resize through any fd", () => {
+  const region = createSealedRegion("vbus-test-sealed", 1 << 20);
+  try {
+    assert.match(region.path, new RegExp(`^/proc/${process.pid}/fd/${region.fd}$`));
+    assert.match(readlinkSync(region.path), /^\/memfd:vbus-test-sealed/);
+    const peer = mapSharedSync(region.path, 1 << 20);
+    peer.bytes[777] = 5;
+    assert.equal(region.bytes[777], 5);
+    const fd = openSync(region.path, "r+");
+    try {
+      assert.throws(() => ftruncateSync(fd, 0), (e: NodeJS.ErrnoException) => e.code === "EPERM");
+      assert.throws(
+        () => ftruncateSync(fd, 2 << 20),
+        (e: NodeJS.ErrnoException) => e.code === "EPERM",
+      );
+    } finally {
+      closeSync(fd);
+    }
+    assert.equal(statSync(region.path).size, 1 << 20);
+    // Mapping more than the region is refused up front instead of SIGBUS later.
+    assert.throws(() => mapSharedSync(region.path, 2 << 20), /shorter than the requested/);
+    peer.unmap();
+  } finally {
+    region.unmap();
+  }
+  assert.throws(() => statSync(region.path), "unmap() closes the memfd");
+});
+
+test(`tryLockFile: one holder at a time, the holder's note, released when a ${OTHER} holder dies`, async () => {
+  const dir = mkdtempSync("/tmp/vbus-lock-");
+  const path = `${dir}/x.lock`;
+  try {
+    const a = tryLockFile(path, { note: "first\n" });
+    assert.ok(!("heldBy" in a));
+    assert.deepEqual(tryLockFile(path), { path, heldBy: "first" }, "another open file is refused");
+    a.release();
+    a.release(); // idempotent
+    const b = tryLockFile(path);
+    assert.ok(!("heldBy" in b));
+    b.release();
+    // Another process holds it until it dies (here: killed, so nothing of its own runs).
+    const code = `
+      import { tryLockFile } from ${JSON.stringify(FFI_URL)};
+      const l = tryLockFile(${JSON.stringify(path)}, { note: "child\\n" });
+      console.log("heldBy" in l ? "refused" : "locked");
+      setInterval(() => {}, 1000);
+    `;
+    const args = OTHER === "deno" ? ["eval", "--ext=ts", code] : ["-e", code];
+    const child = spawn(OTHER_BIN, args, { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout!.on("data", (d) => (out += d));
+    const exited = new Promise((r) => child.on("exit", r));
+    try {
+      await waitFor(() => out.includes("locked"), 25000, "child holds the lock");
+      assert.deepEqual(tryLockFile(path), { path, heldBy: "child" });
+    } finally {
+      child.kill("SIGKILL");
+      await exited;
+    }
+    const c = tryLockFile(path);
+    assert.ok(!("heldBy" in c), "the lock died with its holder");
+    assert.equal(readFileSync(path, "utf8"), `${process.pid}\n`);
+    c.release();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
