@@ -11,6 +11,7 @@
  * @module
  */
 import { readFile } from "node:fs/promises";
+import { isAbsolute, resolve } from "node:path";
 import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc-parser";
 import { validatePattern } from "../subject/subject.ts";
 import { DEFAULT_LIMITS, type Limits } from "../protocol/limits.ts";
@@ -26,7 +27,15 @@ export interface Permissions {
   publish?: string[];
   /** Patterns the session may subscribe to (a subscription must lie inside one of them). */
   subscribe?: string[];
+  /**
+   * May subscribe with `slow: "block"` (hold publishers instead of dropping). Key
+   * `permissions.block`; absent means false for a VM and true for host clients.
+   */
+  block?: boolean;
 }
+
+/** The name no VM may have (any case): host-local clients appear under it. */
+export const RESERVED_VM_NAME = "host";
 
 /** One VM as the broker knows it. Its identity is the port it arrives on. */
 export interface VmConfig {
@@ -50,7 +59,10 @@ export interface BrokerConfig {
   source: string;
   /** Unix socket path host-local clients connect to; absent means no host socket. */
   listen?: string;
-  /** Permissions of host-local clients; absent means unrestricted. */
+  /**
+   * Permissions of host-local clients; absent means unrestricted (and `block` allowed).
+   * {@link validateConfig} always fills it in, with `block` defaulting to true.
+   */
   hostPermissions?: Permissions;
   /** Protocol limits every session gets. */
   limits: Limits;
@@ -118,18 +130,22 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
   };
   const root = expectObject(raw, "(root)", fail);
   checkKeys(root, ["listen", "host", "limits", "vms"], "(root)", fail);
-  const listen = optionalString(root.listen, "listen", fail);
-  let hostPermissions: Permissions | undefined;
+  // Every path the broker opens, normalised, with the key that named it first: one file must
+  // never play two roles (the broker's own socket as a VM's, one VM's memory as another's).
+  const paths = new Map<string, string>();
+  const listen = optionalPath(root.listen, "listen", fail);
+  if (listen !== undefined) paths.set(listen, "listen");
+  let hostPermissions: Permissions = { block: true };
   if (root.host !== undefined) {
     const host = expectObject(root.host, "host", fail);
     checkKeys(host, ["permissions"], "host", fail);
-    hostPermissions = parsePermissions(host.permissions, "host.permissions", fail);
+    hostPermissions = parsePermissions(host.permissions, "host.permissions", true, fail) ??
+      hostPermissions;
   }
   const limits = parseLimits(root.limits, fail);
   if (!Array.isArray(root.vms)) fail("vms", "must be an array of VMs (it may be empty)");
   const vmsRaw = root.vms as unknown[];
   const names = new Set<string>();
-  const sockets = new Set<string>();
   const vms = vmsRaw.map((v, i): VmConfig => {
     const at = `vms[${i}]`;
     const vm = expectObject(v, at, fail);
@@ -139,17 +155,23 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
     if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) {
       fail(`${at}.name`, `"${name}" must be 1-64 letters, digits, '_' or '-'`);
     }
+    if (name.toLowerCase() === RESERVED_VM_NAME) {
+      fail(
+        `${at}.name`,
+        `"${name}" is reserved: host-local clients appear as "${RESERVED_VM_NAME}" in WELCOME, inboxes and stats`,
+      );
+    }
     if (names.has(name)) fail(`${at}.name`, `duplicate VM name "${name}"`);
     names.add(name);
-    const socket = optionalString(vm.socket, `${at}.socket`, fail) ??
+    const socket = optionalPath(vm.socket, `${at}.socket`, fail) ??
       fail(`${at}.socket`, "is required (path of the VM's QEMU chardev socket)");
-    if (sockets.has(socket)) fail(`${at}.socket`, `socket "${socket}" is used by two VMs`);
-    sockets.add(socket);
+    claimPath(paths, socket, `${at}.socket`, fail);
     const port = optionalString(vm.port, `${at}.port`, fail) ?? DEFAULT_PORT_NAME;
     if (!/^[A-Za-z0-9_.-]{1,127}$/.test(port)) {
       fail(`${at}.port`, `"${port}" is not a valid virtio-serial port name`);
     }
-    const shm = optionalString(vm.shm, `${at}.shm`, fail);
+    const shm = optionalPath(vm.shm, `${at}.shm`, fail);
+    if (shm !== undefined) claimPath(paths, shm, `${at}.shm`, fail);
     let shmSize = DEFAULT_SHM_SIZE;
     if (vm.shmSize !== undefined) {
       const size = vm.shmSize;
@@ -161,7 +183,7 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
       }
       shmSize = size as number;
     }
-    const permissions = parsePermissions(vm.permissions, `${at}.permissions`, fail);
+    const permissions = parsePermissions(vm.permissions, `${at}.permissions`, false, fail);
     return { name, socket, port, shm, shmSize, permissions };
   });
   return { source, listen, hostPermissions, limits, vms };
@@ -177,7 +199,10 @@ function expectObject(v: unknown, key: string, fail: Fail): Record<string, unkno
 function checkKeys(obj: Record<string, unknown>, allowed: string[], at: string, fail: Fail) {
   for (const key of Object.keys(obj)) {
     if (!allowed.includes(key)) {
-      fail(at === "(root)" ? key : `${at}.${key}`, `unknown key (expected one of: ${allowed.join(", ")})`);
+      fail(
+        at === "(root)" ? key : `${at}.${key}`,
+        `unknown key (expected one of: ${allowed.join(", ")})`,
+      );
     }
   }
 }
@@ -188,11 +213,55 @@ function optionalString(v: unknown, key: string, fail: Fail): string | undefined
   return v as string;
 }
 
-function parsePermissions(v: unknown, key: string, fail: Fail): Permissions | undefined {
+/** An absolute path, normalised (`/run//vbus/./x/` becomes `/run/vbus/x`). */
+function optionalPath(v: unknown, key: string, fail: Fail): string | undefined {
+  const path = optionalString(v, key, fail);
+  if (path === undefined) return undefined;
+  if (!isAbsolute(path)) {
+    fail(
+      key,
+      `"${path}" must be an absolute path (a relative one depends on the directory the broker starts in)`,
+    );
+  }
+  return resolve(path);
+}
+
+/** Record that `key` uses `path`; fail if another key already does. */
+function claimPath(paths: Map<string, string>, path: string, key: string, fail: Fail) {
+  const other = paths.get(path);
+  if (other === undefined) {
+    paths.set(path, key);
+    return;
+  }
+  const role = (k: string) => k.slice(k.lastIndexOf(".") + 1);
+  let why: string;
+  if (other === "listen" && role(key) === "socket") {
+    why = `is the broker's own listen socket (the broker would connect to itself as this VM)`;
+  } else if (role(key) === "socket" && role(other) === "socket") {
+    why = `is used by two VMs (${other} too)`;
+  } else if (role(key) === "shm" && role(other) === "shm") {
+    why =
+      `is used by two VMs (${other} too): one shared-memory file mapped into two VMs is a channel between them`;
+  } else {
+    why = `is already used as ${other}: one file cannot be both a socket and a shared-memory file`;
+  }
+  fail(key, `${role(key)} "${path}" ${why}`);
+}
+
+function parsePermissions(
+  v: unknown,
+  key: string,
+  blockByDefault: boolean,
+  fail: Fail,
+): Permissions | undefined {
   if (v === undefined) return undefined;
   const obj = expectObject(v, key, fail);
-  checkKeys(obj, ["publish", "subscribe"], key, fail);
+  checkKeys(obj, ["publish", "subscribe", "block"], key, fail);
   const out: Permissions = {};
+  if (obj.block !== undefined && typeof obj.block !== "boolean") {
+    fail(`${key}.block`, 'must be true or false (may subscribe with slow: "block")');
+  }
+  out.block = (obj.block as boolean | undefined) ?? blockByDefault;
   for (const kind of ["publish", "subscribe"] as const) {
     const list = obj[kind];
     if (list === undefined) continue;
