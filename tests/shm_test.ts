@@ -35,7 +35,9 @@ test("shm: guest to guest and guest to host travel through the rings (broker sta
     const hostSub = host.subscribe<number>("to.host");
     b.subscribe<number>("svc.double", { callback: (_e, m) => m.respond(m.data * 2) });
     await Promise.all([b.flush(), host.flush()]);
-    for (let i = 0; i < 500; i++) a.publish("data.x", { n: i, bin: new Uint8Array([i & 0xff, 1, 2]) });
+    for (let i = 0; i < 500; i++) {
+      a.publish("data.x", { n: i, bin: new Uint8Array([i & 0xff, 1, 2]) });
+    }
     const got = await take(sub, 500);
     assert.deepEqual(got.map((m) => m.n), Array.from({ length: 500 }, (_, i) => i));
     assert.deepEqual([...got[7].bin], [7, 1, 2], "binary copied out of the ring for the iterator");
@@ -156,7 +158,11 @@ test("shm: each session gets a new epoch; records left from an earlier session a
     // Forge a PUB record as if the dying guest had left it in its outbound ring.
     const c = ringControl(RingId.OUTBOUND);
     const pos = Atomics.load(i32, c.PRODUCER_POSITION >> 2);
-    const frame = encodeFrame(Op.Pub, encodeValue(["epoch.stale", null, null]), encodeValue("stale"));
+    const frame = encodeFrame(
+      Op.Pub,
+      encodeValue(["epoch.stale", null, null]),
+      encodeValue("stale"),
+    );
     const dataOffset = Atomics.load(i32, HEADER.OUTBOUND_OFFSET >> 2);
     const cap = Atomics.load(i32, HEADER.OUTBOUND_CAPACITY >> 2);
     const at = dataOffset + (pos & (cap - 1));
@@ -194,7 +200,10 @@ test("shm: a guest that corrupts its ring gets its session reset; other VMs keep
     Atomics.add(i32, c.PRODUCER_POSITION >> 2, 1 << 28);
     await good.publish("flow", 1);
     assert.deepEqual(await take(sub, 1), [1]);
-    await waitFor(() => (lab.broker.stats().vms[0].closed["RING_CORRUPT"] ?? 0) === 1, "violation counted");
+    await waitFor(
+      () => (lab.broker.stats().vms[0].closed["RING_CORRUPT"] ?? 0) === 1,
+      "violation counted",
+    );
     await good.publish("flow", 2);
     assert.deepEqual(await take(sub, 1), [2], "the other VM kept flowing");
     await reconnected;
@@ -216,10 +225,18 @@ async function rawRingGuest(lab: Lab, vm: string) {
   const port = await lab.vms[vm].vm.open();
   const frames: { op: number; head: unknown }[] = [];
   const decoder = new FrameDecoder(1 << 24);
-  port.start((chunk) => decoder.push(chunk, (f) => frames.push({ op: f.op, head: decodeValue(f.head) })), () => {});
+  port.start(
+    (chunk) => decoder.push(chunk, (f) => frames.push({ op: f.op, head: decodeValue(f.head) })),
+    () => {},
+  );
   const m = mapSharedSync(lab.vms[vm].shm!, SHM_SIZE);
   const nonce = writeGuestNonce(m.bytes);
-  port.write(encodeFrame(Op.Hello, encodeValue({ v: 1, features: [], nonce: 7, shm: { size: m.bytes.length, nonce } })));
+  port.write(
+    encodeFrame(
+      Op.Hello,
+      encodeValue({ v: 1, features: [], nonce: 7, shm: { size: m.bytes.length, nonce } }),
+    ),
+  );
   await waitFor(() => frames.some((f) => f.op === Op.Welcome), "WELCOME");
   const welcome = frames.find((f) => f.op === Op.Welcome)!.head as { shm: { ok: boolean } };
   return {
@@ -243,17 +260,29 @@ test("shm: a subscriber that stops reading: bounded backlog, oldest dropped, cou
   try {
     assert.equal(guest.welcome.shm.ok, true);
     port.write(encodeFrame(Op.Sub, encodeValue([1, "firehose", null])));
-    await waitFor(() => lab.broker.stats().vms.find((v) => v.name === "vm2")!.subscriptions === 1, "subscribed");
+    await waitFor(
+      () => lab.broker.stats().vms.find((v) => v.name === "vm2")!.subscriptions === 1,
+      "subscribed",
+    );
     const payload = new Uint8Array(1024);
     for (let i = 0; i < 6000; i++) await pub.publish("firehose", payload); // ~6 MiB: ring (2 MiB) + backlog (64 KiB) overflow
     await pub.flush();
-    await waitFor(() => frames.some((f) => f.op === Op.Err && (f.head as { code: string }).code === "SLOW_CONSUMER"), "SLOW_CONSUMER reported");
+    await waitFor(
+      () =>
+        frames.some((f) =>
+          f.op === Op.Err && (f.head as { code: string }).code === "SLOW_CONSUMER"
+        ),
+      "SLOW_CONSUMER reported",
+    );
     const vm2 = lab.broker.stats().vms.find((v) => v.name === "vm2")!;
     assert.ok(vm2.dropped > 1000, `dropped ${vm2.dropped}`);
     const err = frames.find((f) => f.op === Op.Err)!.head as { message: string; dropped: number };
     assert.ok(err.dropped > 0);
     assert.match(err.message, /dropped/);
-    assert.ok(vm2.ringMsgsOut + vm2.dropped <= 6000 && vm2.ringMsgsOut > 500, `ring out ${vm2.ringMsgsOut}`);
+    assert.ok(
+      vm2.ringMsgsOut + vm2.dropped <= 6000 && vm2.ringMsgsOut > 500,
+      `ring out ${vm2.ringMsgsOut}`,
+    );
   } finally {
     guest.close();
     await pub.close();
@@ -272,38 +301,73 @@ test("shm: mixed runtimes in separate processes (Deno publisher, Bun subscriber)
   const cli = join(ROOT, "src/cli/main.ts");
   const env = { ...process.env, VBUS_SERVER: lab.listen, VBUS_LOG: "warn" };
   try {
-    const sub = spawn(bun, [cli, "sub", "mixed", "--count", "3"], { env, stdio: ["ignore", "pipe", "inherit"] });
+    const sub = spawn(bun, [cli, "sub", "mixed", "--count", "3"], {
+      env,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     let out = "";
     sub.stdout.on("data", (d) => out += d);
     const subDone = new Promise<number>((r) => sub.on("close", (c) => r(c ?? -1)));
-    await waitFor(() => lab.broker.stats().host.subscriptions >= 1, "bun subscriber subscribed", 20_000);
-    const pub = spawn(deno, ["run", "-A", "--quiet", cli, "pub", "mixed", '{"from":"deno"}', "--count", "3"], { env, stdio: "inherit" });
+    await waitFor(
+      () => lab.broker.stats().host.subscriptions >= 1,
+      "bun subscriber subscribed",
+      20_000,
+    );
+    const pub = spawn(deno, [
+      "run",
+      "-A",
+      "--quiet",
+      cli,
+      "pub",
+      "mixed",
+      '{"from":"deno"}',
+      "--count",
+      "3",
+    ], { env, stdio: "inherit" });
     const pubCode = await new Promise<number>((r) => pub.on("close", (c) => r(c ?? -1)));
     assert.equal(pubCode, 0);
     assert.equal(await subDone, 0);
     const lines = out.trim().split("\n").map((l) => JSON.parse(l));
-    assert.deepEqual(lines.map((l) => l.data), [{ from: "deno" }, { from: "deno" }, { from: "deno" }]);
+    assert.deepEqual(lines.map((l) => l.data), [{ from: "deno" }, { from: "deno" }, {
+      from: "deno",
+    }]);
     const host = lab.broker.stats().host;
-    assert.ok(host.ringMsgsIn >= 3 && host.ringMsgsOut >= 3, `host ring in/out ${host.ringMsgsIn}/${host.ringMsgsOut}`);
+    assert.ok(
+      host.ringMsgsIn >= 3 && host.ringMsgsOut >= 3,
+      `host ring in/out ${host.ringMsgsIn}/${host.ringMsgsOut}`,
+    );
   } finally {
     await lab.close();
   }
 });
 
-test("shm: a \"block\" subscriber that stops reading holds the publisher instead of losing messages", async () => {
-  const lab = await startLab({ shm: true, limits: { maxPendingBytes: 64 * 1024 } });
+test('shm: a "block" subscriber that stops reading holds the publisher instead of losing messages', async () => {
+  const lab = await startLab({
+    shm: true,
+    vms: ["vm1", { name: "vm2", permissions: { block: true } }],
+    limits: { maxPendingBytes: 64 * 1024, maxBlockMs: 60_000 },
+  });
   const pub = await lab.vms.vm1.connect();
   const guest = await rawRingGuest(lab, "vm2");
   const { port, frames, i32 } = guest;
   try {
     assert.equal(guest.welcome.shm.ok, true);
     port.write(encodeFrame(Op.Sub, encodeValue([1, "held", null, "block"])));
-    await waitFor(() => lab.broker.stats().vms.find((v) => v.name === "vm2")!.subscriptions === 1, "subscribed");
+    await waitFor(
+      () => lab.broker.stats().vms.find((v) => v.name === "vm2")!.subscriptions === 1,
+      "subscribed",
+    );
     const N = 6000;
     let resolved = 0;
     const payload = new Uint8Array(1024);
-    const all = Array.from({ length: N }, () => pub.publish("held", payload).then(() => resolved++));
-    await waitFor(() => lab.broker.stats().vms.find((v) => v.name === "vm1")!.blocked >= 1, "publisher held");
+    const all = Array.from(
+      { length: N },
+      () => pub.publish("held", payload).then(() => resolved++),
+    );
+    await waitFor(
+      () => lab.broker.stats().vms.find((v) => v.name === "vm1")!.blocked >= 1,
+      "publisher held",
+    );
     await new Promise((r) => setTimeout(r, 200));
     assert.ok(resolved < N, `the publisher waits (${resolved}/${N} accepted)`);
     // The subscriber catches up: consume its inbound ring by hand and ring the space doorbell.
@@ -341,7 +405,10 @@ test("shm: encoded heads stay intact when in-place encodes move msgpackr's buffe
       await host.publish("same.subject", { i, pad: "x".repeat(i) }); // head cached, value in place
       await host.request("svc", { i, other: ["heads", i] }, { timeout: 2000 }); // other encodes in between
     }
-    assert.deepEqual((await take(sub, 50)).map((m) => m.i), Array.from({ length: 50 }, (_, i) => i));
+    assert.deepEqual(
+      (await take(sub, 50)).map((m) => m.i),
+      Array.from({ length: 50 }, (_, i) => i),
+    );
     assert.equal(lab.broker.stats().host.closed["RING_CORRUPT"], undefined);
   } finally {
     await guest.close();
@@ -362,10 +429,13 @@ test("shm: the broker removes region files left by a broker that died (kill -9),
     const live = join(dir, `vbus-${process.pid}-abcdef-1`);
     const other = join(dir, "vbus-vm1");
     for (const f of [stale, live, other]) fs.writeFileSync(f, "x");
-    const broker = new Broker(parseConfig(JSON.stringify({ listen: join(dir, "b.sock"), vms: [] })), {
-      shmDir: dir,
-      logger: createLogger("t", "silent"),
-    });
+    const broker = new Broker(
+      parseConfig(JSON.stringify({ listen: join(dir, "b.sock"), vms: [] })),
+      {
+        shmDir: dir,
+        logger: createLogger("t", "silent"),
+      },
+    );
     await broker.start();
     await broker.stop();
     assert.equal(fs.existsSync(stale), false, "stale region removed");

@@ -31,6 +31,11 @@ export interface DeliveryTarget {
     /** The publisher's PUB head after its array marker, for splicing the MSG head. */
     pubTail?: Uint8Array,
   ): boolean | void;
+  /**
+   * A delivery threw: the fault is the receiver's (e.g. its ring), never the publisher's.
+   * The router calls this instead of letting the error reach the publishing session.
+   */
+  fail?(err: unknown): void;
 }
 
 /** One subscription as the router knows it. */
@@ -49,8 +54,16 @@ export interface RouteEntry {
 /** Routes published messages to subscriptions. */
 export class Router {
   #subs = new Sublist<RouteEntry>();
-  // Round-robin position per queue group, so members share the load evenly.
+  // Round-robin position per queue group name, so members share the load evenly.
   #queueTurn = new Map<string, number>();
+
+  /**
+   * Work the last {@link publish} cost beyond its deliveries: index nodes walked to match its
+   * subject (0 when the match came from the cache), for a caller that bounds work per turn.
+   */
+  get lastMatchCost(): number {
+    return this.#subs.lastMatchCost;
+  }
 
   /** Number of subscriptions. */
   get size(): number {
@@ -103,13 +116,40 @@ export class Router {
     }
     if (groups) {
       for (const [queue, members] of groups) {
-        const key = `${queue}\u0000${subject}`;
-        const turn = this.#queueTurn.get(key) ?? 0;
-        this.#queueTurn.set(key, turn + 1);
-        if (this.#queueTurn.size > 65536) this.#queueTurn.clear(); // bound memory
-        this.#deliver(members[turn % members.length], subject, reply, headers, payload, volatile, pubTail);
+        const turn = this.#queueTurn.get(queue) ?? 0;
+        if (this.#queueTurn.size >= QUEUE_TURNS_KEPT) this.#queueTurn.clear(); // bound memory
+        this.#queueTurn.set(queue, turn + 1);
+        this.#deliver(
+          members[turn % members.length],
+          subject,
+          reply,
+          headers,
+          payload,
+          volatile,
+          pubTail,
+        );
         delivered++;
       }
+    }
+    return delivered;
+  }
+
+  /**
+   * Deliver to `target`'s own subscriptions matching `subject` only, e.g. a status the broker
+   * sends a requester on its reply subject: whatever the broker says on a session's behalf goes
+   * to that session, never to whoever else subscribed to the subject it named.
+   */
+  deliverTo(
+    target: DeliveryTarget,
+    subject: string,
+    headers: Headers | null,
+    payload: Uint8Array,
+  ): number {
+    let delivered = 0;
+    const list = this.#subs.match(subject).filter((e) => e.target === target);
+    for (const entry of list) {
+      this.#deliver(entry, subject, null, headers, payload, false, undefined);
+      delivered++;
     }
     return delivered;
   }
@@ -125,6 +165,14 @@ export class Router {
   ) {
     entry.delivered++;
     if (entry.max > 0 && entry.delivered >= entry.max) this.remove(entry);
-    entry.target.deliver(entry, subject, reply, headers, payload, volatile, pubTail);
+    try {
+      entry.target.deliver(entry, subject, reply, headers, payload, volatile, pubTail);
+    } catch (err) {
+      if (!entry.target.fail) throw err;
+      entry.target.fail(err);
+    }
   }
 }
+
+/** Queue group names whose round-robin position is remembered (then they start afresh). */
+const QUEUE_TURNS_KEPT = 4096;

@@ -1,8 +1,21 @@
 /**
  * One peer's session inside the broker: a VM arriving on its port, or a host-local client. It
- * decodes frames from an untrusted stream, enforces limits and permissions, hands PUBs to the
- * router, and writes MSGs back. A misbehaving session gets ERR frames and, for faults that
+ * decodes frames from an untrusted stream (and, on the fast path, from the peer's ring),
+ * enforces limits and permissions, and hands PUBs to the router; what goes back to the peer
+ * goes through its {@link Outbox}. A misbehaving session gets ERR frames and, for faults that
  * break the stream or persist, is closed; other sessions never notice.
+ *
+ * What one peer may cost the broker is bounded here:
+ * - **work per turn**: at most {@link WORK_PER_TURN} units (a frame, a delivery, a stretch of
+ *   subscription index walked) from one session before the others get the event loop;
+ * - **output**: a session whose port output backs up beyond {@link OUTPUT_HOLD_BYTES} (it does
+ *   not read what the broker sends: PONGs, WELCOMEs, ERRs) is not read until it drains;
+ * - **order without stalls**: a port frame waits until the ring records written before it are
+ *   consumed (by the ring loop, in bounded batches), never by draining the ring at once;
+ * - **errors are attributed**: only what the session itself sent counts against `maxErrors`,
+ *   and a new HELLO does not reset the count;
+ * - **what the broker says on a session's behalf** (a no-responders status) goes to that
+ *   session only.
  *
  * @example
  * ```ts
@@ -11,19 +24,20 @@
  * @module
  */
 import { randomBytes } from "node:crypto";
+import { setImmediate } from "node:timers";
 import type { Port } from "../port/port.ts";
-import { encodeFrame, FrameDecoder, type Frame, FrameHeader } from "../protocol/frame.ts";
+import { type Frame, FrameDecoder, FrameHeader, MAX_HEAD_BYTES } from "../protocol/frame.ts";
 import { FrameWriter } from "../protocol/frame_writer.ts";
 import { HeadReader } from "../protocol/fast_heads.ts";
-import { encodeValue, msgHeadMaxLength, PUB_HEAD_MARK, writeMsgHead } from "../protocol/codec.ts";
+import { encodeValue, msgHeadMaxLength, PUB_HEAD_MARK } from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import {
   decodeDoorbellHead,
-  headersSize,
   decodeHelloHead,
   decodePubHead,
   decodeSubHead,
   decodeUnsubHead,
+  headersSize,
 } from "../protocol/heads.ts";
 import {
   type ErrHead,
@@ -37,18 +51,19 @@ import {
   type WelcomeHead,
 } from "../protocol/ops.ts";
 import type { Limits } from "../protocol/limits.ts";
-import { validatePattern, validateSubject } from "../subject/subject.ts";
+import { countTokens, validatePattern, validateSubject } from "../subject/subject.ts";
 import type { DeliveryTarget, RouteEntry, Router } from "./router.ts";
 import { PermissionGuard } from "./permissions.ts";
 import type { Permissions } from "./config.ts";
-import type { EndpointStats } from "./stats.ts";
+import { countDrop, DropReason, type EndpointStats } from "./stats.ts";
 import type { Logger } from "../util/log.ts";
 import { initRegion } from "../ring/region.ts";
 import { RingChannel } from "../shm/ring_channel.ts";
-import { Fifo } from "../util/fifo.ts";
-import { yieldToEventLoop } from "../util/event_loop.ts";
 import { hasGuestNonce, type ShmAnswer, type ShmOffer } from "../shm/negotiation.ts";
+import { type Holdable, Outbox } from "./outbox.ts";
+import { FLOOD_CLOSE_SECONDS, FloodGuard } from "./flood_guard.ts";
 
+export { FLOOD_CLOSE_SECONDS };
 /** Features this broker offers; a session uses those its client also announced. */
 export const BROKER_FEATURES: readonly string[] = [Feature.Headers, Feature.NoResponders];
 /** Subjects under this prefix belong to the broker itself. */
@@ -57,14 +72,24 @@ export const SYSTEM_PREFIX = "$VBUS.";
 export const MAX_PINGS_OUT = 3;
 /** Window over which `maxErrors` protocol errors close a session. */
 export const ERROR_WINDOW_MS = 60_000;
-/** Seconds of continuous flooding after which a session is closed. */
-export const FLOOD_CLOSE_SECONDS = 10;
+/**
+ * Work units one session may use per turn of the event loop (a frame is 1, each delivery 1,
+ * each 8 subscription-index nodes walked 1) before other sessions run.
+ */
+export const WORK_PER_TURN = 4096;
+/** Port output (bytes) beyond which the broker stops reading a session until it drains. */
+export const OUTPUT_HOLD_BYTES = 4 * 1024 * 1024;
+/** Largest frame a host connection may send before its HELLO (a HELLO is far smaller). */
+export const PRE_HELLO_MAX_FRAME_BYTES = 64 * 1024;
+/** Bytes a MSG head may add to the PUB head it is spliced from (array marker and sid). */
+const MSG_HEAD_EXTRA = msgHeadMaxLength(new Uint8Array(0));
 
-/** Backlog frames written to a subscriber's ring between two yields to the event loop. */
-const FLUSH_BATCH = 1024;
 const EMPTY_ARRAY_HEAD = encodeValue([]);
 const NO_RESPONDERS_HEADERS: Headers = { [STATUS_HEADER]: STATUS_NO_RESPONDERS };
 const EMPTY = new Uint8Array(0);
+/** Input holds that are not another session (see #holdInput). */
+const TURN_HOLD = { reason: "work per turn, or a port frame waiting for the ring" };
+const OUTPUT_HOLD = { reason: "output backed up" };
 
 /** What a session needs from the broker that owns it. */
 export interface SessionContext {
@@ -86,10 +111,11 @@ export interface SessionOptions {
   permissions?: Permissions;
   stats: EndpointStats;
   /**
-   * Shared memory for the fast path: a VM's mapped `shm` file (`perSession` false), a fresh
-   * file made for this host client (`perSession` true), or why there is none.
+   * Shared memory for the fast path: a VM's mapped `shm` file (`perSession` false), memory
+   * made for this host client (`perSession` true), or why there is none. A function is called
+   * once, at the first HELLO that offers shared memory, so idle connections cost nothing.
    */
-  shm?: SessionShm;
+  shm?: SessionShm | (() => SessionShm);
   /** Called once when the session ends, with the reason. */
   onClose(session: Session, reason: string): void;
 }
@@ -105,8 +131,15 @@ export type SessionShm =
   }
   | { reason: string };
 
+/** A port frame that waits until the ring records written before it are consumed. */
+interface WaitingFrame {
+  frame: Frame;
+  ring: RingChannel;
+  target: number;
+}
+
 /** A broker-side session. */
-export class Session implements DeliveryTarget {
+export class Session implements DeliveryTarget, Holdable {
   readonly identity: string;
   id = "";
   #ctx: SessionContext;
@@ -114,35 +147,35 @@ export class Session implements DeliveryTarget {
   #port: Port;
   #writer: FrameWriter;
   #decoder: FrameDecoder;
+  #outbox: Outbox;
   #state: "hello" | "open" | "closed" = "hello";
   #subs = new Map<number, RouteEntry>();
-  #guard!: PermissionGuard;
+  #subTokens = 0; // tokens of all live subscriptions (limits.maxSubscriptionTokens)
+  #guard?: PermissionGuard;
   #features = new Set<string>();
   #errors = 0;
   #errorsSince = 0;
-  #reportTimer?: ReturnType<typeof setTimeout>;
   #framesBeforeHello = 0;
+  #helloTimer?: ReturnType<typeof setTimeout>;
   #pingsOut = 0;
   #pingTimer?: ReturnType<typeof setInterval>;
-  // Flood guard: a token bucket refilled at maxMsgsPerSecond.
-  #tokens: number;
-  #refilledAt = Date.now();
-  #floodSince = 0;
-  #floodDropped = 0;
-  #floodReportedAt = 0;
-  #slowDropped = 0;
-  #slowReportedAt = 0;
+  #flood: FloodGuard;
+  #shm?: SessionShm;
   #ring?: RingChannel;
-  #blockSubs = 0; // live subscriptions with the "block" policy
-  #heldPublishers = new Set<Session>(); // publishers this session holds
-  #holders = new Set<Session>(); // subscribers holding this session
+  // Input gate: the port (and ring) are read only while nothing holds them.
+  #portHolds = new Set<object>();
+  #ringHolds = new Set<object>();
+  #blockHolders = new Set<object>(); // subscribers' outboxes holding this session ("block")
+  #outputHeld = false;
+  // Port input stopped for this turn (work budget) or for a frame waiting for the ring.
+  #inputStopped = false;
+  #stalledChunks: Uint8Array[] = [];
+  #waitingFrame?: WaitingFrame;
+  #portWork = 0;
+  #ringWork = 0;
   // Private copy of a PUB head read from a guest's ring (heads are at most 64 KiB).
-  #headCopy = new Uint8Array(64 * 1024);
+  #headCopy = new Uint8Array(MAX_HEAD_BYTES);
   #heads = new HeadReader();
-  // MSG frames waiting for room in this session's inbound ring, oldest first.
-  #backlog = new Fifo<Uint8Array>();
-  #backlogBytes = 0;
-  #backlogFlushing = false;
 
   constructor(port: Port, ctx: SessionContext, opts: SessionOptions) {
     this.#port = port;
@@ -150,8 +183,27 @@ export class Session implements DeliveryTarget {
     this.#opts = opts;
     this.identity = opts.identity;
     this.#writer = new FrameWriter(port);
-    this.#decoder = new FrameDecoder(ctx.limits.maxFrameBytes);
-    this.#tokens = ctx.limits.maxMsgsPerSecond;
+    // A VM's port is its own (and stale frames of a guest may be large); a host connection
+    // proves itself with a small HELLO first.
+    this.#decoder = new FrameDecoder(
+      opts.host ? PRE_HELLO_MAX_FRAME_BYTES : ctx.limits.maxFrameBytes,
+    );
+    this.#flood = new FloodGuard(
+      ctx.limits.maxMsgsPerSecond,
+      (n, fatal) => this.#floodReport(n, fatal),
+    );
+    this.#outbox = new Outbox({
+      owner: this,
+      port,
+      writer: this.#writer,
+      limits: ctx.limits,
+      stats: opts.stats,
+      log: ctx.log,
+      publisher: () => ctx.publishing,
+      replyGrant: () => this.#guard && !this.#guard.publishUnrestricted ? this.#grant : undefined,
+      id: () => this.id || this.identity,
+      onFault: (err) => this.fail(err),
+    });
   }
 
   /** The port this session runs on. */
@@ -170,6 +222,25 @@ export class Session implements DeliveryTarget {
       (chunk) => this.#onData(chunk),
       (err) => this.close(err ? `port error: ${err.message}` : "port closed"),
     );
+    if (this.#opts.host) {
+      // A VM's port is connected long before its guest says HELLO; a host connection is not.
+      const ms = this.#ctx.limits.helloTimeoutMs;
+      this.#helloTimer = setTimeout(() => {
+        if (this.#state !== "hello") return;
+        const stats = this.#opts.stats;
+        stats.closed["HELLO_TIMEOUT"] = (stats.closed["HELLO_TIMEOUT"] ?? 0) + 1;
+        this.#writer.frame(
+          Op.Err,
+          encodeValue({
+            code: ErrorCode.SessionClosed,
+            message: `no HELLO within ${ms} ms`,
+            fatal: true,
+          }),
+        );
+        this.close(`no HELLO within ${ms} ms`);
+      }, ms);
+      (this.#helloTimer as { unref?: () => void }).unref?.();
+    }
   }
 
   /** End the session: drop its subscriptions and close the port. Idempotent. */
@@ -179,18 +250,49 @@ export class Session implements DeliveryTarget {
     this.#state = "closed";
     this.#dropSubscriptions();
     this.#stopRing();
-    if (this.#reportTimer) clearTimeout(this.#reportTimer);
-    for (const h of [...this.#holders]) h.#heldPublishers.delete(this);
-    this.#holders.clear();
+    this.#outbox.close();
+    this.#flood.stop();
+    if (this.#helloTimer) clearTimeout(this.#helloTimer);
     if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#waitingFrame = undefined;
+    this.#stalledChunks = [];
     this.#writer.flush();
     this.#port.close();
     if (wasOpen) this.#opts.stats.connected = false;
     this.#opts.onClose(this, reason);
   }
 
-  /** Send an ERR; `fatal` closes the session after it. */
+  /**
+   * Send an ERR caused by what this session sent: it counts against `maxErrors` (per minute);
+   * `fatal` closes the session after it.
+   */
   sendError(code: string, message: string, subject?: string, fatal = false, op?: string): void {
+    this.#sendErr(code, message, subject, fatal, op);
+    if (fatal || this.#state === "closed") return;
+    if (this.#countError() > this.#ctx.limits.maxErrors) {
+      const stats = this.#opts.stats;
+      stats.closed["TOO_MANY_ERRORS"] = (stats.closed["TOO_MANY_ERRORS"] ?? 0) + 1;
+      this.#writer.frame(
+        Op.Err,
+        encodeValue({ code: ErrorCode.SessionClosed, message: "too many errors", fatal: true }),
+      );
+      this.close("too many errors");
+    }
+  }
+
+  /** Send an ERR that is not this session's fault (it never counts against `maxErrors`). */
+  notice(code: string, message: string, subject?: string): void {
+    this.#sendErr(code, message, subject, false);
+  }
+
+  #sendErr(
+    code: string,
+    message: string,
+    subject: string | undefined,
+    fatal: boolean,
+    op?: string,
+  ) {
+    if (this.#state === "closed") return;
     const stats = this.#opts.stats;
     stats.errors[code] = (stats.errors[code] ?? 0) + 1;
     const head: ErrHead = { code, message };
@@ -202,13 +304,6 @@ export class Session implements DeliveryTarget {
     if (fatal) {
       stats.closed[code] = (stats.closed[code] ?? 0) + 1;
       this.close(`${code}: ${message}`);
-    } else if (this.#countError() > this.#ctx.limits.maxErrors) {
-      stats.closed["TOO_MANY_ERRORS"] = (stats.closed["TOO_MANY_ERRORS"] ?? 0) + 1;
-      this.#writer.frame(
-        Op.Err,
-        encodeValue({ code: ErrorCode.SessionClosed, message: "too many errors", fatal: true }),
-      );
-      this.close("too many errors");
     }
   }
 
@@ -222,7 +317,7 @@ export class Session implements DeliveryTarget {
     return ++this.#errors;
   }
 
-  /** Router callback: write one MSG, or drop it if the session is too far behind. */
+  /** Router callback: hand one MSG to this session's outbox. */
   deliver(
     entry: RouteEntry,
     subject: string,
@@ -233,205 +328,213 @@ export class Session implements DeliveryTarget {
     pubTail?: Uint8Array,
   ): boolean {
     if (entry.max > 0 && entry.delivered >= entry.max && this.#subs.delete(entry.sid)) {
-      this.#opts.stats.subscriptions--; // the router removed it at its max
-      if (entry.block) this.#blockSubs--;
+      this.#forget(entry); // the router removed it at its max
     }
     if (this.#state !== "open") return false;
     // The broker's own subjects (e.g. $VBUS.STATS requests) never reach a VM, even via `>`.
     if (!this.#opts.host && subject.startsWith(SYSTEM_PREFIX)) return false;
+    return this.#outbox.deliver(entry, subject, reply, headers, payload, volatile, pubTail);
+  }
+
+  /** A delivery to this session failed unexpectedly: close it (never the publisher). */
+  fail(err: unknown): void {
     const stats = this.#opts.stats;
-    if (reply !== null) this.#guard.grantReply(reply);
-    const ring = this.#ring;
-    if (ring && pubTail && this.#backlog.length === 0 && ring.tryWriteMsg(entry.sid, pubTail, payload)) {
-      stats.msgsOut++;
-      stats.ringMsgsOut++;
-      stats.bytesOut += payload.length;
-      return true;
-    }
-    const head = pubTail ? msgHead(entry.sid, pubTail) : encodeValue([entry.sid, subject, reply, headers]);
+    stats.closed["INTERNAL"] = (stats.closed["INTERNAL"] ?? 0) + 1;
+    this.#ctx.log.error("delivery failed, closing the session", {
+      session: this.id || this.identity,
+      error: (err as Error)?.message ?? String(err),
+    });
+    this.close(`internal error: ${(err as Error)?.message ?? err}`);
+  }
+
+  #grant = (reply: string) => this.#guard?.grantReply(reply);
+
+  /** "block" policy: stop reading this session's input while `holder` is behind. */
+  holdFor(holder: object): void {
+    if (this.#blockHolders.size === 0) this.#opts.stats.blocked++;
+    this.#blockHolders.add(holder);
+    this.#holdInput(holder, true);
+  }
+
+  /** `holder` caught up (or gave up holding): read this session again once nobody holds it. */
+  releaseFor(holder: object): void {
+    this.#blockHolders.delete(holder);
+    this.#releaseInput(holder);
+  }
+
+  /** Stop reading the port (and, with `ring`, the ring) until every reason is released. */
+  #holdInput(reason: object, ring: boolean) {
+    if (this.#portHolds.size === 0) this.#port.pause();
+    this.#portHolds.add(reason);
     if (ring) {
-      const size = FrameHeader.LENGTH + head.length + payload.length;
-      if (size > ring.maxFrameOut) {
-        // Only a publisher on the port stream can send this much. Sent on the port, it could
-        // be overtaken by ring records written after it, so it is not delivered: counted,
-        // and both ends are told.
-        stats.dropped++;
-        const why = `a ${size}-byte message does not fit this session's shared-memory ring (largest ${ring.maxFrameOut})`;
-        this.sendError(ErrorCode.FrameTooLarge, `${why}; not delivered`, subject);
-        const publisher = this.#ctx.publishing;
-        if (publisher && publisher !== this) {
-          publisher.sendError(ErrorCode.FrameTooLarge, `not delivered to session ${this.id}: ${why}`, subject);
+      if (this.#ringHolds.size === 0) this.#ring?.pause();
+      this.#ringHolds.add(reason);
+    }
+  }
+
+  #releaseInput(reason: object) {
+    if (this.#portHolds.delete(reason) && this.#state !== "closed") {
+      if (this.#portHolds.size === 0) this.#port.resume();
+      // Frames left in the decoder when the hold came go on now.
+      else if (this.#inputStopped && this.#portHolds.size === 1) {
+        setImmediate(() => this.#continueInput());
+      }
+    }
+    if (this.#ringHolds.delete(reason) && this.#ringHolds.size === 0) this.#ring?.resume();
+  }
+
+  /** Is the port held for another reason than this session's own turn? */
+  #portHeld(): boolean {
+    return this.#portHolds.size > (this.#inputStopped ? 1 : 0);
+  }
+
+  /** Stop reading a session that does not read what it is sent, until its output drains. */
+  #checkOutput() {
+    if (this.#outputHeld || this.#state === "closed") return;
+    if (this.#port.pending + this.#writer.batched <= OUTPUT_HOLD_BYTES) return;
+    this.#outputHeld = true;
+    this.#holdInput(OUTPUT_HOLD, true);
+    this.#writer.flush();
+    const wait = () => {
+      this.#port.drained().then(() => {
+        if (this.#state === "closed") return;
+        if (this.#port.pending > OUTPUT_HOLD_BYTES / 2) {
+          setTimeout(wait, 10);
+          return;
         }
-        return false;
-      }
-      if (this.#backlog.length === 0 && ring.tryWriteFrame(Op.Msg, head, payload)) {
-        stats.msgsOut++;
-        stats.ringMsgsOut++;
-        stats.bytesOut += payload.length;
-        return true;
-      }
-      return this.#toBacklog(encodeFrame(Op.Msg, head, payload), payload.length);
-    }
-    if (this.#port.pending + this.#writer.batched > this.#ctx.limits.maxPendingBytes) {
-      if (this.#blockSubs > 0) {
-        // "block": keep the message and hold its publisher until this port drains.
-        this.#writer.frame(Op.Msg, head, payload, 0, volatile);
-        stats.msgsOut++;
-        stats.bytesOut += payload.length;
-        this.#holdPublisher();
-        this.#port.drained().then(() => this.#releasePublishers());
-        return true;
-      }
-      stats.dropped++;
-      this.#slowDropped++;
-      this.#reportSlow();
-      return false;
-    }
-    // A payload read in place from a guest's ring is only valid now: the writer must copy it.
-    this.#writer.frame(Op.Msg, head, payload, 0, volatile);
-    stats.msgsOut++;
-    stats.bytesOut += payload.length;
-    return true;
-  }
-
-  /** "block" policy: stop reading from the session publishing now until this one catches up. */
-  #holdPublisher() {
-    const publisher = this.#ctx.publishing;
-    if (!publisher || publisher === this || this.#heldPublishers.has(publisher)) return;
-    this.#heldPublishers.add(publisher);
-    publisher.holdFor(this);
-  }
-
-  #releasePublishers() {
-    if (this.#heldPublishers.size === 0) return;
-    const held = [...this.#heldPublishers];
-    this.#heldPublishers.clear();
-    for (const p of held) p.releaseFor(this);
-  }
-
-  /** Stop reading this session's input while `subscriber` is behind (its "block" policy). */
-  holdFor(subscriber: Session): void {
-    if (this.#holders.size === 0) {
-      this.#ring?.pause();
-      this.#port.pause();
-      this.#opts.stats.blocked++;
-    }
-    this.#holders.add(subscriber);
-  }
-
-  /** `subscriber` caught up: read this session's input again once nobody holds it. */
-  releaseFor(subscriber: Session): void {
-    if (!this.#holders.delete(subscriber) || this.#holders.size > 0) return;
-    this.#ring?.resume();
-    this.#port.resume();
-  }
-
-  /** Queue a MSG for a full ring; beyond the bound drop the oldest, counted and reported. */
-  #toBacklog(frame: Uint8Array, payloadLength: number): boolean {
-    const stats = this.#opts.stats;
-    const max = this.#ctx.limits.maxPendingBytes;
-    this.#backlog.push(frame);
-    this.#backlogBytes += frame.length;
-    stats.msgsOut++;
-    stats.bytesOut += payloadLength;
-    if (this.#blockSubs > 0) {
-      if (this.#backlogBytes > max) this.#holdPublisher();
-    } else while (this.#backlogBytes > max && this.#backlog.length > 1) {
-      const dropped = this.#backlog.shift()!;
-      this.#backlogBytes -= dropped.length;
-      stats.dropped++;
-      stats.msgsOut--;
-      this.#slowDropped++;
-    }
-    if (this.#slowDropped > 0) this.#reportSlow();
-    if (!this.#backlogFlushing) this.#flushBacklog();
-    return true;
-  }
-
-  async #flushBacklog() {
-    this.#backlogFlushing = true;
-    try {
-      let written = 0;
-      while (this.#backlog.length > 0 && this.#ring && this.#state === "open") {
-        const ring = this.#ring;
-        const frame = this.#backlog.peek()!;
-        if (!ring.tryWriteEncoded(frame)) {
-          await ring.waitForSpace(frame.length);
-          continue;
-        }
-        this.#backlog.shift();
-        this.#backlogBytes -= frame.length;
-        this.#opts.stats.ringMsgsOut++;
-        if (this.#backlogBytes <= this.#ctx.limits.maxPendingBytes / 2) this.#releasePublishers();
-        // A subscriber that keeps up could keep this loop going without a single await:
-        // let the rest of the broker run between batches.
-        if (++written % FLUSH_BATCH === 0) await yieldToEventLoop();
-      }
-      this.#releasePublishers();
-    } finally {
-      this.#backlogFlushing = false;
-    }
+        this.#outputHeld = false;
+        this.#releaseInput(OUTPUT_HOLD);
+      });
+    };
+    wait();
   }
 
   #onData(chunk: Uint8Array) {
     if (this.#state === "closed") return;
+    if (this.#inputStopped) {
+      this.#stalledChunks.push(chunk); // the port is paused; at most what was in flight
+      return;
+    }
+    this.#portWork = 0;
+    this.#decode(() => this.#decoder.push(chunk, this.#portFrame));
+  }
+
+  /** Run a decoder step; if it stopped early, stop the port until the input can go on. */
+  #decode(step: () => boolean) {
+    let done: boolean;
     try {
-      this.#decoder.push(chunk, (frame) => this.#onFrame(frame));
+      done = step();
     } catch (err) {
-      if ((this.#state as string) === "closed") return;
+      if (this.#ended()) return;
       const e = err instanceof VbusError ? err : new VbusError(ErrorCode.BadFrame, String(err));
       // A framing error means the stream position is lost: nothing after it can be trusted.
       this.sendError(e.code, e.message, undefined, true);
+      return;
     }
+    if (this.#ended()) return;
+    this.#checkOutput();
+    if (done) {
+      if (this.#inputStopped) {
+        this.#inputStopped = false;
+        this.#releaseInput(TURN_HOLD);
+      }
+      return;
+    }
+    if (!this.#inputStopped) {
+      this.#inputStopped = true;
+      this.#holdInput(TURN_HOLD, false);
+    }
+    if (!this.#waitingFrame && !this.#portHeld()) setImmediate(() => this.#continueInput());
   }
 
-  #onFrame(frame: Frame) {
-    if (this.#state === "closed") return;
-    // Whatever the client put in its ring before sending this frame is handled first.
-    if (this.#ring && !this.#ring.drain()) return;
-    this.#handle(frame, false);
+  /** Go on with port input stopped by the work budget or by a frame waiting for the ring. */
+  #continueInput() {
+    if (this.#state === "closed" || !this.#inputStopped || this.#portHeld()) return;
+    this.#portWork = 0;
+    const waiting = this.#waitingFrame;
+    if (waiting) {
+      if (waiting.ring === this.#ring && !waiting.ring.hasConsumed(waiting.target)) return;
+      this.#waitingFrame = undefined;
+      this.#portWork += this.#handle(waiting.frame, false);
+      if (this.#ended()) return;
+    }
+    this.#decode(() => {
+      let more = this.#decoder.pump(this.#portFrame);
+      while (more && this.#stalledChunks.length > 0) {
+        more = this.#decoder.push(this.#stalledChunks.shift()!, this.#portFrame);
+      }
+      return more;
+    });
+  }
+
+  /** One frame from the port. Returns false to stop decoding for now (see #decode). */
+  #portFrame = (frame: Frame): boolean => {
+    if (this.#state === "closed") return false;
+    const ring = this.#ring;
+    if (ring) {
+      // Whatever the client put in its ring before sending this frame is handled first.
+      const target = ring.peerPosition();
+      if (!ring.hasConsumed(target)) {
+        this.#waitingFrame = { frame, ring, target };
+        ring.kick();
+        return false;
+      }
+    }
+    this.#portWork += this.#handle(frame, false);
+    // Held by a "block" subscriber (or its own output) while handling it: stop right here.
+    return !this.#ended() && this.#portWork < WORK_PER_TURN && !this.#portHeld();
+  };
+
+  /** Closed (a handler may have closed the session: TypeScript cannot see that). */
+  #ended(): boolean {
+    return this.#state === "closed";
   }
 
   /**
-   * Act on one frame from the port or (`inRing`) from the client's ring. Recoverable errors
-   * become ERR frames; from the ring, a malformed frame is a ring violation (rethrown).
+   * Act on one frame from the port or (`inRing`) from the client's ring; returns the work it
+   * cost (see {@link WORK_PER_TURN}). Recoverable errors become ERR frames; from the ring, a
+   * malformed frame is a ring violation (rethrown).
    */
-  #handle(frame: Frame, inRing: boolean) {
+  #handle(frame: Frame, inRing: boolean): number {
     try {
       switch (frame.op) {
         case Op.Hello:
-          return this.#onHello(frame);
+          this.#onHello(frame);
+          return 1;
         case Op.Pong:
           this.#pingsOut = 0;
-          return;
+          return 1;
       }
       if (this.#state !== "open") {
         // A guest write left blocked in virtio-serial while no host was connected is delivered
         // to the next host connection, before the guest's new HELLO (measured on real guests: a
         // whole batch of PUBs after a broker restart). Report the first such frame, drop the rest
         // silently, so stale bytes never add up to "too many errors" and close the session.
-        if (this.#framesBeforeHello++ > 0) return;
+        if (this.#framesBeforeHello++ > 0) return 1;
         throw new VbusError(ErrorCode.BadState, `${opName(frame.op)} before HELLO`);
       }
       switch (frame.op) {
-        case Op.Pub:
-          this.#onPub(frame, inRing);
+        case Op.Pub: {
+          const work = this.#onPub(frame, inRing);
           if (inRing) this.#opts.stats.ringMsgsIn++;
-          return;
+          return work;
+        }
         case Op.Sub:
-          return this.#onSub(frame);
+          this.#onSub(frame);
+          return 1;
         case Op.Unsub:
-          return this.#onUnsub(frame);
+          this.#onUnsub(frame);
+          return 1;
         case Op.Ping:
           this.#writer.frame(Op.Pong, EMPTY_ARRAY_HEAD);
-          return;
+          return 1;
         case Op.Err:
           this.#ctx.log.warn("client reported an error", { session: this.id });
-          return;
+          return 1;
         case Op.Doorbell: {
           const [ring, kind] = decodeDoorbellHead(frame.head);
           this.#ring?.onDoorbell(ring, kind);
-          return;
+          return 1;
         }
         default:
           throw new VbusError(ErrorCode.BadState, `${opName(frame.op)} is not sent by clients`);
@@ -439,7 +542,14 @@ export class Session implements DeliveryTarget {
     } catch (err) {
       if (!(err instanceof VbusError)) throw err;
       if (inRing && err.code === ErrorCode.BadFrame) throw err;
-      this.sendError(err.code, err.message, err.subject, err.code === ErrorCode.BadVersion, opName(frame.op));
+      this.sendError(
+        err.code,
+        err.message,
+        err.subject,
+        err.code === ErrorCode.BadVersion,
+        opName(frame.op),
+      );
+      return 1;
     }
   }
 
@@ -452,17 +562,19 @@ export class Session implements DeliveryTarget {
       );
     }
     if (this.#state === "open") {
-      // A second HELLO: the guest process restarted on the same port. Start afresh.
+      // A second HELLO: the guest process restarted on the same port. Start afresh (but the
+      // error count stays: errors are the connection's, not undone by saying HELLO again).
       this.#dropSubscriptions();
       this.#stopRing();
       this.#ctx.log.info("session restarted by a new HELLO", { session: this.id });
     }
+    if (this.#helloTimer) clearTimeout(this.#helloTimer);
+    this.#decoder.setMaxFrameBytes(this.#ctx.limits.maxFrameBytes);
     const { identity } = this;
     this.id = `${identity}#${this.#ctx.nextSessionNumber()}`;
     const inbox = `_INBOX.${identity}.${randomBytes(8).toString("hex")}`;
     this.#guard = new PermissionGuard(this.#opts.permissions, inbox);
     this.#features = new Set(hello.features.filter((f) => BROKER_FEATURES.includes(f)));
-    this.#errors = 0;
     this.#state = "open";
     const stats = this.#opts.stats;
     stats.connected = true;
@@ -470,7 +582,9 @@ export class Session implements DeliveryTarget {
     const shm = this.#negotiateShm(hello.shm as ShmOffer | undefined);
     stats.path = shm?.ok ? "ring" : "stream";
     if (!shm?.ok) stats.wake = undefined;
-    stats.pathReason = shm?.ok ? undefined : shm?.reason ?? "the client did not offer shared memory";
+    stats.pathReason = shm?.ok
+      ? undefined
+      : shm?.reason ?? "the client did not offer shared memory";
     const limits = this.#ctx.limits;
     const welcome: WelcomeHead = {
       v: PROTOCOL_VERSION,
@@ -498,20 +612,34 @@ export class Session implements DeliveryTarget {
     });
   }
 
+  /** The shared memory offered to this session, made on first use (see SessionOptions.shm). */
+  #sessionShm(): SessionShm | undefined {
+    const shm = this.#opts.shm;
+    if (typeof shm !== "function") return shm;
+    return this.#shm ??= shm();
+  }
+
   /** Decide the data path for a new session; on success the ring channel is ready to start. */
   #negotiateShm(offer: ShmOffer | undefined): ShmAnswer | undefined {
-    const shm = this.#opts.shm;
     if (!offer) return undefined;
+    const shm = this.#sessionShm();
     if (!shm) return { ok: false, reason: "no shared memory is configured for this endpoint" };
     if ("reason" in shm) return { ok: false, reason: shm.reason };
     if (shm.perSession) {
       if (offer.want !== true) return { ok: false, reason: "malformed shared-memory offer" };
     } else {
       if (offer.size !== shm.bytes.length) {
-        return { ok: false, reason: `the guest mapped ${offer.size} bytes, the broker's ${shm.path} has ${shm.bytes.length}` };
+        return {
+          ok: false,
+          reason:
+            `the guest mapped ${offer.size} bytes, the broker's ${shm.path} has ${shm.bytes.length}`,
+        };
       }
       if (typeof offer.nonce !== "number" || !hasGuestNonce(shm.bytes, offer.nonce)) {
-        return { ok: false, reason: `the guest's region is not the broker's ${shm.path} (nonce mismatch)` };
+        return {
+          ok: false,
+          reason: `the guest's region is not the broker's ${shm.path} (nonce mismatch)`,
+        };
       }
     }
     try {
@@ -521,9 +649,14 @@ export class Session implements DeliveryTarget {
       const futexWake = shm.perSession && offer.futex === true ? shm.futexWake : undefined;
       const stats = this.#opts.stats;
       stats.wake = futexWake ? "futex" : "doorbell";
-      this.#ring = new RingChannel(region, {
+      const ring = new RingChannel(region, {
         maxFrameBytes: this.#ctx.limits.maxFrameBytes,
-        ringDoorbell: (ring, kind) => this.#writer.urgent(Op.Doorbell, encodeValue([ring, kind])),
+        ringDoorbell: (ring, kind) => {
+          // A peer that does not read its port gets no more doorbells than the bound allows;
+          // its parked reader still wakes on its own time slice.
+          if (this.#port.pending > OUTPUT_HOLD_BYTES) return;
+          this.#writer.urgent(Op.Doorbell, encodeValue([ring, kind]));
+        },
         futex: futexWake
           ? {
             peerSleeps: true,
@@ -534,8 +667,12 @@ export class Session implements DeliveryTarget {
           }
           : undefined,
         onFrame: (frame) => this.#onRingFrame(frame),
+        onBatch: () => this.#onRingBatch(),
         onCorrupt: (err) => this.#ringViolation(err),
       });
+      this.#ring = ring;
+      if (this.#ringHolds.size > 0) ring.pause();
+      this.#outbox.attach(ring);
       const answer: ShmAnswer = { ok: true, epoch: region.epoch };
       if (shm.perSession) {
         answer.path = shm.path;
@@ -549,37 +686,58 @@ export class Session implements DeliveryTarget {
   }
 
   /** A frame read in place from the client's outbound ring: PUB, SUB, UNSUB or PING. */
-  #onRingFrame(frame: Frame) {
-    if (this.#state !== "open") return;
+  #onRingFrame(frame: Frame): boolean {
+    if (this.#state !== "open") return false;
     const op = frame.op;
     if (op !== Op.Pub && op !== Op.Sub && op !== Op.Unsub && op !== Op.Ping) {
-      throw new VbusError(ErrorCode.BadFrame, `${opName(op)} does not belong in the shared-memory ring`);
+      throw new VbusError(
+        ErrorCode.BadFrame,
+        `${opName(op)} does not belong in the shared-memory ring`,
+      );
     }
-    this.#handle(frame, true);
+    this.#ringWork += this.#handle(frame, true);
+    return this.#ringWork < WORK_PER_TURN && this.#ringHolds.size === 0;
+  }
+
+  /** The ring loop finished a batch: a new turn, and maybe a port frame may go on now. */
+  #onRingBatch() {
+    this.#ringWork = 0;
+    this.#checkOutput();
+    if (this.#waitingFrame) this.#continueInput();
   }
 
   /** The guest broke its ring: log, count, and reset the session; other VMs are unaffected. */
   #ringViolation(err: Error) {
     const stats = this.#opts.stats;
     stats.closed["RING_CORRUPT"] = (stats.closed["RING_CORRUPT"] ?? 0) + 1;
-    this.#ctx.log.warn("shared-memory ring violation, resetting the session", { session: this.id, error: err.message });
-    this.sendError(ErrorCode.BadFrame, `shared-memory ring violation: ${err.message}`, undefined, true);
+    this.#ctx.log.warn("shared-memory ring violation, resetting the session", {
+      session: this.id,
+      error: err.message,
+    });
+    this.sendError(
+      ErrorCode.BadFrame,
+      `shared-memory ring violation: ${err.message}`,
+      undefined,
+      true,
+    );
   }
 
   #stopRing() {
     const ring = this.#ring;
     if (!ring) return;
     this.#ring = undefined;
+    this.#outbox.detach();
     ring.region.detach();
     this.ringStopped = ring.stop();
-    this.#backlog.clear();
-    this.#backlogBytes = 0;
+    // A port frame that waited for this ring no longer has to.
+    if (this.#waitingFrame && this.#state !== "closed") setImmediate(() => this.#continueInput());
   }
 
   /** Resolves when the session's ring channel no longer touches shared memory. */
   ringStopped: Promise<void> = Promise.resolve();
 
-  #onPub(frame: Frame, volatile = false) {
+  /** Handle a PUB; returns the work it cost (1, each delivery, the index walked). */
+  #onPub(frame: Frame, volatile = false): number {
     let buf = frame.buf, start = frame.headStart, end = frame.headEnd;
     if (volatile) {
       // The guest can rewrite its ring at any moment: decode from our own copy of the head,
@@ -591,54 +749,94 @@ export class Session implements DeliveryTarget {
       start = 0;
       end = n;
     }
-    const [subject, reply, headers] = this.#heads.pub(buf, start, end) ?? decodePubHead(buf, start, end);
     const limits = this.#ctx.limits;
     const stats = this.#opts.stats;
-    if (!this.#takeToken()) return;
-    const problem = validateSubject(subject, limits.maxSubjectBytes);
+    // Limits apply to the bytes that will be forwarded, not to what they decode to (a headers
+    // map repeating one key decodes to a few bytes and may still be 64 KiB on the wire).
+    const headBytes = end - start;
+    if (
+      headBytes > limits.maxHeaderBytes + 2 * limits.maxSubjectBytes + 16 ||
+      headBytes + MSG_HEAD_EXTRA > MAX_HEAD_BYTES
+    ) {
+      throw new VbusError(
+        ErrorCode.BadHeaders,
+        `a PUB head of ${headBytes} bytes exceeds what subjects and headers may take (limits.maxHeaderBytes ${limits.maxHeaderBytes})`,
+      );
+    }
+    if (
+      FrameHeader.LENGTH + headBytes + MSG_HEAD_EXTRA + frame.payload.length > limits.maxFrameBytes
+    ) {
+      throw new VbusError(
+        ErrorCode.FrameTooLarge,
+        `the message would be forwarded as a frame larger than limits.maxFrameBytes (${limits.maxFrameBytes})`,
+      );
+    }
+    const [subject, reply, headers] = this.#heads.pub(buf, start, end) ??
+      decodePubHead(buf, start, end);
+    if (!this.#flood.take()) {
+      countDrop(stats, DropReason.Flood);
+      return 1;
+    }
+    const problem = validateSubject(subject, limits.maxSubjectBytes, limits.maxSubjectTokens);
     if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject: ${problem}`, subject);
     if (reply !== null) {
-      const replyProblem = validateSubject(reply, limits.maxSubjectBytes);
-      if (replyProblem) throw new VbusError(ErrorCode.BadSubject, `invalid reply subject: ${replyProblem}`, reply);
+      const replyProblem = validateSubject(reply, limits.maxSubjectBytes, limits.maxSubjectTokens);
+      if (replyProblem) {
+        throw new VbusError(ErrorCode.BadSubject, `invalid reply subject: ${replyProblem}`, reply);
+      }
     }
     if (headers !== null) {
       if (!this.#features.has(Feature.Headers)) {
         throw new VbusError(ErrorCode.BadHeaders, "headers were not negotiated", subject);
       }
       if (headersSize(headers) > limits.maxHeaderBytes) {
-        throw new VbusError(ErrorCode.BadHeaders, `headers exceed ${limits.maxHeaderBytes} bytes`, subject);
+        throw new VbusError(
+          ErrorCode.BadHeaders,
+          `headers exceed ${limits.maxHeaderBytes} bytes`,
+          subject,
+        );
       }
     }
     if (
-      (subject.startsWith(SYSTEM_PREFIX) && !this.#opts.host) || !this.#guard.canPublish(subject)
+      (subject.startsWith(SYSTEM_PREFIX) && !this.#opts.host) || !this.#guard!.canPublish(subject)
     ) {
       stats.denied++;
-      throw new VbusError(ErrorCode.PermissionDenied, `publish to "${subject}" is not permitted`, subject);
+      throw new VbusError(
+        ErrorCode.PermissionDenied,
+        `publish to "${subject}" is not permitted`,
+        subject,
+      );
     }
     stats.msgsIn++;
     stats.bytesIn += frame.payload.length;
     // The MSG head is spliced from the validated PUB head bytes (no re-encoding per delivery).
     const pubTail = buf[start] === PUB_HEAD_MARK ? buf.subarray(start + 1, end) : undefined;
+    const router = this.#ctx.router;
     this.#ctx.publishing = this;
     let delivered: number;
     try {
-      delivered = this.#ctx.router.publish(subject, reply, headers, frame.payload, volatile, pubTail);
+      delivered = router.publish(subject, reply, headers, frame.payload, volatile, pubTail);
     } finally {
       this.#ctx.publishing = undefined;
     }
+    const work = 1 + delivered + (router.lastMatchCost >> 3);
     if (delivered === 0 && reply !== null && this.#features.has(Feature.NoResponders)) {
-      this.#ctx.router.publish(reply, null, NO_RESPONDERS_HEADERS, EMPTY);
+      // Said on this session's behalf: only to this session, whatever subject it named.
+      router.deliverTo(this, reply, NO_RESPONDERS_HEADERS, EMPTY);
     }
+    return work;
   }
 
   #onSub(frame: Frame) {
     const [sid, subject, queue, slow] = decodeSubHead(frame.head);
     const limits = this.#ctx.limits;
-    const problem = validatePattern(subject, limits.maxSubjectBytes);
+    const problem = validatePattern(subject, limits.maxSubjectBytes, limits.maxSubjectTokens);
     if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject: ${problem}`, subject);
     if (queue !== null) {
       const qProblem = validateSubject(queue, limits.maxSubjectBytes);
-      if (qProblem) throw new VbusError(ErrorCode.BadSubject, `invalid queue group: ${qProblem}`, subject);
+      if (qProblem) {
+        throw new VbusError(ErrorCode.BadSubject, `invalid queue group: ${qProblem}`, subject);
+      }
     }
     if (this.#subs.has(sid)) {
       throw new VbusError(ErrorCode.BadState, `subscription id ${sid} is already in use`, subject);
@@ -646,17 +844,45 @@ export class Session implements DeliveryTarget {
     if (this.#subs.size >= limits.maxSubscriptions) {
       throw new VbusError(
         ErrorCode.TooManySubscriptions,
-        `at most ${limits.maxSubscriptions} subscriptions per session`,
+        `at most ${limits.maxSubscriptions} subscriptions per session (limits.maxSubscriptions)`,
         subject,
       );
     }
-    if (subject.startsWith(SYSTEM_PREFIX) || !this.#guard.canSubscribe(subject)) {
-      this.#opts.stats.denied++;
-      throw new VbusError(ErrorCode.PermissionDenied, `subscribe to "${subject}" is not permitted`, subject);
+    const tokens = countTokens(subject);
+    if (this.#subTokens + tokens > limits.maxSubscriptionTokens) {
+      throw new VbusError(
+        ErrorCode.TooManySubscriptions,
+        `subscriptions of one session may have ${limits.maxSubscriptionTokens} subject tokens in all (limits.maxSubscriptionTokens)`,
+        subject,
+      );
     }
-    const entry: RouteEntry = { sid, subject, queue, max: 0, delivered: 0, target: this, block: slow === "block" };
-    if (entry.block) this.#blockSubs++;
+    if (subject.startsWith(SYSTEM_PREFIX) || !this.#guard!.canSubscribe(subject)) {
+      this.#opts.stats.denied++;
+      throw new VbusError(
+        ErrorCode.PermissionDenied,
+        `subscribe to "${subject}" is not permitted`,
+        subject,
+      );
+    }
+    if (slow === "block" && !(this.#opts.permissions?.block ?? this.#opts.host)) {
+      this.#opts.stats.denied++;
+      throw new VbusError(
+        ErrorCode.PermissionDenied,
+        `subscribing with slow: "block" is not permitted (it holds publishers; see permissions.block)`,
+        subject,
+      );
+    }
+    const entry: RouteEntry = {
+      sid,
+      subject,
+      queue,
+      max: 0,
+      delivered: 0,
+      target: this,
+      block: slow === "block",
+    };
     this.#subs.set(sid, entry);
+    this.#subTokens += tokens;
     this.#ctx.router.add(entry);
     this.#opts.stats.subscriptions++;
   }
@@ -670,96 +896,33 @@ export class Session implements DeliveryTarget {
       return;
     }
     this.#subs.delete(sid);
-    if (entry.block) this.#blockSubs--;
-    if (this.#ctx.router.remove(entry)) this.#opts.stats.subscriptions--;
+    if (this.#ctx.router.remove(entry)) this.#forget(entry);
+  }
+
+  /** Account for a subscription that left the router. */
+  #forget(entry: RouteEntry) {
+    this.#opts.stats.subscriptions--;
+    this.#subTokens -= countTokens(entry.subject);
   }
 
   #dropSubscriptions() {
     for (const entry of this.#subs.values()) {
-      if (this.#ctx.router.remove(entry)) this.#opts.stats.subscriptions--;
+      if (this.#ctx.router.remove(entry)) this.#forget(entry);
     }
     this.#subs.clear();
-    this.#blockSubs = 0;
-    this.#releasePublishers();
+    this.#subTokens = 0;
   }
 
-  #takeToken(): boolean {
+  #floodReport(n: number, fatal: boolean) {
+    if (this.#state !== "open") return;
     const limit = this.#ctx.limits.maxMsgsPerSecond;
-    if (this.#tokens >= 1) {
-      this.#tokens--;
-      return true;
-    }
-    const now = Date.now();
-    const refill = ((now - this.#refilledAt) / 1000) * limit;
-    this.#refilledAt = now;
-    this.#tokens = Math.min(limit, this.#tokens + refill);
-    if (this.#tokens >= 1) {
-      this.#tokens--;
-      this.#floodSince = 0;
-      return true;
-    }
-    this.#floodSince ||= now;
-    this.#floodDropped++;
-    this.#opts.stats.dropped++;
-    if (now - this.#floodReportedAt < 1000) {
-      this.#reportLater();
-    } else {
-      this.#floodReportedAt = now;
-      const n = this.#floodDropped;
-      this.#floodDropped = 0;
-      const fatal = now - this.#floodSince >= FLOOD_CLOSE_SECONDS * 1000;
-      this.sendError(
-        ErrorCode.Flood,
-        `publishing faster than ${limit} msgs/s: ${n} message(s) rejected` +
-          (fatal ? `; flooding for ${FLOOD_CLOSE_SECONDS} s, closing` : ""),
-        undefined,
-        fatal,
-      );
-    }
-    return false;
-  }
-
-  /**
-   * Drops within a report's one-second window are reported when it ends, so the last ones of
-   * a burst reach the client too, not only the stats.
-   */
-  #reportLater() {
-    if (this.#reportTimer) return;
-    this.#reportTimer = setTimeout(() => {
-      this.#reportTimer = undefined;
-      if (this.#state !== "open") return;
-      if (this.#slowDropped > 0) this.#reportSlow();
-      if (this.#floodDropped > 0) {
-        const n = this.#floodDropped;
-        this.#floodDropped = 0;
-        this.#floodReportedAt = Date.now();
-        this.sendError(ErrorCode.Flood, `publishing faster than ${this.#ctx.limits.maxMsgsPerSecond} msgs/s: ${n} message(s) rejected`);
-      }
-    }, 1000);
-    (this.#reportTimer as { unref?: () => void }).unref?.();
-  }
-
-  #reportSlow() {
-    const now = Date.now();
-    if (now - this.#slowReportedAt < 1000) {
-      this.#reportLater();
-      return;
-    }
-    this.#slowReportedAt = now;
-    const n = this.#slowDropped;
-    this.#slowDropped = 0;
-    const stats = this.#opts.stats;
-    stats.errors[ErrorCode.SlowConsumer] = (stats.errors[ErrorCode.SlowConsumer] ?? 0) + 1;
-    // Queued behind the backlog, so the client learns of it in order.
-    this.#writer.frame(
-      Op.Err,
-      encodeValue({
-        code: ErrorCode.SlowConsumer,
-        message: `${n} message(s) dropped: more than ${this.#ctx.limits.maxPendingBytes} bytes were queued for this session`,
-        dropped: n,
-      }),
+    this.sendError(
+      ErrorCode.Flood,
+      `publishing faster than ${limit} msgs/s: ${n} message(s) rejected` +
+        (fatal ? `; flooding for ${FLOOD_CLOSE_SECONDS} s, closing` : ""),
+      undefined,
+      fatal,
     );
-    this.#ctx.log.warn("slow consumer", { session: this.id, dropped: n });
   }
 
   #startPings() {
@@ -767,8 +930,9 @@ export class Session implements DeliveryTarget {
     this.#pingsOut = 0;
     this.#pingTimer = setInterval(() => {
       if (this.#state !== "open") return;
-      if (this.#holders.size > 0) {
-        this.#pingsOut = 0; // held on purpose ("block" policy): its PONGs wait unread
+      if (this.#blockHolders.size > 0) {
+        // Held on purpose ("block" policy, bounded by maxBlockMs): its PONGs wait unread.
+        this.#pingsOut = 0;
         return;
       }
       if (++this.#pingsOut > MAX_PINGS_OUT) {
@@ -781,9 +945,4 @@ export class Session implements DeliveryTarget {
     }, this.#ctx.pingIntervalMs);
     (this.#pingTimer as { unref?: () => void }).unref?.();
   }
-}
-
-function msgHead(sid: number, pubTail: Uint8Array): Uint8Array {
-  const out = new Uint8Array(msgHeadMaxLength(pubTail));
-  return out.subarray(0, writeMsgHead(out, 0, sid, pubTail));
 }

@@ -37,8 +37,14 @@ export interface EndpointStats {
   futexWakes: number;
   /** Publishes and subscribes refused by permissions. */
   denied: number;
-  /** Messages not delivered to this endpoint because it did not keep up. */
+  /** Messages not delivered to this endpoint or not accepted from it (sum of `drops`). */
   dropped: number;
+  /**
+   * `dropped` by reason: `slow_consumer` (it did not keep up), `too_large` (larger than its
+   * ring), `block_timeout` (its "block" subscription held publishers past `maxBlockMs`),
+   * `flood` (its own publishes beyond `maxMsgsPerSecond`).
+   */
+  drops: Record<string, number>;
   /** Times this endpoint's input was paused for a "block" subscriber that fell behind. */
   blocked: number;
   /** Errors sent to this endpoint, by code. */
@@ -47,6 +53,20 @@ export interface EndpointStats {
   closed: Record<string, number>;
   /** Live subscriptions. */
   subscriptions: number;
+}
+
+/** Reasons in {@link EndpointStats.drops}. */
+export const DropReason = {
+  SlowConsumer: "slow_consumer",
+  TooLarge: "too_large",
+  BlockTimeout: "block_timeout",
+  Flood: "flood",
+} as const;
+
+/** Count one drop (or `n`) for `reason`. */
+export function countDrop(stats: EndpointStats, reason: string, n = 1): void {
+  stats.dropped += n;
+  stats.drops[reason] = (stats.drops[reason] ?? 0) + n;
 }
 
 /** Fresh counters for an endpoint. */
@@ -65,6 +85,7 @@ export function newEndpointStats(name: string): EndpointStats {
     futexWakes: 0,
     denied: 0,
     dropped: 0,
+    drops: {},
     blocked: 0,
     errors: {},
     closed: {},

@@ -136,10 +136,23 @@ export function encodeFrame(
  * parseFrameAt(f, 0, f.length, 1024).op; // Op.Ping
  * ```
  */
-export function parseFrameAt(bytes: Uint8Array, offset: number, length: number, maxFrameBytes: number): Frame {
-  if (length < FrameHeader.LENGTH) throw new VbusError(ErrorCode.BadFrame, `record of ${length} bytes is shorter than a frame header`);
+export function parseFrameAt(
+  bytes: Uint8Array,
+  offset: number,
+  length: number,
+  maxFrameBytes: number,
+): Frame {
+  if (length < FrameHeader.LENGTH) {
+    throw new VbusError(
+      ErrorCode.BadFrame,
+      `record of ${length} bytes is shorter than a frame header`,
+    );
+  }
   if (length > maxFrameBytes) {
-    throw new VbusError(ErrorCode.FrameTooLarge, `frame of ${length} bytes exceeds the limit of ${maxFrameBytes}`);
+    throw new VbusError(
+      ErrorCode.FrameTooLarge,
+      `frame of ${length} bytes exceeds the limit of ${maxFrameBytes}`,
+    );
   }
   const m0 = bytes[offset];
   const m1 = bytes[offset + 1];
@@ -147,15 +160,27 @@ export function parseFrameAt(bytes: Uint8Array, offset: number, length: number, 
   const flags = bytes[offset + FrameHeader.FLAGS_OFFSET];
   const headLength = readU32(bytes, offset + FrameHeader.HEAD_LENGTH_OFFSET);
   const payloadLength = readU32(bytes, offset + FrameHeader.PAYLOAD_LENGTH_OFFSET);
-  if (m0 !== FrameHeader.MAGIC_0 || m1 !== FrameHeader.MAGIC_1) throw new VbusError(ErrorCode.BadFrame, "bad frame magic in ring record");
+  if (m0 !== FrameHeader.MAGIC_0 || m1 !== FrameHeader.MAGIC_1) {
+    throw new VbusError(ErrorCode.BadFrame, "bad frame magic in ring record");
+  }
   if (!isOp(op)) throw new VbusError(ErrorCode.BadFrame, `unknown op ${op} in ring record`);
   const pad = flags & FrameHeader.FLAGS_PAD_MASK;
   if (FrameHeader.LENGTH + headLength + pad + payloadLength !== length) {
-    throw new VbusError(ErrorCode.BadFrame, `frame lengths (head ${headLength}, pad ${pad}, payload ${payloadLength}) do not fill the ${length}-byte record`);
+    throw new VbusError(
+      ErrorCode.BadFrame,
+      `frame lengths (head ${headLength}, pad ${pad}, payload ${payloadLength}) do not fill the ${length}-byte record`,
+    );
   }
   const headStart = offset + FrameHeader.LENGTH;
   const payloadStart = headStart + headLength + pad;
-  return new RingFrame(op, flags, bytes, headStart, headStart + headLength, bytes.subarray(payloadStart, payloadStart + payloadLength));
+  return new RingFrame(
+    op,
+    flags,
+    bytes,
+    headStart,
+    headStart + headLength,
+    bytes.subarray(payloadStart, payloadStart + payloadLength),
+  );
 }
 
 /** A shared empty payload. */
@@ -173,8 +198,17 @@ function readU32(b: Uint8Array, o: number): number {
 }
 
 /**
+ * What {@link FrameDecoder.push} calls per frame. Returning `false` stops decoding after this
+ * frame: the rest stays buffered until {@link FrameDecoder.pump} (a broker bounds the work one
+ * session does per turn this way).
+ */
+export type FrameHandler = (frame: Frame) => unknown;
+
+/**
  * Cuts a byte stream into frames. Chunks are kept by reference (no copy) unless a frame spans
- * chunks, so callers must hand over chunks they will not reuse.
+ * chunks, so callers must hand over chunks they will not reuse. A large frame is assembled in a
+ * buffer that grows with the bytes that actually arrived, so a peer announcing a huge frame
+ * pins only what it sent.
  *
  * Errors are thrown as {@link VbusError} with code `BAD_FRAME` or `FRAME_TOO_LARGE`; after an
  * error the decoder is poisoned until {@link FrameDecoder.reset} or {@link FrameDecoder.resync}.
@@ -184,13 +218,14 @@ export class FrameDecoder {
   #maxFrame: number;
   #maxHead: number;
   #assembly: Uint8Array | undefined;
+  #assemblyTotal = 0;
   #filled = 0;
 
   /**
    * @param maxFrameBytes largest whole frame accepted
    * @param maxHeadBytes largest head accepted (defaults to 64 KiB, far above any valid head)
    */
-  constructor(maxFrameBytes: number, maxHeadBytes = 64 * 1024) {
+  constructor(maxFrameBytes: number, maxHeadBytes: number = MAX_HEAD_BYTES) {
     this.#maxFrame = maxFrameBytes;
     this.#maxHead = Math.min(maxHeadBytes, maxFrameBytes);
   }
@@ -218,7 +253,9 @@ export class FrameDecoder {
   resync(): number {
     const b = this.#buf;
     for (let i = 1; i < b.length; i++) {
-      if (b[i] === FrameHeader.MAGIC_0 && (i + 1 === b.length || b[i + 1] === FrameHeader.MAGIC_1)) {
+      if (
+        b[i] === FrameHeader.MAGIC_0 && (i + 1 === b.length || b[i + 1] === FrameHeader.MAGIC_1)
+      ) {
         this.#buf = b.subarray(i);
         return i;
       }
@@ -227,20 +264,33 @@ export class FrameDecoder {
     return b.length;
   }
 
-  /** Feed a chunk; `onFrame` is called for every whole frame, in order. */
-  push(chunk: Uint8Array, onFrame: (frame: Frame) => void): void {
+  /**
+   * Feed a chunk; `onFrame` is called for every whole frame, in order. Returns false when the
+   * handler stopped early (whole frames may then be left buffered: call {@link pump}).
+   */
+  push(chunk: Uint8Array, onFrame: FrameHandler): boolean {
     if (this.#assembly) {
-      // A large frame is being assembled: copy straight into its final buffer, once.
-      const a = this.#assembly;
-      const n = Math.min(a.length - this.#filled, chunk.length);
+      // A large frame is being assembled: copy into its buffer, grown as bytes arrive.
+      const total = this.#assemblyTotal;
+      const n = Math.min(total - this.#filled, chunk.length);
+      let a = this.#assembly;
+      if (this.#filled + n > a.length) {
+        const grown = new Uint8Array(Math.min(total, Math.max(a.length * 2, this.#filled + n)));
+        grown.set(a.subarray(0, this.#filled));
+        a = this.#assembly = grown;
+      }
       a.set(chunk.subarray(0, n), this.#filled);
       this.#filled += n;
-      if (this.#filled < a.length) return;
+      if (this.#filled < total) return true;
       this.#assembly = undefined;
       this.#buf = EMPTY;
-      this.#emitAll(a, onFrame);
-      if (n === chunk.length) return;
-      chunk = chunk.subarray(n);
+      const rest = chunk.subarray(n);
+      if (!this.#emitAll(a, onFrame)) {
+        this.#buf = rest;
+        return false;
+      }
+      if (rest.length === 0) return true;
+      chunk = rest;
     }
     let b: Uint8Array;
     if (this.#buf.length === 0) {
@@ -250,10 +300,16 @@ export class FrameDecoder {
       b.set(this.#buf, 0);
       b.set(chunk, this.#buf.length);
     }
-    this.#emitAll(b, onFrame);
+    return this.#emitAll(b, onFrame);
   }
 
-  #emitAll(b: Uint8Array, onFrame: (frame: Frame) => void): void {
+  /** Decode whole frames left buffered by a handler that stopped early. Same return as push. */
+  pump(onFrame: FrameHandler): boolean {
+    if (this.#assembly || this.#buf.length === 0) return true;
+    return this.#emitAll(this.#buf, onFrame);
+  }
+
+  #emitAll(b: Uint8Array, onFrame: FrameHandler): boolean {
     let pos = 0;
     try {
       while (b.length - pos >= FrameHeader.LENGTH) {
@@ -276,9 +332,10 @@ export class FrameDecoder {
         const available = b.length - pos;
         if (available < total) {
           if (total >= ASSEMBLY_THRESHOLD) {
-            const a = new Uint8Array(total);
+            const a = new Uint8Array(Math.min(total, Math.max(available * 2, ASSEMBLY_THRESHOLD)));
             a.set(b.subarray(pos), 0);
             this.#assembly = a;
+            this.#assemblyTotal = total;
             this.#filled = available;
             pos = b.length;
           }
@@ -296,13 +353,17 @@ export class FrameDecoder {
           headEnd: headStart + headLength,
         };
         pos += total;
-        onFrame(frame);
+        if (onFrame(frame) === false) return false;
       }
+      return true;
     } finally {
       this.#buf = pos === b.length ? EMPTY : b.subarray(pos);
     }
   }
 }
+
+/** Largest frame head either side accepts: far above any valid head (subjects, headers). */
+export const MAX_HEAD_BYTES = 64 * 1024;
 
 /** Frames at least this large are assembled in their own buffer instead of re-concatenated. */
 const ASSEMBLY_THRESHOLD = 16 * 1024;

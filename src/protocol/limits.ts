@@ -26,6 +26,23 @@ export interface Limits {
   maxMsgsPerSecond: number;
   /** Protocol errors a session may cause before the broker closes it. */
   maxErrors: number;
+  /** Most tokens in one subject or subscription pattern (bounds the cost of matching it). */
+  maxSubjectTokens: number;
+  /**
+   * Tokens of all live subscriptions of one session together. A publish to a new subject walks
+   * at most this many index nodes per session, so one VM cannot make matching slow for all.
+   */
+  maxSubscriptionTokens: number;
+  /**
+   * How long (ms) a "block" subscriber that stopped reading may hold its publishers. After that
+   * it is treated as a slow consumer: its backlog beyond `maxPendingBytes` is dropped, counted
+   * and reported, and the publishers run again.
+   */
+  maxBlockMs: number;
+  /** A connection that has not sent HELLO within this many ms is closed. */
+  helloTimeoutMs: number;
+  /** Most host-local client connections at once; further ones are refused with an ERR. */
+  maxHostConnections: number;
 }
 
 /** Defaults: generous enough for 1 MiB values, small enough to bound a hostile guest. */
@@ -37,4 +54,9 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxPendingBytes: 64 * 1024 * 1024,
   maxMsgsPerSecond: 5_000_000,
   maxErrors: 100,
+  maxSubjectTokens: 32,
+  maxSubscriptionTokens: 16_384,
+  maxBlockMs: 2_000,
+  helloTimeoutMs: 5_000,
+  maxHostConnections: 64,
 });

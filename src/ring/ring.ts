@@ -32,8 +32,8 @@ import {
   maxBodyLength,
   RECORD,
   recordLength,
-  type RingControlOffsets,
   RecordType,
+  type RingControlOffsets,
 } from "./layout.ts";
 
 /** Where one ring lives inside a region (byte offsets into the region's Uint8Array). */
@@ -85,7 +85,8 @@ export class RingCorruptError extends Error {
 /**
  * Called once per DATA or CONTROL record. `bytes` is the whole region; the body is
  * `bytes[offset, offset + length)`. The view is only valid until the handler returns (the
- * producer may overwrite the slot afterwards): copy what you keep.
+ * producer may overwrite the slot afterwards): copy what you keep. Returning `false` ends
+ * the poll after this record.
  */
 export type RecordHandler = (
   bytes: Uint8Array,
@@ -93,7 +94,7 @@ export type RecordHandler = (
   length: number,
   type: number,
   flags: number,
-) => void;
+) => unknown;
 
 const ALIGN_MASK = RECORD.ALIGNMENT - 1;
 
@@ -371,23 +372,26 @@ export class RingConsumer extends RingBase {
   }
 
   /**
-   * Deliver up to `limit` DATA/CONTROL records to `handler`, in order, then publish the new
-   * consumer position (also when the handler throws: the record that threw counts as
-   * consumed). Returns the number of records delivered. PADDING is skipped silently.
+   * Deliver up to `limit` DATA/CONTROL records (and, once at least one was delivered, stop
+   * after `maxBytes` of ring space, or when the handler returns `false`) to `handler`, in order. The consumer position is published
+   * after each record the handler returned from (and after one that threw: it counts as
+   * consumed), so a producer that outlives a crashed consumer knows exactly which records were
+   * never handled. Returns the number of records delivered. PADDING is skipped silently.
    * Throws {@link RingCorruptError} on any protocol violation; records before the bad one are
    * delivered and consumed.
    */
-  poll(handler: RecordHandler, limit = Infinity): number {
+  poll(handler: RecordHandler, limit = Infinity, maxBytes = Infinity): number {
     const tail = this.loadProducerPosition();
     const avail = this.checkTail(tail);
     if (avail === 0) return 0;
     const bytes = this.bytes, u32 = this.u32, u16 = this.u16;
     const cap = this.capacity, mask = this.mask, base = this.dataOffset;
     const maxBody = this.maxBodyLength;
+    const i32 = this.i32, consumerIdx = this.consumerIdx;
     let consumed = 0;
     let delivered = 0;
     try {
-      while (consumed < avail && delivered < limit) {
+      while (consumed < avail && delivered < limit && (delivered === 0 || consumed < maxBytes)) {
         const pos = (this.head + consumed) >>> 0;
         const index = pos & mask;
         const at = base + index;
@@ -408,11 +412,19 @@ export class RingConsumer extends RingBase {
           );
         }
         if (size > toEnd) {
-          throw new RingCorruptError("record-past-ring-end", pos, `record of ${size} bytes, ${toEnd} to end`);
+          throw new RingCorruptError(
+            "record-past-ring-end",
+            pos,
+            `record of ${size} bytes, ${toEnd} to end`,
+          );
         }
         if (type === RecordType.PADDING) {
           if (size !== toEnd) {
-            throw new RingCorruptError("padding-not-at-end", pos, `padding of ${size}, ${toEnd} to end`);
+            throw new RingCorruptError(
+              "padding-not-at-end",
+              pos,
+              `padding of ${size}, ${toEnd} to end`,
+            );
           }
           consumed += size;
           continue;
@@ -422,12 +434,19 @@ export class RingConsumer extends RingBase {
         }
         consumed += size;
         delivered++;
-        handler(bytes, at + RECORD.HEADER_SIZE, length, type, flags);
+        let more: unknown;
+        try {
+          more = handler(bytes, at + RECORD.HEADER_SIZE, length, type, flags);
+        } finally {
+          // Our own cache line: the producer reads it only when it thinks the ring is full.
+          Atomics.store(i32, consumerIdx, (this.head + consumed) | 0);
+        }
+        if (more === false) break;
       }
     } finally {
       if (consumed > 0) {
         this.head = (this.head + consumed) >>> 0;
-        Atomics.store(this.i32, this.consumerIdx, this.head | 0);
+        Atomics.store(i32, consumerIdx, this.head | 0);
       }
     }
     return delivered;

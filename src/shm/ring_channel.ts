@@ -31,12 +31,23 @@
 import { Buffer } from "node:buffer";
 import process from "node:process";
 import { Packr, REUSE_BUFFER_MODE } from "msgpackr";
-import { MSGPACK_OPTIONS, msgHeadMaxLength, writeBinHeader, writeMsgHead } from "../protocol/codec.ts";
-import { EMPTY, type Frame, FrameHeader, parseFrameAt, writeFrameHeader } from "../protocol/frame.ts";
+import {
+  msgHeadMaxLength,
+  MSGPACK_OPTIONS,
+  writeBinHeader,
+  writeMsgHead,
+} from "../protocol/codec.ts";
+import {
+  EMPTY,
+  type Frame,
+  FrameHeader,
+  parseFrameAt,
+  writeFrameHeader,
+} from "../protocol/frame.ts";
 import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { type Region } from "../ring/region.ts";
-import { RingConsumer, RingProducer } from "../ring/ring.ts";
+import { RingConsumer, RingCorruptError, RingProducer } from "../ring/ring.ts";
 import { Doorbell, Parker, type SleepFn } from "../ring/doorbell.ts";
 import { RingId } from "../ring/layout.ts";
 import { yieldToEventLoop } from "../util/event_loop.ts";
@@ -54,7 +65,9 @@ const DEFAULT_SPIN_MS = spinFromEnv() ?? 0.2;
 function spinFromEnv(): number | undefined {
   try {
     const v = Number(process.env.VBUS_RING_SPIN_MS);
-    return Number.isFinite(v) && v >= 0 && process.env.VBUS_RING_SPIN_MS !== undefined ? v : undefined;
+    return Number.isFinite(v) && v >= 0 && process.env.VBUS_RING_SPIN_MS !== undefined
+      ? v
+      : undefined;
   } catch {
     return undefined;
   }
@@ -62,6 +75,8 @@ function spinFromEnv(): number | undefined {
 
 /** Records consumed per batch before yielding to the event loop. */
 const BATCH_RECORDS = 1024;
+/** Ring bytes consumed per batch before yielding (so one session's turn stays short). */
+const BATCH_BYTES = 1024 * 1024;
 /** Headroom msgpackr needs after its position to encode in place (else it uses its own buffer). */
 const MSGPACK_HEADROOM = 2048 + 64;
 /** Where msgpackr writes when not encoding into a ring (see codec.ts). */
@@ -73,8 +88,14 @@ const PARK_SLICE_MS = 50;
 export interface RingChannelOptions {
   /** Send a DOORBELL frame on the port: `ring` is a {@link RingId}, `kind` a {@link DoorbellKind}. */
   ringDoorbell(ring: number, kind: number): void;
-  /** Called for each frame read from the receive ring; views are valid until it returns. */
-  onFrame(frame: Frame): void;
+  /**
+   * Called for each frame read from the receive ring; views are valid until it returns.
+   * Returning `false` ends the current batch after this frame (the loop yields to the event
+   * loop and goes on later): the owner's way to bound the work of one turn.
+   */
+  onFrame(frame: Frame): unknown;
+  /** Called after each batch the receive loop consumed (e.g. to act on what waited for it). */
+  onBatch?(): void;
   /** The peer broke the ring (or a frame in it): the session must be reset. */
   onCorrupt(err: Error): void;
   /** Largest frame accepted from the ring. */
@@ -138,6 +159,8 @@ export class RingChannel {
   #bytes: Uint8Array;
   #producer: RingProducer;
   #consumer: RingConsumer;
+  #consumerWords: Int32Array;
+  #rxProducerIdx: number;
   #dataBell: Doorbell;
   #spaceBell: Doorbell;
   #dataParker: Parker;
@@ -150,7 +173,7 @@ export class RingChannel {
   // Set by stop(): the mapping may be unmapped right after, so nothing may touch it again.
   #stopped = false;
   #wakers: { data: Waker[]; space: Waker[] } = { data: [], space: [] };
-  #handler: (bytes: Uint8Array, offset: number, length: number) => void;
+  #handler: (bytes: Uint8Array, offset: number, length: number) => unknown;
 
   constructor(region: Region, opts: RingChannelOptions) {
     this.region = region;
@@ -160,6 +183,8 @@ export class RingChannel {
     this.#rxId = region.side === "guest" ? RingId.INBOUND : RingId.OUTBOUND;
     this.#producer = new RingProducer(bytes, region.tx);
     this.#consumer = new RingConsumer(bytes, region.rx, { maxBodyLength: opts.maxFrameBytes });
+    this.#consumerWords = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
+    this.#rxProducerIdx = region.rx.control.PRODUCER_POSITION >> 2;
     const futex = opts.futex;
     const ring = (id: number, kind: number) =>
       futex?.peerSleeps
@@ -172,8 +197,18 @@ export class RingChannel {
           this.stats.doorbellsRung++;
           opts.ringDoorbell(id, kind);
         };
-    this.#dataBell = new Doorbell(bytes, region.tx, ring(this.#txId, DoorbellKind.Data), "consumer");
-    this.#spaceBell = new Doorbell(bytes, region.rx, ring(this.#rxId, DoorbellKind.Space), "producer");
+    this.#dataBell = new Doorbell(
+      bytes,
+      region.tx,
+      ring(this.#txId, DoorbellKind.Data),
+      "consumer",
+    );
+    this.#spaceBell = new Doorbell(
+      bytes,
+      region.rx,
+      ring(this.#rxId, DoorbellKind.Space),
+      "producer",
+    );
     this.#dataParker = new Parker(bytes, region.rx, futex?.sleep?.data ?? this.#sleep("data"), {
       sliceMs: PARK_SLICE_MS,
     });
@@ -183,8 +218,13 @@ export class RingChannel {
     });
     this.#handler = (b, offset, length) => {
       this.stats.framesIn++;
-      opts.onFrame(parseFrameAt(b, offset, length, opts.maxFrameBytes));
+      return opts.onFrame(parseFrameAt(b, offset, length, opts.maxFrameBytes));
     };
+  }
+
+  /** True once {@link stop} ran (or the ring failed): nothing touches the region any more. */
+  get stopped(): boolean {
+    return this.#stopped;
   }
 
   /** Largest frame that fits in the transmit ring. */
@@ -225,7 +265,7 @@ export class RingChannel {
     try {
       return await work;
     } finally {
-      if (--this.#active === 0) for (const w of this.#idleWaiters.splice(0)) w();
+      if (--this.#active === 0) { for (const w of this.#idleWaiters.splice(0)) w(); }
     }
   }
 
@@ -248,6 +288,24 @@ export class RingChannel {
   onDoorbell(ring: number, kind: number): void {
     if (kind === DoorbellKind.Data && ring === this.#rxId) this.#wakeAll("data");
     else if (kind === DoorbellKind.Space && ring === this.#txId) this.#wakeAll("space");
+  }
+
+  /**
+   * The peer's producer position in the receive ring right now (unvalidated: only compared
+   * with {@link hasConsumed}, which the consumer's own validation makes safe).
+   */
+  peerPosition(): number {
+    return Atomics.load(this.#consumerWords, this.#rxProducerIdx) >>> 0;
+  }
+
+  /** Has the receive loop consumed everything up to `position` (or stopped for good)? */
+  hasConsumed(position: number): boolean {
+    return this.#stopped || ((this.#consumer.position - position) | 0) >= 0;
+  }
+
+  /** Make a parked receive loop look at the ring now (as a DOORBELL frame would). */
+  kick(): void {
+    this.#wakeAll("data");
   }
 
   /**
@@ -275,11 +333,8 @@ export class RingChannel {
     if (this.#stopped) return false;
     const length = FrameHeader.LENGTH + head.length + payload.length;
     if (length > this.#producer.maxBodyLength) return false;
-    const at = this.#producer.tryClaim(length);
-    if (at < 0) {
-      this.stats.fullCount++;
-      return false;
-    }
+    const at = this.#claim(length);
+    if (at < 0) return false;
     const b = this.#bytes;
     writeFrameHeader(b, at, op, 0, head.length, payload.length);
     b.set(head, at + FrameHeader.LENGTH);
@@ -292,10 +347,10 @@ export class RingChannel {
   /** Copy an already-encoded frame into the transmit ring. False when there is no room now. */
   tryWriteEncoded(frame: Uint8Array): boolean {
     if (this.#stopped || frame.length > this.#producer.maxBodyLength) return false;
-    if (!this.#producer.tryWrite(frame)) {
-      this.stats.fullCount++;
-      return false;
-    }
+    const at = this.#claim(frame.length);
+    if (at < 0) return false;
+    this.#bytes.set(frame, at);
+    this.#producer.commit(frame.length);
     this.#committed();
     return true;
   }
@@ -308,11 +363,8 @@ export class RingChannel {
     if (this.#stopped) return false;
     const max = FrameHeader.LENGTH + msgHeadMaxLength(pubTail) + payload.length;
     if (max > this.#producer.maxBodyLength) return false;
-    const at = this.#producer.tryClaim(max);
-    if (at < 0) {
-      this.stats.fullCount++;
-      return false;
-    }
+    const at = this.#claim(max);
+    if (at < 0) return false;
     const b = this.#bytes;
     const headLength = writeMsgHead(b, at + FrameHeader.LENGTH, sid, pubTail);
     writeFrameHeader(b, at, Op.Msg, 0, headLength, payload.length);
@@ -332,11 +384,8 @@ export class RingChannel {
     const max = this.#producer.maxBodyLength;
     const claim = this.claimSize(head, value);
     if (value instanceof Uint8Array && claim > max) return "too-large";
-    const at = this.#producer.tryClaim(claim);
-    if (at < 0) {
-      this.stats.fullCount++;
-      return "full";
-    }
+    const at = this.#claim(claim);
+    if (at < 0) return "full";
     const b = this.#bytes;
     const payloadAt = at + FrameHeader.LENGTH + head.length;
     b.set(head, at + FrameHeader.LENGTH);
@@ -358,7 +407,10 @@ export class RingChannel {
     try {
       packr.useBuffer(slot);
       packr.position = 0;
-      out = packr.pack(value, REUSE_BUFFER_MODE) as unknown as Uint8Array & { start: number; end: number };
+      out = packr.pack(value, REUSE_BUFFER_MODE) as unknown as Uint8Array & {
+        start: number;
+        end: number;
+      };
     } catch (err) {
       this.#producer.abort();
       throw new VbusError(ErrorCode.Codec, `cannot encode value: ${(err as Error).message}`);
@@ -397,9 +449,39 @@ export class RingChannel {
 
   async #waitForSpace(length: number): Promise<void> {
     const need = Math.min(length, this.#producer.maxBodyLength);
-    while (!this.#stopped && !this.#producer.canClaim(need)) {
+    while (!this.#stopped && !this.#canClaim(need)) {
       this.stats.spaceWaits++;
-      await this.#spaceParker.waitForData(() => this.#stopped || this.#producer.canClaim(need), PARK_SLICE_MS);
+      await this.#spaceParker.waitForData(
+        () => this.#stopped || this.#canClaim(need),
+        PARK_SLICE_MS,
+      );
+    }
+  }
+
+  /**
+   * Claim transmit ring space, or -1 when full. The consumer position the claim reads was
+   * written by the peer: a bogus one is the peer's ring violation (its session is reset),
+   * never an exception in whoever happened to be writing to it (e.g. another VM's publish).
+   */
+  #claim(length: number): number {
+    try {
+      const at = this.#producer.tryClaim(length);
+      if (at < 0) this.stats.fullCount++;
+      return at;
+    } catch (err) {
+      if (!(err instanceof RingCorruptError)) throw err;
+      this.#fail(err);
+      return -1;
+    }
+  }
+
+  #canClaim(length: number): boolean {
+    try {
+      return this.#producer.canClaim(length);
+    } catch (err) {
+      if (!(err instanceof RingCorruptError)) throw err;
+      this.#fail(err);
+      return false;
     }
   }
 
@@ -424,8 +506,9 @@ export class RingChannel {
       }
       let n: number;
       try {
-        n = this.#consumer.poll(this.#handler, BATCH_RECORDS);
+        n = this.#consumer.poll(this.#handler, BATCH_RECORDS, BATCH_BYTES);
         if (n > 0) this.#spaceBell.notify();
+        this.#opts.onBatch?.();
         if (RingChannel.#sleeping.size > 0) RingChannel.#wakeRungEverywhere();
       } catch (err) {
         this.#fail(err as Error);
@@ -443,13 +526,21 @@ export class RingChannel {
         continue;
       }
       this.stats.parks++;
-      await this.#dataParker.waitForData(() => this.#stopped || this.#consumer.hasData(), PARK_SLICE_MS);
+      await this.#dataParker.waitForData(
+        () => this.#stopped || this.#consumer.hasData(),
+        PARK_SLICE_MS,
+      );
       idleSince = 0;
     }
   }
 
   #sleep(which: "data" | "space") {
-    return (word: Int32Array, index: number, expected: number, timeoutMs: number): Promise<void> => {
+    return (
+      word: Int32Array,
+      index: number,
+      expected: number,
+      timeoutMs: number,
+    ): Promise<void> => {
       if (this.#stopped || Atomics.load(word, index) !== expected) return Promise.resolve();
       return new Promise<void>((resolve) => {
         const waker: Waker = {
@@ -486,7 +577,9 @@ export class RingChannel {
     for (const ch of RingChannel.#sleeping) {
       ch.#wakeRung("data");
       ch.#wakeRung("space");
-      if (ch.#wakers.data.length === 0 && ch.#wakers.space.length === 0) RingChannel.#sleeping.delete(ch);
+      if (ch.#wakers.data.length === 0 && ch.#wakers.space.length === 0) {
+        RingChannel.#sleeping.delete(ch);
+      }
     }
   }
 
@@ -511,7 +604,9 @@ export class RingChannel {
     }
     const list = this.#wakers[which];
     this.#wakers[which] = [];
-    if (this.#wakers.data.length === 0 && this.#wakers.space.length === 0) RingChannel.#sleeping.delete(this);
+    if (this.#wakers.data.length === 0 && this.#wakers.space.length === 0) {
+      RingChannel.#sleeping.delete(this);
+    }
     for (const w of list) w.done();
   }
 

@@ -31,13 +31,20 @@ export function utf8Length(s: string): number {
   return s.length;
 }
 
-function checkTokens(s: string, maxBytes: number, allowWildcards: boolean): string | undefined {
+function checkTokens(
+  s: string,
+  maxBytes: number,
+  allowWildcards: boolean,
+  maxTokens: number,
+): string | undefined {
   if (s.length === 0) return "subject is empty";
   if (utf8Length(s) > maxBytes) return `subject is longer than ${maxBytes} bytes`;
   let tokenStart = 0;
+  let tokens = 0;
   for (let i = 0; i <= s.length; i++) {
     const c = i < s.length ? s.charCodeAt(i) : 0x2e;
     if (c === 0x2e /* . */) {
+      if (++tokens > maxTokens) return `subject has more than ${maxTokens} tokens`;
       const len = i - tokenStart;
       if (len === 0) return "subject has an empty token";
       if (len === 1) {
@@ -70,8 +77,12 @@ function checkTokens(s: string, maxBytes: number, allowWildcards: boolean): stri
  * validateSubject("a.*"); // "wildcards are not allowed in a published subject"
  * ```
  */
-export function validateSubject(subject: string, maxBytes = 256): string | undefined {
-  return checkTokens(subject, maxBytes, false);
+export function validateSubject(
+  subject: string,
+  maxBytes = 256,
+  maxTokens = Infinity,
+): string | undefined {
+  return checkTokens(subject, maxBytes, false, maxTokens);
 }
 
 /**
@@ -83,8 +94,26 @@ export function validateSubject(subject: string, maxBytes = 256): string | undef
  * validatePattern("a.>.c"); // "'>' is only allowed as the last token"
  * ```
  */
-export function validatePattern(pattern: string, maxBytes = 256): string | undefined {
-  return checkTokens(pattern, maxBytes, true);
+export function validatePattern(
+  pattern: string,
+  maxBytes = 256,
+  maxTokens = Infinity,
+): string | undefined {
+  return checkTokens(pattern, maxBytes, true, maxTokens);
+}
+
+/**
+ * Number of tokens in a subject or pattern: what it costs in the subscription index.
+ *
+ * @example
+ * ```ts
+ * countTokens("a.*.c"); // 3
+ * ```
+ */
+export function countTokens(subject: string): number {
+  let n = 1;
+  for (let i = 0; i < subject.length; i++) if (subject.charCodeAt(i) === 0x2e) n++;
+  return n;
 }
 
 /**

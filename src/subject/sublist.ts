@@ -1,6 +1,11 @@
 /**
  * A subscription index: a token trie from patterns to subscriptions, with a bounded cache of
  * match results so that a steady stream on a few subjects costs one map lookup per message.
+ * The cache is bounded by the references it holds (the sum of its results' lengths), not only
+ * by its number of subjects: with thousands of subscriptions to `>`, each cached subject holds
+ * thousands of references. An uncached match walks at most one node per token of the indexed
+ * patterns; {@link Sublist.lastMatchCost} tells a caller how many it walked, so it can charge
+ * the work to whoever caused it.
  *
  * @example
  * ```ts
@@ -27,12 +32,16 @@ function newNode<S>(): Node<S> {
 
 /** Number of distinct subjects whose match results are cached. */
 export const SUBLIST_CACHE_SIZE = 4096;
+/** Subscription references all cached results may hold together (8 bytes each). */
+export const SUBLIST_CACHE_REFS = 256 * 1024;
 
 /** Index of subscriptions by subject pattern. */
 export class Sublist<S> {
   #root: Node<S> = newNode();
   #cache = new Map<string, S[]>();
+  #cachedRefs = 0;
   #count = 0;
+  #lastCost = 0;
 
   /** Number of entries in the index. */
   get size(): number {
@@ -89,39 +98,64 @@ export class Sublist<S> {
       else parent.children.delete(t);
     }
     this.#count--;
-    this.#cache.clear();
+    this.#clearCache();
     return true;
+  }
+
+  /** Trie nodes the last {@link match} walked (0 when it was answered from the cache). */
+  get lastMatchCost(): number {
+    return this.#lastCost;
   }
 
   /** All subscriptions whose pattern matches the literal `subject`. Do not mutate the result. */
   match(subject: string): readonly S[] {
     const cached = this.#cache.get(subject);
-    if (cached) return cached;
-    const out: S[] = [];
-    collect(this.#root, subject.split(TOKEN_SEPARATOR), 0, out);
-    if (this.#cache.size >= SUBLIST_CACHE_SIZE) {
-      // Evict the oldest entry (Map keeps insertion order).
-      this.#cache.delete(this.#cache.keys().next().value as string);
+    if (cached) {
+      this.#lastCost = 0;
+      return cached;
     }
-    this.#cache.set(subject, out);
+    const out: S[] = [];
+    this.#lastCost = collect(this.#root, subject.split(TOKEN_SEPARATOR), 0, out);
+    // A result larger than a slice of the budget is not cached: it would evict everything.
+    if (out.length > SUBLIST_CACHE_REFS / 8) return out;
+    const cache = this.#cache;
+    while (
+      cache.size > 0 &&
+      (cache.size >= SUBLIST_CACHE_SIZE || this.#cachedRefs + out.length > SUBLIST_CACHE_REFS)
+    ) {
+      // Evict the oldest entry (Map keeps insertion order).
+      const oldest = cache.keys().next().value as string;
+      this.#cachedRefs -= cache.get(oldest)!.length;
+      cache.delete(oldest);
+    }
+    cache.set(subject, out);
+    this.#cachedRefs += out.length;
     return out;
   }
 
   #changed() {
     this.#count++;
+    this.#clearCache();
+  }
+
+  #clearCache() {
     this.#cache.clear();
+    this.#cachedRefs = 0;
   }
 }
 
-function collect<S>(node: Node<S>, tokens: string[], i: number, out: S[]) {
+/** Collect matches of `tokens[i..]` under `node` into `out`; returns the nodes walked. */
+function collect<S>(node: Node<S>, tokens: string[], i: number, out: S[]): number {
   for (const s of node.rest) out.push(s); // `>` here matches tokens[i..] when non-empty
   if (i === tokens.length) {
     // `>` needs at least one more token: undo what was pushed for an empty remainder.
     out.length -= node.rest.size;
     for (const s of node.exact) out.push(s);
-    return;
+    return 1;
   }
+  let walked = 1;
   const next = node.children.get(tokens[i]);
-  if (next) collect(next, tokens, i + 1, out);
-  if (node.one) collect(node.one, tokens, i + 1, out);
+  if (next) walked += collect(next, tokens, i + 1, out);
+  if (node.one) walked += collect(node.one, tokens, i + 1, out);
+  return walked;
 }

@@ -1,0 +1,384 @@
+/**
+ * The data plane towards one peer: every MSG the router hands a session goes through its
+ * outbox, into the peer's inbound ring (shared memory) or onto its port. The outbox owns what a
+ * peer that falls behind costs the broker, and bounds it:
+ *
+ * - a full ring's backlog is a {@link FrameQueue} whose memory is what it counts; beyond
+ *   `maxPendingBytes` (for a port: bytes queued on the socket) the oldest is dropped;
+ * - a "block" subscription holds the publishing session instead of dropping, but never itself
+ *   (a session publishing to its own block subscription), never past twice the bound, and never
+ *   longer than `maxBlockMs`: then it is a slow consumer like any other;
+ * - drops are counted by reason and reported to the peer once a second (ERR frames that do not
+ *   count against it: the drops are the broker's decision);
+ * - a reply grant (request/reply under restrictions) is given only for a message really handed
+ *   to the peer, not for one that was dropped.
+ *
+ * @example
+ * ```ts
+ * // Made by a Session for its port; the router reaches it through Session.deliver:
+ * // const outbox = new Outbox({ owner: session, port, writer, limits, stats, log, ... });
+ * // outbox.deliver(entry, "a.b", null, null, payload);
+ * ```
+ * @module
+ */
+import type { Port } from "../port/port.ts";
+import { FrameHeader } from "../protocol/frame.ts";
+import type { FrameWriter } from "../protocol/frame_writer.ts";
+import { encodeValue, msgHeadMaxLength, writeMsgHead } from "../protocol/codec.ts";
+import { decodeMsgHead } from "../protocol/heads.ts";
+import { ErrorCode } from "../protocol/errors.ts";
+import { type Headers, Op } from "../protocol/ops.ts";
+import type { Limits } from "../protocol/limits.ts";
+import type { RingChannel } from "../shm/ring_channel.ts";
+import { FrameQueue } from "../util/frame_queue.ts";
+import { yieldToEventLoop } from "../util/event_loop.ts";
+import type { Logger } from "../util/log.ts";
+import type { RouteEntry } from "./router.ts";
+import { countDrop, DropReason, type EndpointStats } from "./stats.ts";
+
+/** Backlog frames written to a ring between two yields to the event loop. */
+const FLUSH_BATCH = 1024;
+/** Shortest time between two drop reports to one peer. */
+const REPORT_INTERVAL_MS = 1000;
+
+/** A session whose input can be held (the "block" policy). */
+export interface Holdable {
+  /** Stop reading this session's input until every holder released it. */
+  holdFor(holder: object): void;
+  /** `holder` no longer needs this session held. */
+  releaseFor(holder: object): void;
+  /** Tell the session something went wrong with what it sent, without counting it as its error. */
+  notice(code: string, message: string, subject?: string): void;
+}
+
+/** What an {@link Outbox} needs from its session. */
+export interface OutboxOptions {
+  /** The session this outbox belongs to (it is never held by itself). */
+  owner: Holdable;
+  port: Port;
+  writer: FrameWriter;
+  limits: Limits;
+  stats: EndpointStats;
+  log: Logger;
+  /** The session being routed right now, if any: the one a "block" subscription holds. */
+  publisher(): Holdable | undefined;
+  /** Give the peer a one-time right to publish to `reply`, or undefined when unrestricted. */
+  replyGrant(): ((reply: string) => void) | undefined;
+  /** Session id for logs and messages. */
+  id(): string;
+  /** An unexpected failure while writing the backlog: the session must be closed. */
+  onFault(err: unknown): void;
+}
+
+/** See the module doc. */
+export class Outbox {
+  #o: OutboxOptions;
+  #ring?: RingChannel;
+  #backlog = new FrameQueue();
+  #flushing = false;
+  #held = new Set<Holdable>(); // publishers this outbox holds
+  #blockTimer?: ReturnType<typeof setTimeout>;
+  #blockExpired = false;
+  #awaitingDrain = false;
+  #unreported = new Map<string, number>(); // ERR code -> drops not yet reported
+  #reportedAt = 0;
+  #reportTimer?: ReturnType<typeof setTimeout>;
+  #closed = false;
+
+  constructor(opts: OutboxOptions) {
+    this.#o = opts;
+  }
+
+  /** Bytes of memory the ring backlog holds. */
+  get backlogBytes(): number {
+    return this.#backlog.memoryBytes;
+  }
+
+  /** Messages waiting in the ring backlog. */
+  get backlogLength(): number {
+    return this.#backlog.length;
+  }
+
+  /** Deliver through this ring from now on (a new session's fast path). */
+  attach(ring: RingChannel): void {
+    this.#ring = ring;
+  }
+
+  /** The ring is gone (session reset): drop its backlog and let held publishers go. */
+  detach(): void {
+    this.#ring = undefined;
+    this.#backlog.clear();
+    this.#releasePublishers();
+  }
+
+  /** The session ended: release everything, send nothing more. */
+  close(): void {
+    this.#closed = true;
+    this.detach();
+    if (this.#reportTimer) clearTimeout(this.#reportTimer);
+    this.#reportTimer = undefined;
+  }
+
+  /**
+   * Hand one MSG to the peer, or decide it must be dropped. `pubTail` is the publisher's PUB
+   * head after its array marker (the MSG head is spliced from it); `volatile` means the payload
+   * is a view into a guest's ring, valid only during this call. Returns false when dropped.
+   */
+  deliver(
+    entry: RouteEntry,
+    subject: string,
+    reply: string | null,
+    headers: Headers | null,
+    payload: Uint8Array,
+    volatile = false,
+    pubTail?: Uint8Array,
+  ): boolean {
+    const stats = this.#o.stats;
+    const ring = this.#ring;
+    if (ring) {
+      if (this.#backlog.length === 0) {
+        const written = pubTail
+          ? ring.tryWriteMsg(entry.sid, pubTail, payload)
+          : ring.tryWriteFrame(Op.Msg, plainMsgHead(entry.sid, subject, reply, headers), payload);
+        if (written) {
+          stats.ringMsgsOut++;
+          this.#handedOver(payload.length, reply);
+          return true;
+        }
+        if (ring.stopped) return false; // the peer broke its ring: its session is being reset
+      }
+      const head = pubTail
+        ? msgHead(entry.sid, pubTail)
+        : plainMsgHead(entry.sid, subject, reply, headers);
+      const size = FrameHeader.LENGTH + head.length + payload.length;
+      if (size > ring.maxFrameOut) {
+        this.#tooLarge(size, ring.maxFrameOut, subject);
+        return false;
+      }
+      return this.#enqueue(entry, head, payload);
+    }
+    const head = pubTail
+      ? msgHead(entry.sid, pubTail)
+      : plainMsgHead(entry.sid, subject, reply, headers);
+    const max = this.#o.limits.maxPendingBytes;
+    const pending = this.#o.port.pending + this.#o.writer.batched;
+    if (pending > max) {
+      const why = this.#whyNotHold(entry, pending);
+      if (why) {
+        this.#drop(why);
+        return false;
+      }
+      this.#holdPublisher();
+      this.#releaseOnDrain();
+    }
+    // A payload read in place from a guest's ring is only valid now: the writer must copy it.
+    this.#o.writer.frame(Op.Msg, head, payload, 0, volatile);
+    this.#handedOver(payload.length, reply);
+    return true;
+  }
+
+  /** Count a message as handed to the peer (and grant its reply subject). */
+  #handedOver(payloadLength: number, reply: string | null) {
+    const stats = this.#o.stats;
+    stats.msgsOut++;
+    stats.bytesOut += payloadLength;
+    if (reply !== null) this.#o.replyGrant()?.(reply);
+  }
+
+  /**
+   * Why a message beyond the bound cannot hold its publisher (a drop reason), or undefined
+   * when it may: only a "block" subscription, within its time and twice the byte bound, and
+   * only another session's publish.
+   */
+  #whyNotHold(entry: RouteEntry, queued: number): string | undefined {
+    if (!entry.block) return DropReason.SlowConsumer;
+    if (this.#blockExpired) return DropReason.BlockTimeout;
+    const publisher = this.#o.publisher();
+    if (!publisher || publisher === this.#o.owner) return DropReason.SlowConsumer;
+    if (queued > 2 * this.#o.limits.maxPendingBytes) return DropReason.SlowConsumer;
+    return undefined;
+  }
+
+  #enqueue(entry: RouteEntry, head: Uint8Array, payload: Uint8Array): boolean {
+    const backlog = this.#backlog;
+    const max = this.#o.limits.maxPendingBytes;
+    if (backlog.memoryBytes > max) {
+      const why = this.#whyNotHold(entry, backlog.memoryBytes);
+      if (why) {
+        this.#dropOldest(max, why);
+      } else {
+        this.#holdPublisher();
+      }
+    }
+    backlog.push(Op.Msg, head, payload);
+    if (!this.#flushing) void this.#flush();
+    return true;
+  }
+
+  /** Drop the oldest queued messages until the backlog's memory is within `bound`. */
+  #dropOldest(bound: number, reason: string) {
+    const backlog = this.#backlog;
+    let n = 0;
+    while (backlog.memoryBytes > bound && backlog.length > 0) {
+      backlog.shift();
+      n++;
+    }
+    if (n > 0) this.#drop(reason, n);
+  }
+
+  async #flush() {
+    this.#flushing = true;
+    const stats = this.#o.stats;
+    const max = this.#o.limits.maxPendingBytes;
+    try {
+      let written = 0;
+      while (this.#backlog.length > 0) {
+        const ring = this.#ring;
+        if (!ring || ring.stopped || this.#closed) break;
+        const frame = this.#backlog.peek()!;
+        if (!ring.tryWriteEncoded(frame)) {
+          if (ring.stopped) break;
+          await ring.waitForSpace(frame.length);
+          continue;
+        }
+        stats.ringMsgsOut++;
+        this.#handedOver(payloadLength(frame), this.#o.replyGrant() ? replyOf(frame) : null);
+        this.#backlog.shift();
+        if (this.#backlog.memoryBytes <= max / 2) {
+          this.#blockExpired = false;
+          this.#releasePublishers();
+        }
+        // A subscriber that keeps up could keep this loop going without a single await:
+        // let the rest of the broker run between batches.
+        if (++written % FLUSH_BATCH === 0) await yieldToEventLoop();
+      }
+      if (this.#backlog.length === 0) this.#releasePublishers();
+    } catch (err) {
+      this.#o.onFault(err);
+    } finally {
+      this.#flushing = false;
+    }
+  }
+
+  /** Hold the session publishing now until this peer catches up (or `maxBlockMs` passes). */
+  #holdPublisher() {
+    const publisher = this.#o.publisher();
+    if (!publisher || publisher === this.#o.owner || this.#held.has(publisher)) return;
+    this.#held.add(publisher);
+    publisher.holdFor(this);
+    this.#o.stats.blocked++;
+    this.#blockTimer ??= setTimeout(() => this.#blockTimedOut(), this.#o.limits.maxBlockMs);
+  }
+
+  #releaseOnDrain() {
+    if (this.#awaitingDrain) return;
+    this.#awaitingDrain = true;
+    this.#o.port.drained().then(() => {
+      this.#awaitingDrain = false;
+      this.#blockExpired = false;
+      this.#releasePublishers();
+    });
+  }
+
+  #releasePublishers() {
+    if (this.#blockTimer) clearTimeout(this.#blockTimer);
+    this.#blockTimer = undefined;
+    if (this.#held.size === 0) return;
+    const held = [...this.#held];
+    this.#held.clear();
+    for (const p of held) p.releaseFor(this);
+  }
+
+  /** A "block" subscriber held its publishers for `maxBlockMs`: now it is a slow consumer. */
+  #blockTimedOut() {
+    this.#blockTimer = undefined;
+    if (this.#held.size === 0 || this.#closed) return;
+    this.#blockExpired = true;
+    this.#o.log.warn('a "block" subscriber held its publishers too long; dropping for it', {
+      session: this.#o.id(),
+      maxBlockMs: this.#o.limits.maxBlockMs,
+    });
+    this.#dropOldest(this.#o.limits.maxPendingBytes, DropReason.BlockTimeout);
+    this.#releasePublishers();
+  }
+
+  #tooLarge(size: number, largest: number, subject: string) {
+    // Only a publisher on the port stream can send this much. Sent on the port, it could be
+    // overtaken by ring records written after it, so it is not delivered: counted, and both
+    // ends are told; neither is blamed for it.
+    this.#drop(DropReason.TooLarge);
+    const publisher = this.#o.publisher();
+    if (publisher && publisher !== this.#o.owner) {
+      publisher.notice(
+        ErrorCode.FrameTooLarge,
+        `not delivered to session ${this.#o.id()}: a ${size}-byte message does not fit its shared-memory ring (largest ${largest})`,
+        subject,
+      );
+    }
+  }
+
+  #drop(reason: string, n = 1) {
+    countDrop(this.#o.stats, reason, n);
+    const code = reason === DropReason.TooLarge ? ErrorCode.FrameTooLarge : ErrorCode.SlowConsumer;
+    this.#unreported.set(code, (this.#unreported.get(code) ?? 0) + n);
+    this.#report();
+  }
+
+  /** Tell the peer what was dropped for it, at most once per interval (the rest at its end). */
+  #report() {
+    if (this.#closed) return;
+    const now = Date.now();
+    if (now - this.#reportedAt < REPORT_INTERVAL_MS) {
+      this.#reportTimer ??= setTimeout(() => {
+        this.#reportTimer = undefined;
+        this.#report();
+      }, REPORT_INTERVAL_MS - (now - this.#reportedAt));
+      (this.#reportTimer as { unref?: () => void }).unref?.();
+      return;
+    }
+    this.#reportedAt = now;
+    const stats = this.#o.stats;
+    for (const [code, n] of this.#unreported) {
+      stats.errors[code] = (stats.errors[code] ?? 0) + 1;
+      const message = code === ErrorCode.FrameTooLarge
+        ? `${n} message(s) dropped: a message does not fit this session's shared-memory ring`
+        : `${n} message(s) dropped: more than ${this.#o.limits.maxPendingBytes} bytes were queued for this session`;
+      // Queued behind what was delivered, so the client learns of it in order.
+      this.#o.writer.frame(Op.Err, encodeValue({ code, message, dropped: n }));
+      this.#o.log.warn("messages dropped for a session", {
+        session: this.#o.id(),
+        code,
+        dropped: n,
+      });
+    }
+    this.#unreported.clear();
+  }
+}
+
+function msgHead(sid: number, pubTail: Uint8Array): Uint8Array {
+  const out = new Uint8Array(msgHeadMaxLength(pubTail));
+  return out.subarray(0, writeMsgHead(out, 0, sid, pubTail));
+}
+
+function plainMsgHead(
+  sid: number,
+  subject: string,
+  reply: string | null,
+  headers: Headers | null,
+): Uint8Array {
+  return encodeValue([sid, subject, reply, headers]);
+}
+
+function u32(b: Uint8Array, o: number): number {
+  return ((b[o] << 24) >>> 0) + (b[o + 1] << 16) + (b[o + 2] << 8) + b[o + 3];
+}
+
+function payloadLength(frame: Uint8Array): number {
+  return u32(frame, FrameHeader.PAYLOAD_LENGTH_OFFSET);
+}
+
+/** The reply subject of an encoded MSG frame (the broker wrote it, so it is well formed). */
+function replyOf(frame: Uint8Array): string | null {
+  const headEnd = FrameHeader.LENGTH + u32(frame, FrameHeader.HEAD_LENGTH_OFFSET);
+  return decodeMsgHead(frame, FrameHeader.LENGTH, headEnd)[2];
+}

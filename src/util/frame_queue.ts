@@ -1,0 +1,127 @@
+/**
+ * A first-in first-out queue of encoded frames, packed back to back into large chunks, so that
+ * what it holds in memory is what it counts: a backlog of a million 19-byte messages costs
+ * about a million frames' bytes, not a million `Uint8Array` objects (measured: ~10x its bound).
+ * Each frame's length is read back from its own frame header (`frame.ts`).
+ *
+ * @example
+ * ```ts
+ * import { FrameQueue } from "./frame_queue.ts";
+ * import { Op } from "../protocol/ops.ts";
+ * const q = new FrameQueue();
+ * q.push(Op.Msg, new Uint8Array([0x94, 1, 0xa1, 0x61, 0xc0, 0xc0]), new Uint8Array([0xc3]));
+ * q.peek()!.length; // 19: header, head and payload
+ * q.shift();
+ * q.length; // 0
+ * ```
+ * @module
+ */
+import { FrameHeader, writeFrameHeader } from "../protocol/frame.ts";
+import { Fifo } from "./fifo.ts";
+
+/** Size of one chunk; a larger frame gets a chunk of its own. */
+export const FRAME_QUEUE_CHUNK_BYTES = 64 * 1024;
+
+interface Chunk {
+  bytes: Uint8Array;
+  /** Start of the first frame not yet shifted. */
+  start: number;
+  /** End of the last frame written. */
+  end: number;
+}
+
+/** Frames queued in chunks; see the module doc. */
+export class FrameQueue {
+  #chunks = new Fifo<Chunk>();
+  #tail?: Chunk;
+  #length = 0;
+  #frameBytes = 0;
+  #allocated = 0;
+
+  /** Frames in the queue. */
+  get length(): number {
+    return this.#length;
+  }
+
+  /** Bytes of the queued frames. */
+  get frameBytes(): number {
+    return this.#frameBytes;
+  }
+
+  /** Bytes of memory held (whole chunks): what a memory bound must count. */
+  get memoryBytes(): number {
+    return this.#allocated;
+  }
+
+  /** Append one frame built from its parts (copied). */
+  push(op: number, head: Uint8Array, payload: Uint8Array): void {
+    const size = FrameHeader.LENGTH + head.length + payload.length;
+    const chunk = this.#room(size);
+    const at = chunk.end;
+    writeFrameHeader(chunk.bytes, at, op, 0, head.length, payload.length);
+    chunk.bytes.set(head, at + FrameHeader.LENGTH);
+    chunk.bytes.set(payload, at + FrameHeader.LENGTH + head.length);
+    chunk.end = at + size;
+    this.#length++;
+    this.#frameBytes += size;
+  }
+
+  /** The oldest frame, as a view valid until the next {@link shift} or {@link clear}. */
+  peek(): Uint8Array | undefined {
+    const chunk = this.#chunks.peek();
+    if (!chunk || chunk.start === chunk.end) return undefined;
+    return chunk.bytes.subarray(chunk.start, chunk.start + frameSize(chunk.bytes, chunk.start));
+  }
+
+  /** Remove the oldest frame; returns its size in bytes (0 when empty). */
+  shift(): number {
+    const chunk = this.#chunks.peek();
+    if (!chunk || chunk.start === chunk.end) return 0;
+    const size = frameSize(chunk.bytes, chunk.start);
+    chunk.start += size;
+    this.#length--;
+    this.#frameBytes -= size;
+    if (chunk.start === chunk.end) {
+      if (chunk === this.#tail) {
+        chunk.start = chunk.end = 0; // reuse the last chunk
+      } else {
+        this.#chunks.shift();
+        this.#allocated -= chunk.bytes.length;
+      }
+    }
+    return size;
+  }
+
+  /** Drop everything and release the memory. */
+  clear(): void {
+    this.#chunks.clear();
+    this.#tail = undefined;
+    this.#length = 0;
+    this.#frameBytes = 0;
+    this.#allocated = 0;
+  }
+
+  #room(size: number): Chunk {
+    const tail = this.#tail;
+    if (tail && tail.bytes.length - tail.end >= size) return tail;
+    const chunk: Chunk = {
+      bytes: new Uint8Array(Math.max(size, FRAME_QUEUE_CHUNK_BYTES)),
+      start: 0,
+      end: 0,
+    };
+    this.#chunks.push(chunk);
+    this.#tail = chunk;
+    this.#allocated += chunk.bytes.length;
+    return chunk;
+  }
+}
+
+function frameSize(b: Uint8Array, at: number): number {
+  const pad = b[at + FrameHeader.FLAGS_OFFSET] & FrameHeader.FLAGS_PAD_MASK;
+  return FrameHeader.LENGTH + u32(b, at + FrameHeader.HEAD_LENGTH_OFFSET) + pad +
+    u32(b, at + FrameHeader.PAYLOAD_LENGTH_OFFSET);
+}
+
+function u32(b: Uint8Array, o: number): number {
+  return ((b[o] << 24) >>> 0) + (b[o + 1] << 16) + (b[o + 2] << 8) + b[o + 3];
+}
