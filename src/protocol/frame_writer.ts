@@ -94,9 +94,16 @@ export class FrameWriter {
   flush(): void {
     this.#scheduled = false;
     if (this.#length === 0) return;
-    const out = this.#batch.subarray(0, this.#length);
-    // The port keeps a reference to what it is given: start a fresh batch buffer.
-    this.#batch = new Uint8Array(Math.max(INITIAL_BATCH_BYTES, Math.min(this.#batch.length, BATCH_FLUSH_BYTES * 2)));
+    let out: Uint8Array;
+    if (this.#length * 4 < this.#batch.length) {
+      // A small batch is copied out: the port holds what it is given until the peer reads it,
+      // and a peer that does not read must not pin a whole batch buffer per small frame.
+      out = this.#batch.slice(0, this.#length);
+    } else {
+      // The port keeps a reference to what it is given: start a fresh batch buffer.
+      out = this.#batch.subarray(0, this.#length);
+      this.#batch = new Uint8Array(Math.max(INITIAL_BATCH_BYTES, Math.min(this.#batch.length, BATCH_FLUSH_BYTES * 2)));
+    }
     this.#length = 0;
     this.#write(out);
   }
