@@ -24,7 +24,7 @@
 import type { Port } from "../port/port.ts";
 import { FrameHeader } from "../protocol/frame.ts";
 import type { FrameWriter } from "../protocol/frame_writer.ts";
-import { encodeValue, msgHeadMaxLength, writeMsgHead } from "../protocol/codec.ts";
+import { encodeValue, msgHeadMaxLength } from "../protocol/codec.ts";
 import { decodeMsgHead } from "../protocol/heads.ts";
 import { ErrorCode } from "../protocol/errors.ts";
 import { type Headers, Op } from "../protocol/ops.ts";
@@ -147,19 +147,16 @@ export class Outbox {
         }
         if (ring.stopped) return false; // the peer broke its ring: its session is being reset
       }
-      const head = pubTail
-        ? msgHead(entry.sid, pubTail)
-        : plainMsgHead(entry.sid, subject, reply, headers);
-      const size = FrameHeader.LENGTH + head.length + payload.length;
+      // Spliced heads are written in place into the backlog: nothing allocated per message.
+      const head = pubTail ? undefined : plainMsgHead(entry.sid, subject, reply, headers);
+      const headLength = head ? head.length : msgHeadMaxLength(pubTail!);
+      const size = FrameHeader.LENGTH + headLength + payload.length;
       if (size > ring.maxFrameOut) {
         this.#tooLarge(size, ring.maxFrameOut, subject);
         return false;
       }
-      return this.#enqueue(entry, head, payload);
+      return this.#enqueue(entry, head, pubTail, payload);
     }
-    const head = pubTail
-      ? msgHead(entry.sid, pubTail)
-      : plainMsgHead(entry.sid, subject, reply, headers);
     const max = this.#o.limits.maxPendingBytes;
     const pending = this.#o.port.pending + this.#o.writer.batched;
     if (pending > max) {
@@ -172,7 +169,11 @@ export class Outbox {
       this.#releaseOnDrain();
     }
     // A payload read in place from a guest's ring is only valid now: the writer must copy it.
-    this.#o.writer.frame(Op.Msg, head, payload, 0, volatile);
+    if (pubTail) this.#o.writer.msg(entry.sid, pubTail, payload, volatile);
+    else {
+      const head = plainMsgHead(entry.sid, subject, reply, headers);
+      this.#o.writer.frame(Op.Msg, head, payload, 0, volatile);
+    }
     this.#handedOver(payload.length, reply);
     return true;
   }
@@ -199,7 +200,12 @@ export class Outbox {
     return undefined;
   }
 
-  #enqueue(entry: RouteEntry, head: Uint8Array, payload: Uint8Array): boolean {
+  #enqueue(
+    entry: RouteEntry,
+    head: Uint8Array | undefined,
+    pubTail: Uint8Array | undefined,
+    payload: Uint8Array,
+  ): boolean {
     const backlog = this.#backlog;
     const max = this.#o.limits.maxPendingBytes;
     if (backlog.memoryBytes > max) {
@@ -210,7 +216,8 @@ export class Outbox {
         this.#holdPublisher();
       }
     }
-    backlog.push(Op.Msg, head, payload);
+    if (head) backlog.push(Op.Msg, head, payload);
+    else backlog.pushMsg(entry.sid, pubTail!, payload);
     if (!this.#flushing) void this.#flush();
     return true;
   }
@@ -353,11 +360,6 @@ export class Outbox {
     }
     this.#unreported.clear();
   }
-}
-
-function msgHead(sid: number, pubTail: Uint8Array): Uint8Array {
-  const out = new Uint8Array(msgHeadMaxLength(pubTail));
-  return out.subarray(0, writeMsgHead(out, 0, sid, pubTail));
 }
 
 function plainMsgHead(

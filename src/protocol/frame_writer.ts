@@ -16,6 +16,8 @@
 import { setImmediate } from "node:timers";
 import type { Port } from "../port/port.ts";
 import { EMPTY, FrameHeader, writeFrameHeader } from "./frame.ts";
+import { msgHeadMaxLength, writeMsgHead } from "./codec.ts";
+import { Op } from "./ops.ts";
 
 /** A batch is written at once when it grows past this. */
 export const BATCH_FLUSH_BYTES = 256 * 1024;
@@ -49,7 +51,13 @@ export class FrameWriter {
    * Queue a frame. `head` and `payload` are copied, except a large payload, which is kept by
    * reference unless `copyPayload` (for a payload that is only valid during this call).
    */
-  frame(op: number, head: Uint8Array, payload: Uint8Array = EMPTY, flags = 0, copyPayload = false): void {
+  frame(
+    op: number,
+    head: Uint8Array,
+    payload: Uint8Array = EMPTY,
+    flags = 0,
+    copyPayload = false,
+  ): void {
     const byReference = !copyPayload && payload.length >= PAYLOAD_BY_REFERENCE_BYTES;
     const need = FrameHeader.LENGTH + head.length + (byReference ? 0 : payload.length);
     this.#reserve(need);
@@ -64,15 +72,43 @@ export class FrameWriter {
       at += payload.length;
     }
     this.#length = at;
+    this.#queued(byReference ? payload : undefined);
+  }
+
+  /** A frame was added to the batch (its payload, if `byReference`, follows it separately). */
+  #queued(byReference: Uint8Array | undefined) {
     if (byReference) {
       this.flush();
-      this.#write(payload);
+      this.#write(byReference);
     } else if (this.#length >= BATCH_FLUSH_BYTES) {
       this.flush();
     } else if (!this.#scheduled) {
       this.#scheduled = true;
       setImmediate(() => this.flush());
     }
+  }
+
+  /**
+   * Queue a MSG frame whose head is spliced from a PUB head's tail (see `writeMsgHead`),
+   * written straight into the batch. The payload is copied (a large one unless it stays valid:
+   * `copyPayload` false keeps it by reference, as in {@link frame}).
+   */
+  msg(sid: number, pubTail: Uint8Array, payload: Uint8Array, copyPayload = false): void {
+    const byReference = !copyPayload && payload.length >= PAYLOAD_BY_REFERENCE_BYTES;
+    this.#reserve(
+      FrameHeader.LENGTH + msgHeadMaxLength(pubTail) + (byReference ? 0 : payload.length),
+    );
+    const b = this.#batch;
+    const at = this.#length;
+    const headLength = writeMsgHead(b, at + FrameHeader.LENGTH, sid, pubTail);
+    writeFrameHeader(b, at, Op.Msg, 0, headLength, payload.length);
+    let end = at + FrameHeader.LENGTH + headLength;
+    if (!byReference) {
+      b.set(payload, end);
+      end += payload.length;
+    }
+    this.#length = end;
+    this.#queued(byReference ? payload : undefined);
   }
 
   /** Queue already-encoded frame bytes as they are (e.g. a frame buffered during reconnect). */
@@ -102,7 +138,9 @@ export class FrameWriter {
     } else {
       // The port keeps a reference to what it is given: start a fresh batch buffer.
       out = this.#batch.subarray(0, this.#length);
-      this.#batch = new Uint8Array(Math.max(INITIAL_BATCH_BYTES, Math.min(this.#batch.length, BATCH_FLUSH_BYTES * 2)));
+      this.#batch = new Uint8Array(
+        Math.max(INITIAL_BATCH_BYTES, Math.min(this.#batch.length, BATCH_FLUSH_BYTES * 2)),
+      );
     }
     this.#length = 0;
     this.#write(out);

@@ -17,6 +17,8 @@
  * @module
  */
 import { FrameHeader, writeFrameHeader } from "../protocol/frame.ts";
+import { msgHeadMaxLength, writeMsgHead } from "../protocol/codec.ts";
+import { Op } from "../protocol/ops.ts";
 import { Fifo } from "./fifo.ts";
 
 /** Size of one chunk; a larger frame gets a chunk of its own. */
@@ -61,6 +63,22 @@ export class FrameQueue {
     writeFrameHeader(chunk.bytes, at, op, 0, head.length, payload.length);
     chunk.bytes.set(head, at + FrameHeader.LENGTH);
     chunk.bytes.set(payload, at + FrameHeader.LENGTH + head.length);
+    chunk.end = at + size;
+    this.#length++;
+    this.#frameBytes += size;
+  }
+
+  /**
+   * Append a MSG frame whose head is spliced from a PUB head's tail (see `writeMsgHead`),
+   * written in place: nothing is allocated per message.
+   */
+  pushMsg(sid: number, pubTail: Uint8Array, payload: Uint8Array): void {
+    const chunk = this.#room(FrameHeader.LENGTH + msgHeadMaxLength(pubTail) + payload.length);
+    const at = chunk.end;
+    const headLength = writeMsgHead(chunk.bytes, at + FrameHeader.LENGTH, sid, pubTail);
+    writeFrameHeader(chunk.bytes, at, Op.Msg, 0, headLength, payload.length);
+    chunk.bytes.set(payload, at + FrameHeader.LENGTH + headLength);
+    const size = FrameHeader.LENGTH + headLength + payload.length;
     chunk.end = at + size;
     this.#length++;
     this.#frameBytes += size;
