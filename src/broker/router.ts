@@ -100,7 +100,8 @@ export class Router {
     const matched = this.#subs.match(subject);
     if (matched.length === 0) return 0;
     let delivered = 0;
-    let groups: Map<string, RouteEntry[]> | undefined;
+    // Queue group -> members matched (first pass), then the index of the one to deliver to.
+    let groups: Map<string, number> | undefined;
     // Iterate a copy only if a delivery may remove entries (auto-unsubscribe at max).
     const list = matched.some((e) => e.max > 0) ? matched.slice() : matched;
     for (const entry of list) {
@@ -109,25 +110,24 @@ export class Router {
         delivered++;
       } else {
         groups ??= new Map();
-        const members = groups.get(entry.queue);
-        if (members) members.push(entry);
-        else groups.set(entry.queue, [entry]);
+        groups.set(entry.queue, (groups.get(entry.queue) ?? 0) + 1);
       }
     }
     if (groups) {
+      // One member per group, round robin; no per-publish member lists (a group may have
+      // thousands of members, and this runs for every message).
       for (const [queue, members] of groups) {
         const turn = this.#queueTurn.get(queue) ?? 0;
         if (this.#queueTurn.size >= QUEUE_TURNS_KEPT) this.#queueTurn.clear(); // bound memory
         this.#queueTurn.set(queue, turn + 1);
-        this.#deliver(
-          members[turn % members.length],
-          subject,
-          reply,
-          headers,
-          payload,
-          volatile,
-          pubTail,
-        );
+        groups.set(queue, turn % members);
+      }
+      for (const entry of list) {
+        if (entry.queue === null) continue;
+        const skip = groups.get(entry.queue)!;
+        groups.set(entry.queue, skip - 1);
+        if (skip !== 0) continue;
+        this.#deliver(entry, subject, reply, headers, payload, volatile, pubTail);
         delivered++;
       }
     }
