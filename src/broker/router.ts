@@ -82,7 +82,9 @@ export class Router {
 
   /** Does anything subscribe to `subject`? */
   hasInterest(subject: string): boolean {
-    return this.#subs.match(subject).length > 0;
+    const matched = this.#subs.match(subject);
+    this.#subs.release(matched);
+    return matched.length > 0;
   }
 
   /**
@@ -98,6 +100,22 @@ export class Router {
     pubTail?: Uint8Array,
   ): number {
     const matched = this.#subs.match(subject);
+    try {
+      return this.#publish(matched, subject, reply, headers, payload, volatile, pubTail);
+    } finally {
+      this.#subs.release(matched);
+    }
+  }
+
+  #publish(
+    matched: readonly RouteEntry[],
+    subject: string,
+    reply: string | null,
+    headers: Headers | null,
+    payload: Uint8Array,
+    volatile: boolean,
+    pubTail: Uint8Array | undefined,
+  ): number {
     if (matched.length === 0) return 0;
     let delivered = 0;
     // Queue group -> members matched (first pass), then the index of the one to deliver to.
@@ -146,7 +164,9 @@ export class Router {
     payload: Uint8Array,
   ): number {
     let delivered = 0;
-    const list = this.#subs.match(subject).filter((e) => e.target === target);
+    const matched = this.#subs.match(subject);
+    const list = matched.filter((e) => e.target === target);
+    this.#subs.release(matched);
     for (const entry of list) {
       this.#deliver(entry, subject, null, headers, payload, false, undefined);
       delivered++;

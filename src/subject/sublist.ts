@@ -34,12 +34,19 @@ function newNode<S>(): Node<S> {
 export const SUBLIST_CACHE_SIZE = 4096;
 /** Subscription references all cached results may hold together (8 bytes each). */
 export const SUBLIST_CACHE_REFS = 256 * 1024;
+/**
+ * Results with more references than this are not cached; they are collected into reused
+ * arrays instead (see {@link Sublist.release}), so that a flood of new subjects matching
+ * thousands of subscriptions allocates nothing per message.
+ */
+export const SUBLIST_CACHED_RESULT_MAX = 1024;
 
 /** Index of subscriptions by subject pattern. */
 export class Sublist<S> {
   #root: Node<S> = newNode();
   #cache = new Map<string, S[]>();
   #cachedRefs = 0;
+  #spare: S[][] = []; // reusable arrays for large uncached results
   #count = 0;
   #lastCost = 0;
 
@@ -107,17 +114,23 @@ export class Sublist<S> {
     return this.#lastCost;
   }
 
-  /** All subscriptions whose pattern matches the literal `subject`. Do not mutate the result. */
+  /**
+   * All subscriptions whose pattern matches the literal `subject`. Do not mutate the result;
+   * hand it to {@link release} when done with it (a large result's array is then reused).
+   */
   match(subject: string): readonly S[] {
     const cached = this.#cache.get(subject);
     if (cached) {
       this.#lastCost = 0;
       return cached;
     }
-    const out: S[] = [];
-    this.#lastCost = collect(this.#root, subject.split(TOKEN_SEPARATOR), 0, out);
-    // A result larger than a slice of the budget is not cached: it would evict everything.
-    if (out.length > SUBLIST_CACHE_REFS / 8) return out;
+    const tokens = subject.split(TOKEN_SEPARATOR);
+    const out: S[] = this.#spare.pop() ?? [];
+    this.#lastCost = collect(this.#root, tokens, 0, out);
+    if (out.length > SUBLIST_CACHED_RESULT_MAX) {
+      (out as LargeResult).reusable = true;
+      return out;
+    }
     const cache = this.#cache;
     while (
       cache.size > 0 &&
@@ -133,6 +146,15 @@ export class Sublist<S> {
     return out;
   }
 
+  /** Done with a result of {@link match}: a large one's array may be reused. */
+  release(result: readonly S[]): void {
+    const r = result as S[] & LargeResult;
+    if (!r.reusable || this.#spare.length >= SPARE_ARRAYS) return;
+    r.reusable = false;
+    r.length = 0;
+    this.#spare.push(r);
+  }
+
   #changed() {
     this.#count++;
     this.#clearCache();
@@ -142,6 +164,13 @@ export class Sublist<S> {
     this.#cache.clear();
     this.#cachedRefs = 0;
   }
+}
+
+/** Arrays kept for reuse (one per nested match in flight is enough). */
+const SPARE_ARRAYS = 4;
+
+interface LargeResult {
+  reusable?: boolean;
 }
 
 /** Collect matches of `tokens[i..]` under `node` into `out`; returns the nodes walked. */
