@@ -23,6 +23,12 @@ import { Fifo } from "./fifo.ts";
 
 /** Size of one chunk; a larger frame gets a chunk of its own. */
 export const FRAME_QUEUE_CHUNK_BYTES = 64 * 1024;
+/**
+ * Emptied chunks kept for reuse. A queue that drops its oldest frames as fast as new ones
+ * arrive would otherwise allocate a chunk every few dozen messages, and buffers outside the
+ * JavaScript heap are freed late (measured: 200 MiB of RSS for a 16 MiB bound).
+ */
+const SPARE_CHUNKS = 8;
 
 interface Chunk {
   bytes: Uint8Array;
@@ -39,6 +45,7 @@ export class FrameQueue {
   #length = 0;
   #frameBytes = 0;
   #allocated = 0;
+  #spare: Uint8Array[] = [];
 
   /** Frames in the queue. */
   get length(): number {
@@ -50,7 +57,10 @@ export class FrameQueue {
     return this.#frameBytes;
   }
 
-  /** Bytes of memory held (whole chunks): what a memory bound must count. */
+  /**
+   * Bytes of memory held by queued frames (whole chunks): what a memory bound must count.
+   * At most {@link SPARE_CHUNKS} emptied chunks are kept on top of it for reuse.
+   */
   get memoryBytes(): number {
     return this.#allocated;
   }
@@ -105,6 +115,9 @@ export class FrameQueue {
       } else {
         this.#chunks.shift();
         this.#allocated -= chunk.bytes.length;
+        if (chunk.bytes.length === FRAME_QUEUE_CHUNK_BYTES && this.#spare.length < SPARE_CHUNKS) {
+          this.#spare.push(chunk.bytes);
+        }
       }
     }
     return size;
@@ -113,6 +126,7 @@ export class FrameQueue {
   /** Drop everything and release the memory. */
   clear(): void {
     this.#chunks.clear();
+    this.#spare = [];
     this.#tail = undefined;
     this.#length = 0;
     this.#frameBytes = 0;
@@ -122,11 +136,10 @@ export class FrameQueue {
   #room(size: number): Chunk {
     const tail = this.#tail;
     if (tail && tail.bytes.length - tail.end >= size) return tail;
-    const chunk: Chunk = {
-      bytes: new Uint8Array(Math.max(size, FRAME_QUEUE_CHUNK_BYTES)),
-      start: 0,
-      end: 0,
-    };
+    const bytes = size <= FRAME_QUEUE_CHUNK_BYTES
+      ? this.#spare.pop() ?? new Uint8Array(FRAME_QUEUE_CHUNK_BYTES)
+      : new Uint8Array(size);
+    const chunk: Chunk = { bytes, start: 0, end: 0 };
     this.#chunks.push(chunk);
     this.#tail = chunk;
     this.#allocated += chunk.bytes.length;
