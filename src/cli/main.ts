@@ -13,8 +13,9 @@
  */
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { connect, type Bus } from "../client/bus.ts";
+import { type Bus, connect } from "../client/bus.ts";
 import type { ConnectOptions } from "../client/options.ts";
+import type { Msg } from "../client/msg.ts";
 import { Broker, STATS_SUBJECT } from "../broker/broker.ts";
 import { loadConfig } from "../broker/config.ts";
 import { qemuArgs, shellQuote } from "../vm/qemu_args.ts";
@@ -36,7 +37,9 @@ Usage:
 
 VALUE is JSON; a bare word is taken as a string ('hello' -> "hello").
 sub and reply print one JSON line per message: {"subject", "data", "reply"?, "headers"?};
-binary data prints as {"$binary": "<base64>"}.
+binary data prints as {"$binary": "<base64>"}. A message whose value cannot be decoded (another
+VM sent bytes that are not a value vbus accepts) is reported on stderr and skipped; sub and reply
+go on (reply still answers it), req exits 1.
 
 Client commands connect through:
   --port PATH      a guest's virtio-serial port (name under /dev/virtio-ports, or a path)
@@ -68,7 +71,9 @@ const OPTIONS = {
   help: { type: "boolean", short: "h" },
 } as const;
 
-type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>["values"];
+type Values = ReturnType<
+  typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>
+>["values"];
 
 /** What each command takes: positional names and allowed options. */
 const COMMANDS: Record<string, { args: string[]; options: (keyof typeof OPTIONS)[] }> = {
@@ -90,7 +95,10 @@ const COMMANDS: Record<string, { args: string[]; options: (keyof typeof OPTIONS)
  * const code = await main(["pub", "greetings", "hello", "--server", "/tmp/vbus.sock"]);
  * ```
  */
-export async function main(argv: string[], out: (line: string) => void = printLine): Promise<number> {
+export async function main(
+  argv: string[],
+  out: (line: string) => void = printLine,
+): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
@@ -107,10 +115,14 @@ export async function main(argv: string[], out: (line: string) => void = printLi
   const spec = COMMANDS[command];
   if (!spec) return usageError(`unknown command "${command}"`);
   if (args.length !== spec.args.length) {
-    return usageError(`${command} takes ${spec.args.join(" ") || "no arguments"}, got ${args.length} argument(s)`);
+    return usageError(
+      `${command} takes ${spec.args.join(" ") || "no arguments"}, got ${args.length} argument(s)`,
+    );
   }
   for (const key of Object.keys(values) as (keyof typeof OPTIONS)[]) {
-    if (key !== "help" && !spec.options.includes(key)) return usageError(`${command} does not take --${key}`);
+    if (key !== "help" && !spec.options.includes(key)) {
+      return usageError(`${command} does not take --${key}`);
+    }
   }
   try {
     return await run(command, args, values, out);
@@ -119,6 +131,25 @@ export async function main(argv: string[], out: (line: string) => void = printLi
     process.stderr.write(`vbus ${command}: ${(err as Error).message}\n`);
     return 1;
   }
+}
+
+/**
+ * Print one received message as a JSON line; a message that cannot be decoded or printed is
+ * reported on stderr instead, and the command goes on. Returns whether it was printed.
+ */
+function printMessage(command: string, msg: Msg, out: (line: string) => void): boolean {
+  let line: string;
+  try {
+    line = toJsonLine(msg.toJSON());
+  } catch (err) {
+    const why = msg.decodeError
+      ? (err as Error).message
+      : `message on "${msg.subject}": ${(err as Error).message}`;
+    process.stderr.write(`vbus ${command}: skipped a bad message: ${why}\n`);
+    return false;
+  }
+  out(line);
+  return true;
 }
 
 function usageError(message: string): number {
@@ -133,7 +164,9 @@ function printLine(line: string) {
 function positiveInt(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${name} must be a positive integer, got "${v}"`);
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new UsageError(`--${name} must be a positive integer, got "${v}"`);
+  }
   return n;
 }
 
@@ -170,7 +203,12 @@ async function withBus<T>(values: Values, fn: (bus: Bus) => Promise<T>): Promise
   }
 }
 
-async function run(command: string, args: string[], values: Values, out: (line: string) => void): Promise<number> {
+async function run(
+  command: string,
+  args: string[],
+  values: Values,
+  out: (line: string) => void,
+): Promise<number> {
   switch (command) {
     case "broker":
       return await runBroker(values);
@@ -191,7 +229,7 @@ async function run(command: string, args: string[], values: Values, out: (line: 
       await withBus(values, async (bus) => {
         const sub = bus.subscribe(subject, { queue: values.queue, max: count });
         await bus.flush(); // the subscription is active once this resolves
-        for await (const msg of sub) out(toJsonLine(msg.toJSON()));
+        for await (const msg of sub) printMessage(command, msg, out);
       });
       return 0;
     }
@@ -199,8 +237,17 @@ async function run(command: string, args: string[], values: Values, out: (line: 
       const [subject, raw] = args;
       const timeout = positiveInt(values.timeout, "timeout") ?? 5000;
       await withBus(values, async (bus) => {
-        const msg = await bus.request(subject, parseValue(raw), { timeout, headers: headersOf(values.header) });
-        out(toJsonLine(msg.toJSON()));
+        const msg = await bus.request(subject, parseValue(raw), {
+          timeout,
+          headers: headersOf(values.header),
+        });
+        let line: string;
+        try {
+          line = toJsonLine(msg.toJSON());
+        } catch (err) {
+          throw new Error(`the reply to "${subject}" could not be read: ${(err as Error).message}`);
+        }
+        out(line);
       });
       return 0;
     }
@@ -212,7 +259,9 @@ async function run(command: string, args: string[], values: Values, out: (line: 
         const sub = bus.subscribe(subject, { queue: values.queue, max: count });
         await bus.flush();
         for await (const msg of sub) {
-          out(toJsonLine(msg.toJSON()));
+          printMessage(command, msg, out);
+          // The answer does not depend on the request's value: answer a bad one too, so its
+          // sender does not wait for a timeout.
           if (msg.reply) await msg.respond(value);
         }
       });
@@ -241,7 +290,11 @@ async function findVm(values: Values, name: string) {
   const config = await loadConfig(values.config);
   const vm = config.vms.find((v) => v.name === name);
   if (!vm) {
-    throw new Error(`${values.config}: no VM named "${name}" (VMs: ${config.vms.map((v) => v.name).join(", ") || "none"})`);
+    throw new Error(
+      `${values.config}: no VM named "${name}" (VMs: ${
+        config.vms.map((v) => v.name).join(", ") || "none"
+      })`,
+    );
   }
   return vm;
 }

@@ -4,6 +4,16 @@
  * itself, re-sends its subscriptions and says so; publishes made while disconnected are
  * buffered up to a bound and otherwise rejected, never silently dropped.
  *
+ * When a session ends under it (the broker crashed, was killed, reset the session), what it
+ * had not read of the outbound ring is recovered from shared memory and sent again first on
+ * the next session, and publishes that may have been lost on the way (sent on the port after
+ * the last answered PING) are counted: `maybeLost` in the `disconnected` and `reconnected`
+ * events and in {@link Bus.stats} (see `delivery_ledger.ts`). Messages the broker had put in
+ * the inbound ring are delivered before the session is given up.
+ *
+ * Payloads from other VMs are untrusted: a message whose value cannot be decoded is delivered,
+ * its `data` throws a CODEC error and an `error` status event reports it (see `msg.ts`).
+ *
  * @example
  * ```ts
  * import { connect } from "./bus.ts";
@@ -21,7 +31,7 @@
 import type { Port, PortOpener } from "../port/port.ts";
 import { connectUnix } from "../port/socket_port.ts";
 import { openDevice, portPath } from "../port/device_port.ts";
-import { encodeFrame, FrameDecoder, FrameHeader, type Frame } from "../protocol/frame.ts";
+import { encodeFrame, type Frame, FrameDecoder, FrameHeader } from "../protocol/frame.ts";
 import { FrameWriter } from "../protocol/frame_writer.ts";
 import { copyBytes, encodeValue } from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
@@ -57,14 +67,27 @@ import {
 import { QueuedIterator } from "./queued_iterator.ts";
 import type { StatusEvent, StatusOf, StatusType } from "./status.ts";
 import { Subscription, type SubscriptionOwner } from "./subscription.ts";
+import { RingSender } from "./ring_sender.ts";
+import { ReconnectBuffer } from "./reconnect_buffer.ts";
+import { salvageOutboundRing } from "./ring_salvage.ts";
+import { type ClientStats, DeliveryLedger, type RingSessionEnd } from "./delivery_ledger.ts";
+import { RequestTable } from "./requests.ts";
 import type { FutexWaiter } from "../../ffi/futex_waiter.ts";
-import { type Ffi, loadFfi, type ShmAnswer, type ShmOffer, writeGuestNonce } from "../shm/negotiation.ts";
+import {
+  type Ffi,
+  loadFfi,
+  type ShmAnswer,
+  type ShmOffer,
+  writeGuestNonce,
+} from "../shm/negotiation.ts";
 import { type FutexWakeups, RingChannel, type RingChannelStats } from "../shm/ring_channel.ts";
 import { attachRegion } from "../ring/region.ts";
 import { decodeDoorbellHead } from "../protocol/heads.ts";
 import { HeadReader } from "../protocol/fast_heads.ts";
 import { statSync } from "node:fs";
 import { createLogger } from "../util/log.ts";
+
+export type { ClientStats } from "./delivery_ledger.ts";
 
 const log = createLogger("vbus-client");
 
@@ -80,13 +103,14 @@ type ShmPlan =
   | { kind: "guest"; path?: string } // map a file or the ivshmem BAR, offer it in HELLO
   | { kind: "host"; futex: boolean }; // ask the broker for a per-session region
 
-interface PendingRingPub {
-  /** PUB (encoded in place from `value`) or a control op sent as `head` alone. */
-  op: number;
-  head: Uint8Array;
-  value: unknown;
+/** A flush() or keep-alive PING waiting for its PONG, with what that PONG will confirm. */
+interface PongWaiter {
   resolve(): void;
   reject(err: Error): void;
+  /** PUBs sent on the port before the PING (see DeliveryLedger). */
+  portMark: number;
+  /** PUBs accepted by the ring sender before the PING. */
+  ringMark: number;
 }
 
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -98,13 +122,6 @@ const CLIENT_FEATURES = [Feature.Headers, Feature.NoResponders];
 const MAX_PINGS_OUT = 3;
 
 type State = "connecting" | "connected" | "reconnecting" | "draining" | "closed";
-
-interface PendingRequest {
-  resolve(msg: Msg<unknown>): void;
-  reject(err: Error): void;
-  timer: ReturnType<typeof setTimeout>;
-  subject: string;
-}
 
 /** Information about the current session. */
 export interface SessionInfo {
@@ -122,9 +139,11 @@ export interface SessionInfo {
 
 /** A connection to the vbus broker. Create it with {@link connect}. */
 export class Bus implements SubscriptionOwner {
-  #opts: Required<Omit<ConnectOptions, "port" | "server" | "transport" | "name" | "shm" | "wake">> & {
-    name?: string;
-  };
+  #opts:
+    & Required<Omit<ConnectOptions, "port" | "server" | "transport" | "name" | "shm" | "wake">>
+    & {
+      name?: string;
+    };
   #shmPlan: ShmPlan;
   #ffi?: Ffi;
   #guestMapping?: { bytes: Uint8Array; unmap(): void };
@@ -132,8 +151,8 @@ export class Bus implements SubscriptionOwner {
   #futexWaiters?: [FutexWaiter, FutexWaiter];
   #futexCounts?: FutexSleepCounts;
   #ring?: RingChannel;
-  #ringQueue: PendingRingPub[] = [];
-  #ringPumping = false;
+  /** Sends through the ring, in order; set while a session on the ring is established. */
+  #sender?: RingSender;
   #headCache = new Map<string, Uint8Array>();
   #heads = new HeadReader();
   #opener: PortOpener;
@@ -144,16 +163,17 @@ export class Bus implements SubscriptionOwner {
   #features = new Set<string>();
   #subs = new Map<number, Subscription<unknown>>();
   #nextSid = 1;
-  #pongWaiters: { resolve(): void; reject(err: Error): void }[] = [];
+  #pongWaiters: PongWaiter[] = [];
   #pingsOut = 0;
   #pingTimer?: ReturnType<typeof setInterval>;
-  #buffer: Uint8Array[] = [];
-  #bufferBytes = 0;
+  #buffer: ReconnectBuffer;
+  #ledger = new DeliveryLedger();
+  /** Publishes that may have been lost since the last established session (for `reconnected`). */
+  #maybeLostSinceSession = 0;
   #connectedWaiters: { resolve(): void; reject(err: Error): void }[] = [];
-  #requests = new Map<string, PendingRequest>();
+  #requests = new RequestTable();
   #inboxSid = 0;
   #inboxSubject = "";
-  #nextToken = 0;
   #listeners = new Map<StatusType, Set<(e: StatusEvent) => void>>();
   #statusStreams = new Set<QueuedIterator<StatusEvent>>();
   #closedResolve!: (err: Error | undefined) => void;
@@ -170,7 +190,9 @@ export class Bus implements SubscriptionOwner {
       throw new TypeError(`wake must be "doorbell" or "futex", not ${JSON.stringify(wake)}`);
     }
     this.#opts = { ...CONNECT_DEFAULTS, ...stripUndefined(rest) };
-    const futexOnlyOnHost = `wake: "futex" is only for host-local clients (server); a guest is woken by doorbell frames`;
+    this.#buffer = new ReconnectBuffer(this.#opts.reconnectBufferBytes);
+    const futexOnlyOnHost =
+      `wake: "futex" is only for host-local clients (server); a guest is woken by doorbell frames`;
     if (transport) {
       if (wake === "futex") throw new TypeError(futexOnlyOnHost);
       this.#opener = transport;
@@ -256,47 +278,75 @@ export class Bus implements SubscriptionOwner {
    * so the caller can retry later. Throws on the same errors `publish` rejects with.
    */
   tryPublish(subject: string, value?: unknown, opts?: PublishOptions): boolean {
-    if (this.#state === "connected" && (this.#writer?.blocked || this.#ringQueue.length > 0)) return false;
-    if (this.#ring && this.#state === "connected") {
-      const head = encodeValue([subject, opts?.reply ?? null, opts?.headers ?? null]);
-      const problem = validateSubject(subject, this.#welcome?.maxSubjectBytes ?? DEFAULT_LIMITS.maxSubjectBytes);
-      if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject "${subject}": ${problem}`, subject);
-      const r = this.#ring.tryPublishInPlace(head, value);
-      if (r === "too-large") throw new VbusError(ErrorCode.FrameTooLarge, "message does not fit in the shared-memory ring", subject);
-      return r === "ok";
+    if (this.#state === "connected") {
+      const sender = this.#sender;
+      if (sender) {
+        const r = sender.tryPublish(this.#pubHead(subject, opts), value);
+        if (r === "too-large") {
+          throw new VbusError(
+            ErrorCode.FrameTooLarge,
+            "message does not fit in the shared-memory ring",
+            subject,
+          );
+        }
+        return r === "ok";
+      }
+      if (this.#writer?.blocked) return false;
     }
     this.#publish(subject, value, opts).catch(() => {});
     return true;
   }
 
   #publish(subject: string, value: unknown, opts?: PublishOptions): Promise<void> {
+    const head = this.#pubHead(subject, opts);
+    const sender = this.#sender;
+    if (sender && this.#state === "connected") return sender.publish(head, value, subject);
+    const payload = encodeValue(value);
+    const size = FrameHeader.LENGTH + head.length + payload.length;
+    const max = this.#welcome?.maxFrameBytes ?? DEFAULT_LIMITS.maxFrameBytes;
+    if (size > max) {
+      throw new VbusError(
+        ErrorCode.FrameTooLarge,
+        `message of ${size} bytes exceeds the broker's limit of ${max}`,
+        subject,
+      );
+    }
+    if (this.#state === "connected") {
+      const writer = this.#writer!;
+      writer.frame(Op.Pub, head, payload);
+      this.#ledger.portPublished();
+      return writer.blocked ? writer.ready() : RESOLVED;
+    }
+    this.#buffer.add(encodeFrame(Op.Pub, head, payload), subject);
+    return RESOLVED;
+  }
+
+  /** Check a publish's subject, reply and headers; its encoded PUB head. */
+  #pubHead(subject: string, opts: PublishOptions | undefined): Uint8Array {
     if (this.#state === "closed" || this.#state === "draining") {
       throw new VbusError(ErrorCode.Closed, "connection is closed", subject);
     }
     const maxSubject = this.#welcome?.maxSubjectBytes ?? DEFAULT_LIMITS.maxSubjectBytes;
     const problem = validateSubject(subject, maxSubject);
-    if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject "${subject}": ${problem}`, subject);
+    if (problem) {
+      throw new VbusError(
+        ErrorCode.BadSubject,
+        `invalid subject "${subject}": ${problem}`,
+        subject,
+      );
+    }
     const reply = opts?.reply ?? null;
     if (reply !== null) {
       const p = validateSubject(reply, maxSubject);
-      if (p) throw new VbusError(ErrorCode.BadSubject, `invalid reply subject "${reply}": ${p}`, reply);
+      if (p) {
+        throw new VbusError(ErrorCode.BadSubject, `invalid reply subject "${reply}": ${p}`, reply);
+      }
     }
     const headers = opts?.headers ?? null;
     if (headers !== null) this.#checkHeaders(headers, subject);
-    const head = reply === null && headers === null ? this.#plainHead(subject) : encodeValue([subject, reply, headers]);
-    if (this.#ring && this.#state === "connected") return this.#publishRing(head, value, subject);
-    const payload = encodeValue(value);
-    const size = FrameHeader.LENGTH + head.length + payload.length;
-    const max = this.#welcome?.maxFrameBytes ?? DEFAULT_LIMITS.maxFrameBytes;
-    if (size > max) {
-      throw new VbusError(ErrorCode.FrameTooLarge, `message of ${size} bytes exceeds the broker's limit of ${max}`, subject);
-    }
-    if (this.#state === "connected") {
-      const writer = this.#writer!;
-      writer.frame(Op.Pub, head, payload);
-      return writer.blocked ? writer.ready() : RESOLVED;
-    }
-    return this.#bufferFrame(encodeFrame(Op.Pub, head, payload), subject);
+    return reply === null && headers === null
+      ? this.#plainHead(subject)
+      : encodeValue([subject, reply, headers]);
   }
 
   /** The PUB head of a plain publish to `subject`, encoded once and cached. */
@@ -310,103 +360,41 @@ export class Bus implements SubscriptionOwner {
     return head;
   }
 
-  #publishRing(head: Uint8Array, value: unknown, subject: string): Promise<void> {
-    if (this.#ringQueue.length === 0) {
-      const r = this.#ring!.tryPublishInPlace(head, value);
-      if (r === "ok") return RESOLVED;
-      if (r === "too-large") {
-        throw new VbusError(ErrorCode.FrameTooLarge, `message does not fit in the shared-memory ring (at most ${this.#ring!.maxFrameOut} bytes)`, subject);
-      }
-    }
-    // Ring full: wait for room, keeping publish order.
-    return new Promise((resolve, reject) => {
-      this.#ringQueue.push({ op: Op.Pub, head, value, resolve, reject });
-      if (!this.#ringPumping) this.#pumpRing();
-    });
-  }
-
   /**
    * Send SUB, UNSUB or PING. With shared memory they go through the ring like PUBs, so a
    * publish can never overtake the subscription or flush sent before it.
    */
   #control(op: number, head: Uint8Array) {
-    const ring = this.#ring;
-    if (!ring) {
-      this.#writer!.frame(op, head);
-      return;
-    }
-    if (this.#ringQueue.length === 0 && ring.tryWriteFrame(op, head)) return;
-    this.#ringQueue.push({ op, head, value: undefined, resolve: () => {}, reject: () => {} });
-    if (!this.#ringPumping) this.#pumpRing();
+    if (this.#sender) this.#sender.control(op, head);
+    else this.#writer?.frame(op, head);
   }
 
-  async #pumpRing() {
-    this.#ringPumping = true;
-    try {
-      while (this.#ringQueue.length > 0) {
-        const ring = this.#ring;
-        const next = this.#ringQueue[0];
-        if (!ring || this.#state !== "connected") {
-          // The session ended: what waits goes to the reconnect buffer like any publish.
-          for (const p of this.#ringQueue.splice(0)) {
-            if (p.op !== Op.Pub) continue; // control is re-sent by the next session
-            try {
-              const payload = encodeValue(p.value);
-              await this.#bufferFrame(encodeFrame(Op.Pub, p.head, payload), "");
-              p.resolve();
-            } catch (err) {
-              p.reject(err as Error);
-            }
-          }
-          return;
-        }
-        let r: string;
-        try {
-          r = next.op === Op.Pub
-            ? ring.tryPublishInPlace(next.head, next.value)
-            : ring.tryWriteFrame(next.op, next.head) ? "ok" : "full";
-        } catch (err) {
-          this.#ringQueue.shift();
-          next.reject(err as Error);
-          continue;
-        }
-        if (r === "full") {
-          await ring.waitForSpace(next.op === Op.Pub ? ring.claimSize(next.head, next.value) : next.head.length + 64);
-          continue;
-        }
-        this.#ringQueue.shift();
-        if (r === "ok") next.resolve();
-        else next.reject(new VbusError(ErrorCode.FrameTooLarge, "message does not fit in the shared-memory ring"));
-      }
-    } finally {
-      this.#ringPumping = false;
-    }
+  /** Send a PING now, for `waiter`, noting what its PONG will confirm. */
+  #ping(waiter: PongWaiter) {
+    const sender = this.#sender;
+    if (sender) {
+      waiter.portMark = this.#ledger.unchangedPortMark();
+      waiter.ringMark = sender.pubsAccepted;
+    } else waiter.portMark = this.#ledger.portMark();
+    this.#pongWaiters.push(waiter);
+    this.#control(Op.Ping, EMPTY_ARRAY_HEAD);
   }
 
   #checkHeaders(headers: Headers, subject: string) {
     if (!isHeaders(headers)) {
-      throw new VbusError(ErrorCode.BadHeaders, "headers must map non-empty strings to strings", subject);
+      throw new VbusError(
+        ErrorCode.BadHeaders,
+        "headers must map non-empty strings to strings",
+        subject,
+      );
     }
     if (this.#welcome && !this.#features.has(Feature.Headers)) {
       throw new VbusError(ErrorCode.BadHeaders, "the broker did not accept headers", subject);
     }
     const max = this.#welcome?.maxHeaderBytes ?? DEFAULT_LIMITS.maxHeaderBytes;
-    if (headersSize(headers) > max) throw new VbusError(ErrorCode.BadHeaders, `headers exceed ${max} bytes`, subject);
-  }
-
-  #bufferFrame(frame: Uint8Array, subject: string): Promise<void> {
-    if (this.#bufferBytes + frame.length > this.#opts.reconnectBufferBytes) {
-      return Promise.reject(
-        new VbusError(
-          ErrorCode.BufferFull,
-          `disconnected, and the reconnect buffer (${this.#opts.reconnectBufferBytes} bytes) is full`,
-          subject,
-        ),
-      );
+    if (headersSize(headers) > max) {
+      throw new VbusError(ErrorCode.BadHeaders, `headers exceed ${max} bytes`, subject);
     }
-    this.#buffer.push(frame);
-    this.#bufferBytes += frame.length;
-    return RESOLVED;
   }
 
   /**
@@ -419,10 +407,22 @@ export class Bus implements SubscriptionOwner {
     }
     const maxSubject = this.#welcome?.maxSubjectBytes ?? DEFAULT_LIMITS.maxSubjectBytes;
     const problem = validatePattern(subject, maxSubject);
-    if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject "${subject}": ${problem}`, subject);
+    if (problem) {
+      throw new VbusError(
+        ErrorCode.BadSubject,
+        `invalid subject "${subject}": ${problem}`,
+        subject,
+      );
+    }
     if (opts.queue !== undefined) {
       const q = validateSubject(opts.queue, maxSubject);
-      if (q) throw new VbusError(ErrorCode.BadSubject, `invalid queue group "${opts.queue}": ${q}`, subject);
+      if (q) {
+        throw new VbusError(
+          ErrorCode.BadSubject,
+          `invalid queue group "${opts.queue}": ${q}`,
+          subject,
+        );
+      }
     }
     if (opts.max !== undefined && (!Number.isInteger(opts.max) || opts.max <= 0)) {
       throw new RangeError("max must be a positive integer");
@@ -476,7 +476,12 @@ export class Bus implements SubscriptionOwner {
   slowConsumer(sub: Subscription<unknown>, dropped: number): void {
     // Report the first drop and then every 1000th, so a stuck iterator does not flood events.
     if (sub.dropped === 1 || sub.dropped % 1000 === 0) {
-      this.#emit({ type: "slowConsumer", where: "client", dropped: sub.dropped, subject: sub.subject });
+      this.#emit({
+        type: "slowConsumer",
+        where: "client",
+        dropped: sub.dropped,
+        subject: sub.subject,
+      });
     }
     void dropped;
   }
@@ -485,27 +490,25 @@ export class Bus implements SubscriptionOwner {
    * Send `value` to `subject` and wait for one reply. Rejects at once with `NO_RESPONDERS`
    * when nothing subscribes to `subject`, and with `TIMEOUT` after `timeout` ms.
    */
-  request<T = unknown>(subject: string, value?: unknown, opts: RequestOptions = {}): Promise<Msg<T>> {
+  request<T = unknown>(
+    subject: string,
+    value?: unknown,
+    opts: RequestOptions = {},
+  ): Promise<Msg<T>> {
     if (this.#state === "closed" || this.#state === "draining") {
       return Promise.reject(new VbusError(ErrorCode.Closed, "connection is closed", subject));
     }
     this.#ensureInbox();
-    const token = (this.#nextToken++).toString(36);
+    const token = this.#requests.nextToken();
     const timeout = opts.timeout ?? this.#opts.requestTimeoutMs;
     return new Promise<Msg<T>>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#requests.delete(token);
-        reject(new VbusError(ErrorCode.Timeout, `request to "${subject}" timed out after ${timeout} ms`, subject));
-      }, timeout);
-      this.#requests.set(token, {
-        resolve: resolve as (m: Msg<unknown>) => void,
-        reject,
-        timer,
-        subject,
-      });
+      this.#requests.add(token, subject, timeout, resolve as (m: Msg<unknown>) => void, reject);
       const send = () =>
-        this.publish(subject, value, { reply: `${this.#inboxSubject}.${token}`, headers: opts.headers })
-          .catch((err) => this.#settleRequest(token, err));
+        this.publish(subject, value, {
+          reply: `${this.#inboxSubject}.${token}`,
+          headers: opts.headers,
+        })
+          .catch((err) => this.#requests.settle(token, err));
       // The reply subject names the current session's inbox, which the broker gives anew in every
       // WELCOME: while disconnected, wait for the next session instead of buffering a request
       // whose reply would go to the old inbox (nobody would hear it; the request would time out).
@@ -515,7 +518,7 @@ export class Bus implements SubscriptionOwner {
           () => {
             if (this.#requests.has(token)) send();
           },
-          (err) => this.#settleRequest(token, err),
+          (err) => this.#requests.settle(token, err),
         );
       }
     });
@@ -532,15 +535,6 @@ export class Bus implements SubscriptionOwner {
     this.#control(Op.Sub, encodeValue([this.#inboxSid, `${this.#inboxSubject}.*`, null]));
   }
 
-  #settleRequest(token: string, result: Msg<unknown> | Error) {
-    const req = this.#requests.get(token);
-    if (!req) return;
-    this.#requests.delete(token);
-    clearTimeout(req.timer);
-    if (result instanceof Error) req.reject(result);
-    else req.resolve(result);
-  }
-
   /**
    * Resolves when the broker has processed everything sent before it (a PING/PONG round
    * trip). If the connection drops first, rejects: what was sent may be lost.
@@ -548,10 +542,9 @@ export class Bus implements SubscriptionOwner {
   async flush(): Promise<void> {
     if (this.#state === "closed") throw new VbusError(ErrorCode.Closed, "connection is closed");
     if (this.#state !== "connected" && this.#state !== "draining") await this.#waitConnected();
-    return new Promise((resolve, reject) => {
-      this.#pongWaiters.push({ resolve, reject });
-      this.#control(Op.Ping, EMPTY_ARRAY_HEAD);
-    });
+    return new Promise((resolve, reject) =>
+      this.#ping({ resolve, reject, portMark: 0, ringMark: 0 })
+    );
   }
 
   #waitConnected(): Promise<void> {
@@ -588,6 +581,9 @@ export class Bus implements SubscriptionOwner {
     if (this.#pingTimer) clearInterval(this.#pingTimer);
     this.#writer?.flush();
     this.#port?.close();
+    const closing = error ?? new VbusError(ErrorCode.Closed, "connection closed");
+    for (const p of this.#sender?.close() ?? []) p.reject(closing);
+    this.#sender = undefined;
     const mappings = [this.#guestMapping, this.#sessionMapping];
     this.#guestMapping = this.#sessionMapping = undefined;
     const waiters = this.#futexWaiters ?? [];
@@ -596,21 +592,20 @@ export class Bus implements SubscriptionOwner {
       .then(() => Promise.all(waiters.map((w) => w.close())))
       .then(() => mappings.forEach((m) => m?.unmap()));
     const closedErr = error ?? new VbusError(ErrorCode.Closed, "connection closed");
-    for (const p of this.#ringQueue.splice(0)) p.reject(closedErr);
     for (const w of this.#pongWaiters.splice(0)) w.reject(closedErr);
     for (const w of this.#connectedWaiters.splice(0)) w.reject(closedErr);
-    for (const token of [...this.#requests.keys()]) this.#settleRequest(token, closedErr);
+    this.#requests.failAll(closedErr);
     for (const sub of this.#subs.values()) sub.end(error);
     this.#subs.clear();
-    this.#buffer = [];
-    if (this.#bufferBytes > 0) {
+    if (this.#buffer.bytes > 0) {
       this.#emit({
         type: "error",
         code: ErrorCode.Closed,
-        message: `closed with ${this.#bufferBytes} bytes of publishes still buffered; they were not sent`,
+        message:
+          `closed with ${this.#buffer.length} publishes (${this.#buffer.bytes} bytes) still buffered; they were not sent`,
       });
     }
-    this.#bufferBytes = 0;
+    this.#buffer.clear();
     this.#emit({ type: "closed", error });
     for (const s of this.#statusStreams) s.end();
     this.#closedResolve(error);
@@ -671,7 +666,12 @@ export class Bus implements SubscriptionOwner {
         const attempt = backoff.attempts + 1;
         const max = this.#opts.maxReconnectAttempts;
         if (max >= 0 && attempt > max) {
-          this.#shutdown(new VbusError(ErrorCode.Port, `gave up after ${max} attempts: ${(err as Error).message}`));
+          this.#shutdown(
+            new VbusError(
+              ErrorCode.Port,
+              `gave up after ${max} attempts: ${(err as Error).message}`,
+            ),
+          );
           return;
         }
         const delayMs = backoff.next();
@@ -738,13 +738,23 @@ export class Bus implements SubscriptionOwner {
               decoder.resync(); // garbage before our WELCOME: skip to the next frame start
               return;
             }
-            this.#emit({ type: "error", code: (err as VbusError).code ?? ErrorCode.BadFrame, message: (err as Error).message });
+            this.#emit({
+              type: "error",
+              code: (err as VbusError).code ?? ErrorCode.BadFrame,
+              message: (err as Error).message,
+            });
             port.close();
           }
         },
         (err) => {
           if (!established) {
-            fail(err ?? new VbusError(ErrorCode.Port, `${port.description} closed before WELCOME (is the broker connected?)`));
+            fail(
+              err ??
+                new VbusError(
+                  ErrorCode.Port,
+                  `${port.description} closed before WELCOME (is the broker connected?)`,
+                ),
+            );
           } else this.#onPortClosed(port, err);
         },
       );
@@ -794,7 +804,9 @@ export class Bus implements SubscriptionOwner {
         } catch (err) {
           await Promise.all(waiters.map((w) => w.close()));
           plan.futex = false;
-          log.warn("futex wake-ups unavailable, using doorbell frames", { reason: (err as Error).message });
+          log.warn("futex wake-ups unavailable, using doorbell frames", {
+            reason: (err as Error).message,
+          });
         }
       }
     } catch (err) {
@@ -817,11 +829,15 @@ export class Bus implements SubscriptionOwner {
   /** Attach to the region the broker prepared; returns why not, or undefined on success. */
   #attachRing(port: Port, answer: ShmAnswer | undefined): string | undefined {
     if (!answer) return "the broker did not answer the shared-memory offer";
-    if (!answer.ok) return `the broker declined shared memory: ${answer.reason ?? "no reason given"}`;
+    if (!answer.ok) {
+      return `the broker declined shared memory: ${answer.reason ?? "no reason given"}`;
+    }
     try {
       let bytes: Uint8Array;
       if (this.#shmPlan.kind === "host") {
-        if (typeof answer.path !== "string" || typeof answer.size !== "number") return "malformed shared-memory answer";
+        if (typeof answer.path !== "string" || typeof answer.size !== "number") {
+          return "malformed shared-memory answer";
+        }
         const old = this.#sessionMapping;
         this.#sessionMapping = this.#ffi!.mapSharedSync(answer.path, answer.size);
         if (old) this.#stopRing().then(() => old.unmap());
@@ -844,7 +860,11 @@ export class Bus implements SubscriptionOwner {
         futex,
         onFrame: (frame) => this.#onRingFrame(frame),
         onCorrupt: (err) => {
-          this.#emit({ type: "error", code: ErrorCode.BadFrame, message: `shared-memory ring: ${err.message}` });
+          this.#emit({
+            type: "error",
+            code: ErrorCode.BadFrame,
+            message: `shared-memory ring: ${err.message}`,
+          });
           port.close(); // a fresh session re-initialises the region
         },
       });
@@ -858,12 +878,16 @@ export class Bus implements SubscriptionOwner {
   #futexSleepers(): FutexWakeups {
     const ffi = this.#ffi!;
     const [dataWaiter, spaceWaiter] = this.#futexWaiters!;
-    const all = this.#futexCounts = { data: { sleeps: 0, timeouts: 0 }, space: { sleeps: 0, timeouts: 0 } };
-    const sleeper = (waiter: FutexWaiter, counts: { sleeps: number; timeouts: number }) =>
-    async (word: Int32Array, index: number, expected: number, ms: number) => {
-      counts.sleeps++;
-      if (await waiter.wait(word, index, expected, ms) === "timed-out") counts.timeouts++;
+    const all = this.#futexCounts = {
+      data: { sleeps: 0, timeouts: 0 },
+      space: { sleeps: 0, timeouts: 0 },
     };
+    const sleeper =
+      (waiter: FutexWaiter, counts: { sleeps: number; timeouts: number }) =>
+      async (word: Int32Array, index: number, expected: number, ms: number) => {
+        counts.sleeps++;
+        if (await waiter.wait(word, index, expected, ms) === "timed-out") counts.timeouts++;
+      };
     return {
       wake: (word, index) => ffi.futexWake(word, index, 1),
       peerSleeps: false, // the broker serves every session from one event loop: it takes frames
@@ -875,14 +899,67 @@ export class Bus implements SubscriptionOwner {
   #stopRing(): Promise<void> {
     const ring = this.#ring;
     if (!ring) return Promise.resolve();
+    // The sender's queue must not outlive its ring (it would spin on a stopped one). Whoever
+    // ends a session takes the queue first (#endRingSession, #shutdown); this only guards.
+    for (const p of this.#sender?.close() ?? []) {
+      p.reject(new VbusError(ErrorCode.Closed, "the session ended"));
+    }
+    this.#sender = undefined;
     this.#ring = undefined;
     ring.region.detach();
     return ring.stop();
   }
 
+  /**
+   * The session on the ring ended: take what waits in the sender's queue and what the broker
+   * had not read of the outbound ring (it outlives the broker in shared memory) into the
+   * reconnect buffer, oldest first, before anything published from now on. Runs before the
+   * next HELLO, after which the broker re-initialises the region.
+   */
+  #endRingSession(): RingSessionEnd | undefined {
+    const sender = this.#sender, ring = this.#ring;
+    this.#sender = undefined;
+    if (!sender || !ring) return undefined;
+    const waiting = sender.close();
+    const salvaged = salvageOutboundRing(ring.region.bytes, ring.region.tx, ring.maxFrameOut);
+    this.#buffer.addRecovered(salvaged.frames);
+    if (salvaged.problem) {
+      this.#emit({
+        type: "error",
+        code: ErrorCode.BadFrame,
+        message:
+          `the outbound ring could not be read to its end (${salvaged.problem}); ${salvaged.frames.length} publishes recovered before that`,
+      });
+    }
+    let handedBack = 0;
+    for (const p of waiting) {
+      if (p.op !== Op.Pub) continue; // SUB/UNSUB/PING: the next session resubscribes by itself
+      handedBack++;
+      if (p.frame) {
+        this.#buffer.requeue(p.frame);
+        continue;
+      }
+      try {
+        this.#buffer.add(encodeFrame(Op.Pub, p.head, encodeValue(p.value)), p.subject ?? "");
+        p.resolve();
+      } catch (err) {
+        p.reject(err as Error);
+      }
+    }
+    return {
+      accepted: sender.pubsAccepted,
+      handedBack,
+      recovered: salvaged.frames.length,
+      damaged: salvaged.problem !== undefined,
+    };
+  }
+
   #onRingFrame(frame: Frame) {
     if (frame.op !== Op.Msg) {
-      throw new VbusError(ErrorCode.BadFrame, `unexpected op ${frame.op} in the shared-memory ring`);
+      throw new VbusError(
+        ErrorCode.BadFrame,
+        `unexpected op ${frame.op} in the shared-memory ring`,
+      );
     }
     this.#onMsg(frame, true);
   }
@@ -896,6 +973,16 @@ export class Bus implements SubscriptionOwner {
     this.#state = "connected";
     this.#everConnected = true;
     this.#pingsOut = 0;
+    this.#ledger.sessionStarted();
+    const writer = this.#writer;
+    const sender = this.#sender = this.#ring
+      ? new RingSender(this.#ring, {
+        sendOversize: (frame) => {
+          writer.raw(frame);
+          this.#ledger.portPublished();
+        },
+      })
+      : undefined;
     // Subscriptions first, so replies to buffered requests have somewhere to land.
     let resubscribed = 0;
     for (const sub of this.#subs.values()) {
@@ -903,10 +990,19 @@ export class Bus implements SubscriptionOwner {
       resubscribed++;
     }
     if (this.#inboxSid) this.#sendInboxSub();
-    const flushed = this.#buffer.length;
-    for (const frame of this.#buffer) this.#writer.raw(frame);
-    this.#buffer = [];
-    this.#bufferBytes = 0;
+    // Then, in order, what the last session's ring still held and what was published since.
+    const { frames, recovered } = this.#buffer.take();
+    for (const frame of frames) {
+      if (sender) sender.frame(frame);
+      else {
+        writer.raw(frame);
+        this.#ledger.portPublished();
+      }
+    }
+    this.#ledger.stats.resent += recovered;
+    const flushed = frames.length - recovered;
+    const maybeLost = this.#maybeLostSinceSession;
+    this.#maybeLostSinceSession = 0;
     this.#startPings();
     if (this.#ring) {
       this.#ring.start();
@@ -915,8 +1011,16 @@ export class Bus implements SubscriptionOwner {
       this.#emit({ type: "dataPath", path: "stream", reason: this.#shmPlan.reason });
     }
     const base = { session: welcome.session, identity: welcome.identity, port: port.description };
-    if (reconnect) this.#emit({ type: "reconnected", ...base, resubscribed, flushed });
-    else this.#emit({ type: "connected", ...base });
+    if (reconnect) {
+      this.#emit({
+        type: "reconnected",
+        ...base,
+        resubscribed,
+        flushed,
+        resent: recovered,
+        maybeLost,
+      });
+    } else this.#emit({ type: "connected", ...base });
     for (const w of this.#connectedWaiters.splice(0)) w.resolve();
   }
 
@@ -936,7 +1040,10 @@ export class Bus implements SubscriptionOwner {
     const ring = this.#ring;
     if (!ring) return undefined;
     const f = this.#futexCounts;
-    return { ...ring.stats, ...(f ? { futex: { data: { ...f.data }, space: { ...f.space } } } : {}) };
+    return {
+      ...ring.stats,
+      ...(f ? { futex: { data: { ...f.data }, space: { ...f.space } } } : {}),
+    };
   }
 
   /** The data path of the current session: "ring" (shared memory) or "stream" (the port). */
@@ -945,16 +1052,57 @@ export class Bus implements SubscriptionOwner {
     return this.#ring ? "ring" : "stream";
   }
 
+  /**
+   * Counters of this connection over all its sessions: `disconnects`, publishes `resent`
+   * from the outbound ring of a session that ended, publishes that `maybeLost` on the way
+   * when a session ended (see `delivery_ledger.ts` for what can and cannot be known), and
+   * received messages whose payload was `undecodable`.
+   *
+   * @example
+   * ```ts
+   * const { resent, maybeLost } = bus.stats;
+   * if (maybeLost > 0) console.warn(`${maybeLost} publishes may have been lost in broker crashes`);
+   * ```
+   */
+  get stats(): ClientStats {
+    return { ...this.#ledger.stats };
+  }
+
+  /** @internal A received message's payload could not be decoded (see `msg.ts`). */
+  undecodable(msg: Msg<unknown>, err: VbusError): void {
+    this.#ledger.stats.undecodable++;
+    this.#emit({
+      type: "error",
+      code: ErrorCode.Codec,
+      message: err.message,
+      subject: msg.subject,
+    });
+  }
+
   #onPortClosed(port: Port, err?: Error) {
     if (port !== this.#port || this.#state === "closed") return;
     const reason = err?.message ?? "port closed by the peer";
     if (this.#pingTimer) clearInterval(this.#pingTimer);
+    // What the broker put in the inbound ring before it went is still there: deliver it.
+    this.#ring?.drain();
+    const ringEnd = this.#endRingSession();
     this.#stopRing();
     this.#writer = undefined;
-    const lost = new VbusError(ErrorCode.Port, `disconnected before the broker confirmed: ${reason}`);
-    for (const w of this.#pongWaiters.splice(0)) w.reject(lost);
+    const unconfirmed = new VbusError(
+      ErrorCode.Port,
+      `disconnected before the broker confirmed: ${reason}`,
+    );
+    for (const w of this.#pongWaiters.splice(0)) w.reject(unconfirmed);
     if (this.#state === "draining") return this.#shutdown(undefined);
-    this.#emit({ type: "disconnected", reason, port: port.description });
+    const maybeLost = this.#ledger.sessionEnded(ringEnd);
+    this.#maybeLostSinceSession += maybeLost;
+    this.#emit({
+      type: "disconnected",
+      reason,
+      port: port.description,
+      maybeLost,
+      resending: ringEnd?.recovered ?? 0,
+    });
     if (!this.#opts.reconnect) {
       this.#shutdown(new VbusError(ErrorCode.Port, `disconnected: ${reason}`));
       return;
@@ -968,13 +1116,16 @@ export class Bus implements SubscriptionOwner {
     this.#pingTimer = setInterval(() => {
       if (this.#state !== "connected") return;
       if (this.#pingsOut >= MAX_PINGS_OUT) {
-        this.#emit({ type: "error", code: ErrorCode.Port, message: `no PONG to ${MAX_PINGS_OUT} PINGs; reconnecting` });
+        this.#emit({
+          type: "error",
+          code: ErrorCode.Port,
+          message: `no PONG to ${MAX_PINGS_OUT} PINGs; reconnecting`,
+        });
         this.#port?.close();
         return;
       }
       this.#pingsOut++;
-      this.#pongWaiters.push({ resolve: () => this.#pingsOut = 0, reject: () => {} });
-      this.#control(Op.Ping, EMPTY_ARRAY_HEAD);
+      this.#ping({ resolve: () => this.#pingsOut = 0, reject: () => {}, portMark: 0, ringMark: 0 });
     }, this.#opts.pingIntervalMs);
     (this.#pingTimer as { unref?: () => void }).unref?.();
   }
@@ -992,7 +1143,9 @@ export class Bus implements SubscriptionOwner {
         return this.#onMsg(frame);
       case Op.Pong: {
         const w = this.#pongWaiters.shift();
-        w?.resolve();
+        if (!w) return;
+        this.#ledger.confirm(w.portMark, w.ringMark);
+        w.resolve();
         return;
       }
       case Op.Ping:
@@ -1008,22 +1161,23 @@ export class Bus implements SubscriptionOwner {
   }
 
   #onMsg(frame: Frame, inRing = false) {
-    const [sid, subject, reply, headers] = this.#heads.msg(frame.buf, frame.headStart, frame.headEnd) ??
-      decodeMsgHead(frame.buf, frame.headStart, frame.headEnd);
+    const [sid, subject, reply, headers] =
+      this.#heads.msg(frame.buf, frame.headStart, frame.headEnd) ??
+        decodeMsgHead(frame.buf, frame.headStart, frame.headEnd);
     let payload = frame.payload;
     if (sid === this.#inboxSid) {
       if (inRing) payload = copyBytes(payload); // the reply is read after the slot is reused
       const token = subject.slice(subject.lastIndexOf(".") + 1);
       if (headers?.[STATUS_HEADER] === STATUS_NO_RESPONDERS) {
-        const req = this.#requests.get(token);
-        this.#settleRequest(
+        const to = this.#requests.subjectOf(token);
+        this.#requests.settle(
           token,
-          new VbusError(ErrorCode.NoResponders, `no responders for "${req?.subject ?? subject}"`, req?.subject),
+          new VbusError(ErrorCode.NoResponders, `no responders for "${to ?? subject}"`, to),
         );
         return;
       }
       const msg = new Msg(subject, reply ?? undefined, headers ?? undefined, payload, sid, this);
-      this.#settleRequest(token, msg);
+      this.#requests.settle(token, msg);
       return;
     }
     const sub = this.#subs.get(sid);
@@ -1054,12 +1208,7 @@ export class Bus implements SubscriptionOwner {
         }
       }
     } else if (e.op === "PUB" && e.subject !== undefined) {
-      for (const [token, req] of this.#requests) {
-        if (req.subject === e.subject) {
-          this.#settleRequest(token, err);
-          break;
-        }
-      }
+      this.#requests.failOneTo(e.subject, err);
     }
   }
 }

@@ -1,11 +1,15 @@
 /**
  * Connection status events: what happened to the connection, for logs, metrics and tests.
+ * `error` events include received messages whose payload could not be decoded (code CODEC,
+ * with the subject); `disconnected` and `reconnected` say how many publishes may have been
+ * lost with the session and how many were recovered from shared memory and re-sent.
  *
  * @example
  * ```ts
  * import { connect } from "../../mod.ts";
  * const bus = await connect();
- * bus.on("reconnected", (e) => console.log(`resubscribed ${e.resubscribed} subscriptions`));
+ * bus.on("reconnected", (e) => console.log(`resubscribed ${e.resubscribed}, re-sent ${e.resent}`));
+ * bus.on("disconnected", (e) => e.maybeLost && console.warn(`${e.maybeLost} publishes may be lost`));
  * (async () => {
  *   for await (const e of bus.status()) console.log(e.type);
  * })();
@@ -16,7 +20,19 @@
 /** Every status event the client emits. */
 export type StatusEvent =
   | { type: "connected"; session: string; identity: string; port: string }
-  | { type: "disconnected"; reason: string; port: string }
+  | {
+    type: "disconnected";
+    reason: string;
+    port: string;
+    /**
+     * Publishes of the session that ended that may have been lost: handed to the port after
+     * the last PING the broker answered (bytes that can die in socket buffers with the
+     * broker). They may also have arrived. 0 on the ring, whose unread records are recovered.
+     */
+    maybeLost: number;
+    /** Publishes recovered from the outbound ring (the broker never read them), re-sent first. */
+    resending: number;
+  }
   | { type: "reconnecting"; attempt: number; delayMs: number }
   | {
     type: "reconnected";
@@ -27,8 +43,21 @@ export type StatusEvent =
     resubscribed: number;
     /** Publishes buffered while disconnected and now sent. */
     flushed: number;
+    /** Publishes recovered from the last session's outbound ring and now sent again, first. */
+    resent: number;
+    /**
+     * Publishes that may have been lost since the last session: the `maybeLost` of the
+     * `disconnected` event before this one, repeated (do not add both).
+     */
+    maybeLost: number;
   }
-  | { type: "error"; code: string; message: string; subject?: string }
+  | {
+    type: "error";
+    code: string;
+    message: string;
+    /** The subject concerned; for a CODEC error, the subject of the undecodable message. */
+    subject?: string;
+  }
   | {
     type: "slowConsumer";
     /** Where it was detected: "broker" (dropped there) or "client" (a subscription queue). */

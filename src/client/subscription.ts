@@ -2,6 +2,11 @@
  * A subscription: an async iterable of messages (or a callback), with `unsubscribe()` and
  * `drain()`. It survives reconnects: the client re-sends it to the broker by itself.
  *
+ * A message whose payload cannot be decoded is delivered like any other (see `msg.ts`): its
+ * `data` throws a `CODEC` error, the connection emits an `error` status event for it, and the
+ * subscription goes on, for iterators and callbacks alike. A callback's `err` argument is for
+ * errors of the subscription itself; it is null for every delivered message.
+ *
  * @example
  * ```ts
  * import { connect } from "../../mod.ts";
@@ -88,8 +93,11 @@ export class Subscription<T = unknown> implements AsyncIterable<Msg<T>> {
       try {
         this.#callback(null, msg);
       } catch (err) {
-        // An application callback must not break the connection's read loop.
-        console.error(`vbus: subscription callback for "${this.subject}" threw:`, err);
+        // An application callback must not break the connection's read loop. A payload that
+        // could not be decoded was already reported (an `error` status event): not again here.
+        if (err !== msg.decodeError) {
+          console.error(`vbus: subscription callback for "${this.subject}" threw:`, err);
+        }
       }
     } else if (this.#queue.push(msg)) {
       this.received++;

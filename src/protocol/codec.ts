@@ -3,6 +3,18 @@
  * plain msgpack maps (no msgpackr records), so a Deno guest, a Bun host and any msgpack
  * implementation read the same bytes.
  *
+ * What a peer may send as a value (enforced by {@link decodeValue}, which every received
+ * payload goes through): plain msgpack (nil, booleans, integers, floats, strings, binary,
+ * arrays, maps) plus exactly two extension types, the ones this codec writes itself:
+ * -1 (the msgpack timestamp, decoded to a `Date`) and 0 (msgpackr's `undefined`). Every other
+ * extension is refused, in particular msgpackr's structured-clone references (0x69, 0x70:
+ * shared and cyclic object graphs a consumer would loop on), record definitions (0x72: they
+ * change how the rest of the value decodes), bundled strings (0x62), and the Error, RegExp,
+ * Set and typed-array extensions (0x65, 0x78, 0x73, 0x74: objects built from a peer's
+ * description). Arrays and maps nest at most {@link MAX_VALUE_DEPTH} deep. A value that breaks
+ * these rules, or is truncated, or has bytes after it, is a `CODEC` {@link VbusError}: decoding
+ * it never builds anything.
+ *
  * @example
  * ```ts
  * import { decodeValue, encodeValue } from "./codec.ts";
@@ -17,8 +29,13 @@ import { ErrorCode, VbusError } from "./errors.ts";
 /** Options shared by every Packr/Unpackr in vbus (see the module doc for why). */
 export const MSGPACK_OPTIONS = { useRecords: false, moreTypes: false } as const;
 
+/** Deepest nesting of arrays and maps accepted in a value from a peer. */
+export const MAX_VALUE_DEPTH = 512;
+
 const packr = new Packr(MSGPACK_OPTIONS);
 const unpackr = new Unpackr(MSGPACK_OPTIONS);
+/** The value decoder: structured clone off as well (the scan in decodeValue refuses it first). */
+const valueUnpackr = new Unpackr({ ...MSGPACK_OPTIONS, structuredClone: false });
 
 /**
  * Encode a value with msgpack into a buffer of its own. (msgpackr keeps its write buffer in
@@ -40,22 +57,41 @@ export function encodeValue(value: unknown): Uint8Array {
 }
 
 /**
- * Decode msgpack bytes. An empty input decodes to `undefined`. Binary values come back as
- * views of `bytes`: copy them if `bytes` will be reused.
+ * Decode a value received from a peer (a message payload), under the rules of the module doc.
+ * An empty input decodes to `undefined`. Binary values come back as views of `bytes`: copy
+ * them if `bytes` will be reused. Throws a `CODEC` {@link VbusError} naming the problem.
  *
  * @example
  * ```ts
  * decodeValue(encodeValue([1, "a"])); // [1, "a"]
+ * decodeValue(encodeValue({ a: "text" }).subarray(0, 4)); // throws CODEC: truncated
  * ```
  */
-export function decodeValue<T = unknown>(bytes: Uint8Array): T {
-  return decodeValueAt<T>(bytes, 0, bytes.length);
+export function decodeValue<T = unknown>(
+  bytes: Uint8Array,
+  start = 0,
+  end: number = bytes.length,
+): T {
+  if (end <= start) return undefined as T;
+  const bin = binBody(bytes, start, end);
+  if (bin >= 0) return bytes.subarray(bin, end) as T;
+  const problem = peerValueProblem(bytes, start, end);
+  if (problem !== undefined) {
+    throw new VbusError(ErrorCode.Codec, `cannot decode value: ${problem}`);
+  }
+  try {
+    return valueUnpackr.unpack(bytes, { start, end }) as T;
+  } catch (err) {
+    throw new VbusError(ErrorCode.Codec, `cannot decode value: ${(err as Error).message}`);
+  }
 }
 
 /**
  * Decode the msgpack value in `bytes[start, end)` without making a view first (msgpackr keeps
  * one DataView per buffer, so decoding many values from one region allocates nothing extra).
- * A binary value (msgpack bin) comes back as a view of `bytes`.
+ * A binary value (msgpack bin) comes back as a view of `bytes`. This is the decoder of frame
+ * heads, whose shape `heads.ts` checks right after; it does not apply the value rules of the
+ * module doc: decode message values with {@link decodeValue}.
  *
  * @example
  * ```ts
@@ -107,6 +143,146 @@ function binBody(b: Uint8Array, start: number, end: number): number {
     body = start + 5;
   } else return -1;
   return body + len === end ? body : -1;
+}
+
+/** Values still to be read at each nesting level of the value being checked (reused; each is
+ * at most the input length, checked before it is stored). */
+const pendingAtLevel = new Int32Array(MAX_VALUE_DEPTH + 1);
+
+/** What msgpackr would build from the extension types a peer may not use. */
+const REFUSED_EXTENSIONS: Record<number, string> = {
+  0x42: "a big integer",
+  0x62: "bundled strings",
+  0x65: "an Error",
+  0x69: "a structured-clone object id",
+  0x70: "a structured-clone reference",
+  0x72: "a record definition",
+  0x73: "a Set",
+  0x74: "a typed array",
+  0x78: "a RegExp",
+};
+
+/** Extension types a peer may use: the msgpack timestamp (-1) and msgpackr's undefined (0). */
+function extensionAllowed(type: number): boolean {
+  return type === 0xff || type === 0x00;
+}
+
+function refusedExtension(type: number): string {
+  const signed = type > 0x7f ? type - 0x100 : type;
+  const what = REFUSED_EXTENSIONS[type];
+  return `msgpack extension type ${signed} (0x${type.toString(16)})${
+    what ? `, ${what},` : ""
+  } is not accepted from a peer`;
+}
+
+/**
+ * Walk the msgpack value in `b[start, end)` without building anything; return why it may not
+ * be decoded (truncated, trailing bytes, a refused extension, nesting too deep), or undefined.
+ * Every step consumes at least one byte, so the walk is bounded by the input's length.
+ */
+function peerValueProblem(b: Uint8Array, start: number, end: number): string | undefined {
+  const pending = pendingAtLevel;
+  let depth = 0;
+  let pos = start;
+  pending[0] = 1;
+  for (;;) {
+    while (pending[depth] === 0) {
+      if (depth === 0) return pos === end ? undefined : `${end - pos} bytes after the value`;
+      depth--;
+    }
+    if (pos >= end) return "truncated";
+    pending[depth]--;
+    const t = b[pos++];
+    if (t < 0x80 || t >= 0xe0) continue; // fixint
+    let children = 0; // values nested in this one
+    let skip = 0; // bytes of this value after its header
+    let need = 0; // header bytes after the type byte
+    if (t < 0x90) children = (t & 0x0f) * 2;
+    else if (t < 0xa0) children = t & 0x0f;
+    else if (t < 0xc0) skip = t & 0x1f;
+    else {
+      switch (t) {
+        case 0xc0: // nil
+        case 0xc2: // false
+        case 0xc3: // true
+          continue;
+        case 0xc1:
+          return "the reserved byte 0xc1";
+        case 0xcc:
+        case 0xd0:
+          skip = 1;
+          break;
+        case 0xcd:
+        case 0xd1:
+          skip = 2;
+          break;
+        case 0xca:
+        case 0xce:
+        case 0xd2:
+          skip = 4;
+          break;
+        case 0xcb:
+        case 0xcf:
+        case 0xd3:
+          skip = 8;
+          break;
+        case 0xc4: // bin 8
+        case 0xd9: // str 8
+          need = 1;
+          break;
+        case 0xc5:
+        case 0xda:
+        case 0xdc: // array 16
+        case 0xde: // map 16
+          need = 2;
+          break;
+        case 0xc6:
+        case 0xdb:
+        case 0xdd: // array 32
+        case 0xdf: // map 32
+          need = 4;
+          break;
+        case 0xc7: // ext 8
+          need = 1;
+          break;
+        case 0xc8: // ext 16
+          need = 2;
+          break;
+        case 0xc9: // ext 32
+          need = 4;
+          break;
+        default: { // 0xd4..0xd8: fixext 1, 2, 4, 8, 16
+          if (pos >= end) return "truncated";
+          const type = b[pos++];
+          if (!extensionAllowed(type)) return refusedExtension(type);
+          skip = 1 << (t - 0xd4);
+        }
+      }
+    }
+    if (need > 0) {
+      if (need > end - pos) return "truncated";
+      let n = 0;
+      for (let i = 0; i < need; i++) n = n * 256 + b[pos + i];
+      pos += need;
+      if (t === 0xdc || t === 0xdd) children = n;
+      else if (t === 0xde || t === 0xdf) children = n * 2;
+      else if (t >= 0xc7 && t <= 0xc9) {
+        if (pos >= end) return "truncated";
+        const type = b[pos++];
+        if (!extensionAllowed(type)) return refusedExtension(type);
+        skip = n;
+      } else skip = n;
+    }
+    if (skip > 0) {
+      if (skip > end - pos) return "truncated";
+      pos += skip;
+    }
+    if (children > 0) {
+      if (children > end - pos) return "truncated"; // each nested value takes a byte at least
+      if (depth === MAX_VALUE_DEPTH) return `arrays and maps nested deeper than ${MAX_VALUE_DEPTH}`;
+      pending[++depth] = children;
+    }
+  }
 }
 
 /**
@@ -184,7 +360,12 @@ const MSG_HEAD_MARK = 0x94;
  * const n = writeMsgHead(head, 0, 7, pub.subarray(1)); // encodeValue([7, "a.b", null, null])
  * ```
  */
-export function writeMsgHead(target: Uint8Array, offset: number, sid: number, pubTail: Uint8Array): number {
+export function writeMsgHead(
+  target: Uint8Array,
+  offset: number,
+  sid: number,
+  pubTail: Uint8Array,
+): number {
   target[offset] = MSG_HEAD_MARK;
   const n = 1 + writeUint(target, offset + 1, sid);
   target.set(pubTail, offset + n);
