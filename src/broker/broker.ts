@@ -3,6 +3,12 @@
  * with backoff when a VM or QEMU restarts; listens on a unix socket for host-local clients; and
  * routes messages between all of them. A VM's identity is the port it arrived on.
  *
+ * One broker per VM: `start()` takes an exclusive lock per VM (`<socket>.lock`, holding the
+ * broker's pid) that dies with the process, so a second broker on the same VMs fails to start
+ * instead of fighting over their ports and regions. Host clients get sealed memfd regions that
+ * no client can shrink (a shrunk mapping would SIGBUS the broker), made only when their HELLO
+ * asks for shared memory; at most `limits.maxHostConnections` host clients are served at once.
+ *
  * @example
  * ```ts
  * import { Broker } from "./broker.ts";
@@ -18,19 +24,28 @@
  * @module
  */
 import { createServer, type Server, type Socket } from "node:net";
+import type { Stats } from "node:fs";
 import { lstat, readdir, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
 import { randomBytes } from "node:crypto";
 import type { BrokerConfig, VmConfig } from "./config.ts";
-import { Router, type RouteEntry } from "./router.ts";
-import { Session, type SessionContext, type SessionShm, SYSTEM_PREFIX } from "./session.ts";
-import { loadFfi } from "../shm/negotiation.ts";
+import { type RouteEntry, Router } from "./router.ts";
+import {
+  Session,
+  type SessionContext,
+  type SessionOptions,
+  type SessionShm,
+  SYSTEM_PREFIX,
+} from "./session.ts";
+import { type Ffi, loadFfi } from "../shm/negotiation.ts";
 import { DEFAULT_SHM_SIZE } from "./config.ts";
 import { stat } from "node:fs/promises";
 import { type BrokerStats, type EndpointStats, newEndpointStats } from "./stats.ts";
 import { connectUnix, SocketPort } from "../port/socket_port.ts";
 import { encodeValue } from "../protocol/codec.ts";
+import { encodeFrame } from "../protocol/frame.ts";
+import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { Backoff, sleep } from "../util/backoff.ts";
 import { createLogger, type Logger } from "../util/log.ts";
@@ -39,6 +54,15 @@ import { createLogger, type Logger } from "../util/log.ts";
 export const STATS_SUBJECT = `${SYSTEM_PREFIX}STATS`;
 /** A VM session that lived this long resets the reconnect backoff. */
 const STABLE_SESSION_MS = 5000;
+/**
+ * Set by `bin/vbus.mjs` for the runtime it starts: the pid of the wrapper the user started.
+ * When that process is gone (killed, even with SIGKILL), the broker stops itself.
+ */
+export const WRAPPER_PID_ENV = "VBUS_WRAPPER_PID";
+/** How often the broker checks that its wrapper process still runs. */
+const WRAPPER_CHECK_MS = 500;
+/** `stats.closed` key of host connections refused by `limits.maxHostConnections`. */
+export const TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS";
 
 /** Broker tuning that is not part of the config file. */
 export interface BrokerOptions {
@@ -48,11 +72,15 @@ export interface BrokerOptions {
   /** Reconnect backoff towards VM ports. Default 50 ms doubling to 2 s. */
   reconnect?: { initialMs?: number; maxMs?: number };
   /**
-   * Give host-local clients a shared-memory region each (a file under `shmDir`, removed when
-   * the session ends). Default true.
+   * Give host-local clients that ask for it a shared-memory region each: a sealed memfd that
+   * they map through `/proc/<broker pid>/fd/<fd>` (so only the broker's user can), closed when
+   * the session ends. Default true.
    */
   hostShm?: boolean;
-  /** Where per-session regions of host clients are created. Default /dev/shm. */
+  /**
+   * Where brokers before sealed regions created host-client region files (`vbus-<pid>-…`);
+   * the ones of dead brokers are removed at start. Default /dev/shm.
+   */
   shmDir?: string;
 }
 
@@ -75,8 +103,14 @@ export class Broker {
   #startedAt = Date.now();
   #vmShm = new Map<string, SessionShm>();
   #mappings: { unmap(): void }[] = [];
-  #ffi?: Awaited<ReturnType<typeof loadFfi>>;
+  #locks: { release(): void }[] = [];
+  #ffi?: Ffi;
   #hostShmCount = 0;
+  #hostConnections = 0;
+  #refusedLoggedAt = 0;
+  #refusedSinceLog = 0;
+  #wrapperTimer?: ReturnType<typeof setInterval>;
+  #statsEntry?: RouteEntry;
   #sessionNumber = 0;
   // Distinguishes session ids across broker restarts.
   #runId = randomBytes(3).toString("hex");
@@ -95,29 +129,105 @@ export class Broker {
     for (const vm of config.vms) this.#vmStats.set(vm.name, newEndpointStats(vm.name));
   }
 
-  /** Start listening and connecting to VM ports. Resolves once the host socket listens. */
+  /**
+   * Lock every VM, then start listening and connecting to VM ports. Resolves once the host
+   * socket listens. Rejects, holding nothing, when another broker serves one of the VMs.
+   */
   async start(): Promise<void> {
     if (this.#running) throw new Error("broker already started");
     this.#running = true;
     this.#startedAt = Date.now();
-    this.#addStatsService();
-    for (const vm of this.config.vms) {
-      if (vm.shm) this.#vmShm.set(vm.name, await this.#mapVmShm(vm));
+    let ffiProblem = "";
+    try {
+      this.#ffi = await loadFfi();
+    } catch (err) {
+      ffiProblem = (err as Error).message;
     }
-    if (this.#opts.hostShm !== false) {
-      await removeStaleRegions(this.#opts.shmDir ?? "/dev/shm", this.#log);
-      try {
-        this.#ffi = await loadFfi();
-      } catch (err) {
-        this.#log.warn("FFI unavailable: host clients use the port stream", { error: (err as Error).message });
+    try {
+      this.#lockVms(ffiProblem);
+      this.#addStatsService();
+      for (const vm of this.config.vms) {
+        if (vm.shm) this.#vmShm.set(vm.name, await this.#mapVmShm(vm));
       }
+      if (this.#opts.hostShm !== false) {
+        await removeStaleRegions(this.#opts.shmDir ?? "/dev/shm", this.#log);
+        if (ffiProblem) {
+          this.#log.warn("FFI unavailable: host clients use the port stream", {
+            error: ffiProblem,
+          });
+        }
+      }
+      if (this.config.listen) await this.#listen(this.config.listen);
+    } catch (err) {
+      this.#running = false;
+      if (this.#statsEntry) this.router.remove(this.#statsEntry);
+      for (const m of this.#mappings.splice(0)) m.unmap();
+      for (const l of this.#locks.splice(0)) l.release();
+      throw err;
     }
-    if (this.config.listen) await this.#listen(this.config.listen);
     for (const vm of this.config.vms) this.#links.push(this.#runVmLink(vm));
+    this.#watchWrapper();
     this.#log.info("broker started", {
       listen: this.config.listen ?? "(none)",
       vms: this.config.vms.map((v) => v.name).join(",") || "(none)",
     });
+  }
+
+  /**
+   * One broker per VM: an exclusive flock on `<socket>.lock` next to each VM's socket, with
+   * this broker's pid inside. The kernel drops it when the process dies, however it dies.
+   */
+  #lockVms(ffiProblem: string) {
+    if (this.config.vms.length === 0) return;
+    const ffi = this.#ffi;
+    if (!ffi) {
+      this.#log.warn(
+        "FFI unavailable: cannot lock the VMs, so nothing stops a second broker from serving them",
+        {
+          error: ffiProblem,
+        },
+      );
+      return;
+    }
+    for (const vm of this.config.vms) {
+      const file = `${vm.socket}.lock`;
+      let lock;
+      try {
+        lock = ffi.tryLockFile(file, { note: `${process.pid}\n` });
+      } catch (err) {
+        throw new VbusError(
+          ErrorCode.Port,
+          `cannot lock VM ${vm.name}: ${
+            (err as Error).message
+          } (the broker keeps ${file} next to the VM's socket and needs write access to that directory)`,
+        );
+      }
+      if ("heldBy" in lock) {
+        const pid = /^\d+$/.test(lock.heldBy) ? `pid ${lock.heldBy}` : "pid unknown";
+        throw new VbusError(
+          ErrorCode.Port,
+          `VM ${vm.name} is served by another broker (${pid}, lock ${file})`,
+        );
+      }
+      this.#locks.push(lock);
+    }
+  }
+
+  /**
+   * Started by `bin/vbus.mjs` (npx)? Then end when that wrapper is gone: whatever stops the
+   * process the user started stops the broker too, even a SIGKILL that the wrapper cannot
+   * forward. The SIGTERM goes to this process, whose owner (the CLI) stops the broker.
+   */
+  #watchWrapper() {
+    const wrapper = Number(process.env[WRAPPER_PID_ENV]);
+    if (!Number.isInteger(wrapper) || wrapper <= 1 || process.ppid !== wrapper) return;
+    this.#wrapperTimer = setInterval(() => {
+      if (process.ppid === wrapper) return;
+      clearInterval(this.#wrapperTimer);
+      this.#log.warn("the vbus wrapper process is gone; stopping", { wrapper });
+      process.kill(process.pid, "SIGTERM");
+    }, WRAPPER_CHECK_MS);
+    (this.#wrapperTimer as { unref?: () => void }).unref?.();
   }
 
   /** Close every session, stop listening and stop reconnecting. */
@@ -133,6 +243,8 @@ export class Broker {
     await Promise.all(this.#links);
     await Promise.all([...this.#allSessions].map((s) => s.ringStopped));
     for (const m of this.#mappings.splice(0)) m.unmap();
+    if (this.#wrapperTimer) clearInterval(this.#wrapperTimer);
+    for (const l of this.#locks.splice(0)) l.release();
     this.#log.info("broker stopped");
   }
 
@@ -160,33 +272,73 @@ export class Broker {
       },
     };
     this.router.add(entry);
+    this.#statsEntry = entry;
   }
 
   async #listen(path: string) {
     await removeStaleSocket(path);
     const server = createServer((socket: Socket) => {
+      if (this.#hostConnections >= this.config.limits.maxHostConnections) {
+        this.#refuseHostConnection(socket);
+        return;
+      }
+      this.#hostConnections++;
       const port = new SocketPort(socket, `host client on ${path}`);
-      const shm = this.#hostSessionShm();
+      // Made only when the client's HELLO asks for shared memory: idle connections cost no memory.
+      let region: { unmap(): void } | undefined;
+      const shm = this.#opts.hostShm === false ? undefined : () => {
+        const made = this.#hostSessionShm();
+        region = made.region;
+        return made.shm;
+      };
       const session = this.#startSession(port, {
         identity: "host",
         host: true,
-        permissions: this.config.hostPermissions,
+        permissions: this.config.hostPermissions ?? { block: true },
         stats: this.#hostStats,
         shm,
       }, () => {
-        if (shm && "bytes" in shm) {
-          unlink(shm.path).catch(() => {});
-          session.ringStopped.then(() => shm.unmap?.());
-        }
+        this.#hostConnections--;
+        const r = region;
+        if (r) session.ringStopped.then(() => r.unmap());
       });
     });
     await new Promise<void>((resolve, reject) => {
-      server.once("error", (err) =>
-        reject(new VbusError(ErrorCode.Port, `cannot listen on ${path}: ${err.message}`)));
+      server.once(
+        "error",
+        (err) => reject(new VbusError(ErrorCode.Port, `cannot listen on ${path}: ${err.message}`)),
+      );
       server.listen(path, () => resolve());
     });
     server.on("error", (err) => this.#log.error("host socket error", { error: err.message }));
     this.#server = server;
+  }
+
+  /** One ERR frame, then close: the broker already serves `limits.maxHostConnections`. */
+  #refuseHostConnection(socket: Socket) {
+    const limit = this.config.limits.maxHostConnections;
+    const message =
+      `too many host connections: the broker serves at most ${limit} at once (limits.maxHostConnections)`;
+    const stats = this.#hostStats;
+    stats.errors[ErrorCode.SessionClosed] = (stats.errors[ErrorCode.SessionClosed] ?? 0) + 1;
+    stats.closed[TOO_MANY_CONNECTIONS] = (stats.closed[TOO_MANY_CONNECTIONS] ?? 0) + 1;
+    socket.on("error", () => socket.destroy());
+    const frame = encodeFrame(
+      Op.Err,
+      encodeValue({ code: ErrorCode.SessionClosed, message, fatal: true }),
+    );
+    socket.end(frame, () => socket.destroy());
+    // A connection flood must not become a log flood: one line per second at most.
+    this.#refusedSinceLog++;
+    const now = Date.now();
+    if (now - this.#refusedLoggedAt >= 1000) {
+      this.#log.warn("host connection refused", {
+        reason: message,
+        refused: this.#refusedSinceLog,
+      });
+      this.#refusedLoggedAt = now;
+      this.#refusedSinceLog = 0;
+    }
   }
 
   #startSession(
@@ -196,7 +348,7 @@ export class Broker {
       host: boolean;
       permissions?: VmConfig["permissions"];
       stats: EndpointStats;
-      shm?: SessionShm;
+      shm?: SessionOptions["shm"];
     },
     onEnd?: (reason: string) => void,
   ): Session {
@@ -215,44 +367,81 @@ export class Broker {
     return session;
   }
 
-  /** Map a VM's shared-memory file (creating it at its configured size if missing). */
+  /**
+   * Map a VM's shared-memory file (creating it at its configured size if missing). A file that
+   * someone other than the broker's user (or root) owns, or that every user may write, is
+   * refused: whoever can truncate it can kill the broker with SIGBUS. Refused or unmappable,
+   * the VM uses the port stream and its stats say why.
+   */
   async #mapVmShm(vm: VmConfig): Promise<SessionShm> {
     const path = vm.shm!;
+    const refuse = (reason: string): SessionShm => {
+      this.#log.warn("VM shared memory unavailable; its sessions use the port stream", {
+        vm: vm.name,
+        reason,
+      });
+      this.#vmStats.get(vm.name)!.pathReason = reason;
+      return { reason };
+    };
     try {
       const existing = await stat(path).catch(() => undefined);
-      if (existing && existing.size !== vm.shmSize) {
-        throw new Error(`${path} is ${existing.size} bytes but the config says shmSize ${vm.shmSize}`);
+      if (existing) {
+        const problem = backingFileProblem(path, existing);
+        if (problem) {
+          this.#log.error("refusing a VM's shared-memory file", { vm: vm.name, problem });
+          return refuse(problem);
+        }
+        const gid = process.getgid?.() ?? 0;
+        if ((existing.mode & 0o020) !== 0 && existing.gid !== gid) {
+          this.#log.warn("a VM's shared-memory file is writable by a group the broker is not in", {
+            vm: vm.name,
+            path,
+            gid: existing.gid,
+            why:
+              "its members can shrink it and crash the broker: that group should hold only QEMU's user",
+          });
+        }
+        if (existing.size !== vm.shmSize) {
+          throw new Error(
+            `${path} is ${existing.size} bytes but the config says shmSize ${vm.shmSize}`,
+          );
+        }
       }
-      const ffi = await loadFfi();
-      const mapping = ffi.mapSharedSync(path, vm.shmSize, { create: !existing, mode: 0o600 });
+      if (!this.#ffi) throw new Error("FFI is not available to the broker");
+      // Created here only when missing, and exclusively: never resize a file QEMU may have made.
+      const mapping = this.#ffi.mapSharedSync(path, vm.shmSize, {
+        create: !existing,
+        exclusive: true,
+        mode: 0o600,
+      });
       this.#mappings.push(mapping);
       this.#log.info("mapped VM shared memory", { vm: vm.name, path, size: vm.shmSize });
       return { bytes: mapping.bytes, path, perSession: false };
     } catch (err) {
-      const reason = `cannot map ${path}: ${(err as Error).message}`;
-      this.#log.warn("VM shared memory unavailable; its sessions use the port stream", { vm: vm.name, reason });
-      this.#vmStats.get(vm.name)!.pathReason = reason;
-      return { reason };
+      return refuse(`cannot map ${path}: ${(err as Error).message}`);
     }
   }
 
-  /** A fresh region file for one host-local client, or why there is none. */
-  #hostSessionShm(): (SessionShm & { unmap?: () => void }) | undefined {
-    if (this.#opts.hostShm === false) return undefined;
-    if (!this.#ffi) return { reason: "shared memory is not available to the broker (FFI not loaded)" };
-    const path = join(this.#opts.shmDir ?? "/dev/shm", `vbus-${process.pid}-${this.#runId}-${++this.#hostShmCount}`);
+  /** A sealed region for one host-local client (and what to release), or why there is none. */
+  #hostSessionShm(): { shm: SessionShm; region?: { unmap(): void } } {
+    const ffi = this.#ffi;
+    if (!ffi) {
+      return { shm: { reason: "shared memory is not available to the broker (FFI not loaded)" } };
+    }
+    const name = `vbus-${process.pid}-${this.#runId}-${++this.#hostShmCount}`;
     try {
-      const ffi = this.#ffi;
-      const mapping = ffi.mapSharedSync(path, DEFAULT_SHM_SIZE, { create: true, mode: 0o600 });
+      const region = ffi.createSealedRegion(name, DEFAULT_SHM_SIZE);
       return {
-        bytes: mapping.bytes,
-        path,
-        perSession: true,
-        futexWake: (word, index) => ffi.futexWake(word, index, 1),
-        unmap: () => mapping.unmap(),
+        shm: {
+          bytes: region.bytes,
+          path: region.path,
+          perSession: true,
+          futexWake: (word, index) => ffi.futexWake(word, index, 1),
+        },
+        region,
       };
     } catch (err) {
-      return { reason: `cannot create ${path}: ${(err as Error).message}` };
+      return { shm: { reason: `cannot create a shared-memory region: ${(err as Error).message}` } };
     }
   }
 
@@ -268,7 +457,9 @@ export class Broker {
         port = await connectUnix(vm.socket);
       } catch (err) {
         const msg = (err as Error).message;
-        if (msg !== lastError) this.#log.warn("VM port not reachable, retrying", { vm: vm.name, error: msg });
+        if (msg !== lastError) {
+          this.#log.warn("VM port not reachable, retrying", { vm: vm.name, error: msg });
+        }
         lastError = msg;
         await sleep(backoff.next(), signal);
         continue;
@@ -296,12 +487,33 @@ export class Broker {
   }
 }
 
-/** Name of a host client's region file: vbus-<broker pid>-<run id>-<n>. */
+/**
+ * Why a VM's existing backing file must not be mapped, or undefined when it may. The broker's
+ * safety may not rest on another account: only the broker's user (or root) may own it, and it
+ * must not be writable by every user. Group write is how QEMU (another user) gets access; that
+ * group should hold only QEMU's user, and a group the broker is not in is logged.
+ */
+function backingFileProblem(path: string, st: Stats): string | undefined {
+  if (!st.isFile()) return `${path} is not a regular file`;
+  const uid = process.getuid?.() ?? 0;
+  if (st.uid !== uid && st.uid !== 0) {
+    return `${path} is owned by uid ${st.uid}, not by the broker's user (uid ${uid}) or root: ` +
+      `its owner could shrink it and crash the broker (SIGBUS); chown it to the broker's user`;
+  }
+  if ((st.mode & 0o002) !== 0) {
+    return `${path} is writable by every user (mode ${(st.mode & 0o777).toString(8)}): anyone ` +
+      `could shrink it and crash the broker (SIGBUS); use mode 600, or 660 with QEMU's group`;
+  }
+  return undefined;
+}
+
+/** Name of a region file of brokers before sealed regions: vbus-<broker pid>-<run id>-<n>. */
 const HOST_REGION_FILE = /^vbus-(\d+)-[0-9a-f]+-\d+$/;
 
 /**
- * Remove host-client region files left by brokers that died without cleaning up (kill -9):
- * those whose broker pid no longer runs. Files of running brokers are left alone.
+ * Remove host-client region files left in `dir` by brokers of earlier versions that died
+ * without cleaning up (kill -9): those whose broker pid no longer runs. Today's host regions
+ * are memfds, which vanish with the broker, so this only tidies up after an upgrade.
  */
 async function removeStaleRegions(dir: string, log: Logger) {
   let names: string[];
@@ -338,7 +550,10 @@ async function removeStaleSocket(path: string) {
     return; // nothing there
   }
   if (!info.isSocket()) {
-    throw new VbusError(ErrorCode.Port, `${path} exists and is not a socket; refusing to replace it`);
+    throw new VbusError(
+      ErrorCode.Port,
+      `${path} exists and is not a socket; refusing to replace it`,
+    );
   }
   try {
     const probe = await connectUnix(path);
