@@ -8,7 +8,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import {
+  chmodSync,
   closeSync,
+  existsSync,
   ftruncateSync,
   openSync,
   readdirSync,
@@ -18,6 +20,7 @@ import {
 } from "node:fs";
 import { connect as netConnect, type Socket } from "node:net";
 import { join } from "node:path";
+import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { startLab, take, tempDir, waitFor } from "./helpers.ts";
 import { connect } from "../src/client/bus.ts";
@@ -293,6 +296,67 @@ test("hostile host: beyond limits.maxHostConnections a connection gets one ERR a
   } finally {
     for (const c of extra) c.close();
     for (const c of clients) await c.close();
+    await lab.close();
+  }
+});
+
+test("hostile host: a client of another user cannot open the broker's region; it uses the port stream and says why", async (t) => {
+  const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].find((p) => existsSync(p));
+  if (process.getuid?.() !== 0 || !setpriv) {
+    t.skip("needs root and setpriv to run a client as another user (uid 65534)");
+    return;
+  }
+  const lab = await startLab({ shm: true, vms: [] });
+  const { dir: home, cleanup } = tempDir();
+  try {
+    // Let uid 65534 reach the socket; nothing else of the broker's is opened up.
+    chmodSync(lab.dir, 0o755);
+    chmodSync(lab.listen, 0o777);
+    chmodSync(home, 0o777);
+    const script = join(home, "client.ts");
+    writeFileSync(
+      script,
+      `import { connect } from ${
+        JSON.stringify(new URL("../src/client/bus.ts", import.meta.url).href)
+      };
+      const bus = await connect({ server: ${
+        JSON.stringify(lab.listen)
+      }, timeoutMs: 5000, reconnect: false });
+      const it = bus.subscribe("other.user");
+      await bus.flush();
+      await bus.publish("other.user", 7);
+      for await (const m of it) { console.log(JSON.stringify({ path: bus.dataPath, data: m.data })); break; }
+      await bus.close();`,
+    );
+    chmodSync(script, 0o644);
+    const runtime = IS_DENO
+      ? [
+        join(ROOT, "node_modules/.bin/deno"),
+        "run",
+        "-A",
+        `--config=${join(ROOT, "deno.json")}`,
+        script,
+      ]
+      : [join(ROOT, "node_modules/.bin/bun"), script];
+    const child = spawn(setpriv, ["--reuid=65534", "--regid=65534", "--clear-groups", ...runtime], {
+      env: { ...process.env, HOME: home, DENO_DIR: join(home, "deno"), VBUS_LOG: "info" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout!.on("data", (d) => out += d);
+    child.stderr!.on("data", (d) => out += d);
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    const code = await new Promise((r) => child.on("exit", r));
+    clearTimeout(timer);
+    assert.equal(code, 0, out);
+    assert.match(out, /"path":"stream","data":7/);
+    assert.match(
+      out,
+      /only be opened by that process's user/,
+      "the client says why it uses the stream",
+    );
+  } finally {
+    cleanup();
     await lab.close();
   }
 });
