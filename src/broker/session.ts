@@ -81,6 +81,10 @@ export const WORK_PER_TURN = 4096;
 export const OUTPUT_HOLD_BYTES = 4 * 1024 * 1024;
 /** Largest frame a host connection may send before its HELLO (a HELLO is far smaller). */
 export const PRE_HELLO_MAX_FRAME_BYTES = 64 * 1024;
+/** HELLOs one connection may send per second; more are refused (each is a session restart). */
+export const MAX_HELLOS_PER_SECOND = 20;
+/** Work a HELLO counts for (a session restart: subscriptions dropped, a region re-initialised). */
+const HELLO_WORK = WORK_PER_TURN / 16;
 /** Bytes a MSG head may add to the PUB head it is spliced from (array marker and sid). */
 const MSG_HEAD_EXTRA = msgHeadMaxLength(new Uint8Array(0));
 
@@ -156,6 +160,8 @@ export class Session implements DeliveryTarget, Holdable {
   #errors = 0;
   #errorsSince = 0;
   #framesBeforeHello = 0;
+  #hellos = 0; // HELLOs in the current second (a restart costs the broker real work)
+  #hellosSince = 0;
   #helloTimer?: ReturnType<typeof setTimeout>;
   #pingsOut = 0;
   #pingTimer?: ReturnType<typeof setInterval>;
@@ -500,7 +506,7 @@ export class Session implements DeliveryTarget, Holdable {
       switch (frame.op) {
         case Op.Hello:
           this.#onHello(frame);
-          return 1;
+          return HELLO_WORK;
         case Op.Pong:
           this.#pingsOut = 0;
           return 1;
@@ -554,6 +560,17 @@ export class Session implements DeliveryTarget, Holdable {
   }
 
   #onHello(frame: Frame) {
+    const now = Date.now();
+    if (now - this.#hellosSince >= 1000) {
+      this.#hellosSince = now;
+      this.#hellos = 0;
+    }
+    if (++this.#hellos > MAX_HELLOS_PER_SECOND) {
+      throw new VbusError(
+        ErrorCode.BadState,
+        `more than ${MAX_HELLOS_PER_SECOND} HELLOs in one second; this one is ignored`,
+      );
+    }
     const hello = decodeHelloHead(frame.head);
     if (hello.v !== PROTOCOL_VERSION) {
       throw new VbusError(
