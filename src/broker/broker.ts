@@ -375,8 +375,8 @@ export class Broker {
    */
   async #mapVmShm(vm: VmConfig): Promise<SessionShm> {
     const path = vm.shm!;
-    const refuse = (reason: string): SessionShm => {
-      this.#log.warn("VM shared memory unavailable; its sessions use the port stream", {
+    const refuse = (reason: string, level: "warn" | "error" = "warn"): SessionShm => {
+      this.#log[level]("VM shared memory unavailable; its sessions use the port stream", {
         vm: vm.name,
         reason,
       });
@@ -387,10 +387,7 @@ export class Broker {
       const existing = await stat(path).catch(() => undefined);
       if (existing) {
         const problem = backingFileProblem(path, existing);
-        if (problem) {
-          this.#log.error("refusing a VM's shared-memory file", { vm: vm.name, problem });
-          return refuse(problem);
-        }
+        if (problem) return refuse(problem, "error");
         const gid = process.getgid?.() ?? 0;
         if ((existing.mode & 0o020) !== 0 && existing.gid !== gid) {
           this.#log.warn("a VM's shared-memory file is writable by a group the broker is not in", {

@@ -125,7 +125,11 @@ function checkVm(vm: VmDeviceConfig): void {
  * ```
  *
  * QEMU creates and listens on SOCKET (`server=on,wait=off`: the guest boots without waiting for
- * the broker; the broker connects and reconnects). QEMU creates SHM at SIZE if it does not exist.
+ * the broker; the broker connects and reconnects). QEMU creates SHM at SIZE if it does not exist
+ * (mode 0644, owned by QEMU's user). Whoever can shrink SHM can crash the broker (SIGBUS) and
+ * QEMU, so the broker maps it only when the broker's user (or root) owns it and not every user
+ * may write it; when QEMU runs as another user, create SHM first as the broker's user with mode
+ * 0660 and QEMU's group. The broker keeps `SOCKET.lock` next to SOCKET (one broker per VM).
  * Port number 1 is used because nr 0 of a virtio-serial bus is reserved for a console.
  *
  * @example
