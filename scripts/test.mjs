@@ -3,7 +3,8 @@
 // 1. As root on Debian, installs what the real-guest tests need (lab/setup.sh: QEMU, a kernel,
 //    busybox) and what the benchmark smoke needs (nats-server, redis-server). Without root or
 //    apt, those tests skip and say why.
-// 2. Runs `deno test` and `bun test` over tests/, and `npm run bench -- --quick`.
+// 2. Runs `deno test` and `bun test` over tests/, the chaos soak's smoke run
+//    (`bun bench/soak.ts --quick`, ~75 s) and `npm run bench -- --quick`.
 // 3. Ends with one line: `N passed, N failed, N skipped` over both runtimes.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -16,6 +17,7 @@ const args = process.argv.slice(2);
 const only = args.filter((a) => !a.startsWith("--"));
 const skipSetup = args.includes("--no-setup");
 const skipBench = args.includes("--no-bench") || only.length > 0;
+const skipSoak = args.includes("--no-soak") || only.length > 0;
 
 for (const rt of ["deno", "bun"]) {
   if (!existsSync(bin(rt))) {
@@ -109,6 +111,20 @@ add("deno", denoCounts(deno.out), deno.code);
 step("bun test");
 const bun = await run(bin("bun"), ["test", "--timeout", "600000", ...files], env);
 add("bun", bunCounts(bun.out), bun.code);
+
+if (!skipSoak) {
+  // The chaos soak, short: broker kills, port drops and a hostile VM; fails on lost-unreported
+  // messages, a growing broker RSS and the soak's other fatal checks (bench/README.md).
+  step("chaos soak smoke (bun bench/soak.ts --quick)");
+  const out = join(root, "bench", "results", "tmp", "soak-smoke");
+  const soak = await run(bin("bun"), [join(root, "bench", "soak.ts"), "--quick", "--out", out], env);
+  let ok = soak.code === 0;
+  if (ok && !existsSync(join(out, "latest.json"))) {
+    ok = false;
+    console.log("chaos soak: no latest.json written");
+  }
+  add("soak --quick", { passed: ok ? 1 : 0, failed: ok ? 0 : 1, skipped: 0 }, ok ? 0 : 1);
+}
 
 if (!skipBench) {
   step("benchmark smoke (npm run bench -- --quick)");
