@@ -267,7 +267,11 @@ export class Broker {
       delivered: 0,
       target: {
         deliver: (_sub, _subject, reply) => {
-          if (reply !== null) this.router.publish(reply, null, null, encodeValue(this.stats()));
+          // The answer goes to the session that asked, whatever reply subject it named.
+          const requester = this.#ctx.publishing;
+          if (reply !== null && requester) {
+            this.router.deliverTo(requester, reply, null, encodeValue(this.stats()));
+          }
         },
       },
     };

@@ -61,6 +61,9 @@ export class SocketPort implements Port {
 
   close(): void {
     if (this.#closed) return;
+    // Nothing more is read: a peer refused for what it sent must not go on filling memory
+    // while its connection winds down.
+    this.#socket.pause();
     this.#socket.end();
     // end() waits for the peer; do not let a stuck peer keep the socket forever.
     const timer = setTimeout(() => this.#socket.destroy(), 1000);
