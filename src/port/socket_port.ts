@@ -64,8 +64,9 @@ export class SocketPort implements Port {
     // Nothing more is read: a peer refused for what it sent must not go on filling memory
     // while its connection winds down.
     this.#socket.pause();
-    this.#socket.end();
-    // end() waits for the peer; do not let a stuck peer keep the socket forever.
+    // Once what we wrote is handed to the kernel (the peer can still read it from a unix
+    // socket), nothing keeps the connection; a stuck peer gets at most a second.
+    this.#socket.end(() => this.#socket.destroy());
     const timer = setTimeout(() => this.#socket.destroy(), 1000);
     (timer as { unref?: () => void }).unref?.();
     this.#socket.once("close", () => clearTimeout(timer));
