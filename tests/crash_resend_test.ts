@@ -322,3 +322,75 @@ test("crash resend: recovering a ring the broker scribbled on is validated and b
   assert.equal(zero.frames.length, 0);
   assert.match(zero.problem!, /record type 0/);
 });
+
+test("crash resend: a guest that hangs up on a frozen broker leaves its ring to it: nothing twice", async () => {
+  const { dir, cleanup } = tempDir();
+  const vm = new SimulatedVm("vm1", join(dir, "vm1.sock"));
+  await vm.start();
+  const shm = `/dev/shm/${basename(dir)}-vm1`;
+  const listen = join(dir, "broker.sock");
+  const config = join(dir, "broker.json");
+  writeFileSync(
+    config,
+    JSON.stringify({
+      listen,
+      vms: [{ name: "vm1", socket: vm.socketPath, shm, shmSize: SHM_SIZE }],
+    }),
+  );
+  const broker = startBroker(config);
+  const buses: Bus[] = [];
+  try {
+    await waitFor(
+      () => vm.hostConnected,
+      `the broker connected to the VM\n${broker.log()}`,
+      20_000,
+    );
+    // Quick PINGs: three unanswered ones make the guest hang up on the frozen broker.
+    const guest = await connect({
+      transport: () => vm.open(),
+      shm,
+      pingIntervalMs: 100,
+      reconnectDelayMs: 20,
+      reconnectMaxDelayMs: 100,
+      timeoutMs: 20_000,
+    });
+    const host = await connect({ server: listen, timeoutMs: 20_000 });
+    buses.push(guest, host);
+    assert.equal(guest.dataPath, "ring");
+    const received: number[] = [];
+    host.subscribe<number>("hang.up", { callback: (_e, m) => void received.push(m.data) });
+    await host.flush();
+    const disconnected: Extract<StatusEvent, { type: "disconnected" }>[] = [];
+    guest.on("disconnected", (e) => disconnected.push(e));
+    for (let n = 0; n < 200; n++) await guest.publish("hang.up", n);
+    await guest.flush();
+    await waitFor(() => received.length === 200, "the first 200 arrived");
+
+    process.kill(broker.child.pid!, "SIGSTOP");
+    for (let n = 200; n < 700; n++) await guest.publish("hang.up", n); // into the ring, unread
+    await waitFor(() => disconnected.length === 1, "the guest hung up (no PONGs)", 10_000);
+    assert.match(disconnected[0].reason, /closed|PONG/i);
+    process.kill(broker.child.pid!, "SIGCONT");
+    await waitFor(() => guest.isConnected, `the guest is back\n${broker.log()}`, 20_000);
+    await guest.flush();
+    await host.flush();
+    const lost = disconnected[0].maybeLost;
+    await waitFor(() => received.length >= 700 - lost, "the left records arrived", 5000).catch(
+      () => {},
+    );
+    const distinct = new Set(received);
+    assert.equal(received.length, distinct.size, `nothing twice (${received.length} received)`);
+    assert.equal(disconnected[0].resending, 0, "the broker still had the ring: nothing re-sent");
+    assert.equal(lost, 500, "the 500 left in the ring are counted as maybe lost");
+    const missing = Array.from({ length: 700 }, (_, n) => n).filter((n) => !distinct.has(n));
+    assert.ok(missing.length <= lost, `${missing.length} missing`);
+    console.log(`hang-up: ${received.length} of 700 arrived, maybeLost ${lost}`);
+  } finally {
+    for (const b of buses) await b.close();
+    broker.child.kill("SIGKILL");
+    await broker.exited;
+    await vm.stop();
+    rmSync(shm, { force: true });
+    cleanup();
+  }
+});

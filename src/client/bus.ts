@@ -743,7 +743,7 @@ export class Bus implements SubscriptionOwner {
               code: (err as VbusError).code ?? ErrorCode.BadFrame,
               message: (err as Error).message,
             });
-            port.close();
+            this.#hangUp(port);
           }
         },
         (err) => {
@@ -865,7 +865,7 @@ export class Bus implements SubscriptionOwner {
             code: ErrorCode.BadFrame,
             message: `shared-memory ring: ${err.message}`,
           });
-          port.close(); // a fresh session re-initialises the region
+          this.#hangUp(port); // a fresh session re-initialises the region
         },
       });
       return undefined;
@@ -916,13 +916,17 @@ export class Bus implements SubscriptionOwner {
    * reconnect buffer, oldest first, before anything published from now on. Runs before the
    * next HELLO, after which the broker re-initialises the region.
    */
-  #endRingSession(): RingSessionEnd | undefined {
+  #endRingSession(port: Port): RingSessionEnd | undefined {
     const sender = this.#sender, ring = this.#ring;
     this.#sender = undefined;
     if (!sender || !ring) return undefined;
     const waiting = sender.close();
     const salvaged = salvageOutboundRing(ring.region.bytes, ring.region.tx, ring.maxFrameOut);
-    this.#buffer.addRecovered(salvaged.frames);
+    // A guest that hung up itself (no PONGs, a bad frame) did not end the broker's session: a
+    // broker that is still alive reads that ring when our next HELLO arrives, before it
+    // re-initialises the region. Re-sending would duplicate all of it; count it instead.
+    const leftInRing = this.#shmPlan.kind === "guest" && this.#hungUp.has(port);
+    if (!leftInRing) this.#buffer.addRecovered(salvaged.frames);
     if (salvaged.problem) {
       this.#emit({
         type: "error",
@@ -949,7 +953,8 @@ export class Bus implements SubscriptionOwner {
     return {
       accepted: sender.pubsAccepted,
       handedBack,
-      recovered: salvaged.frames.length,
+      recovered: leftInRing ? 0 : salvaged.frames.length,
+      leftInRing: leftInRing ? salvaged.frames.length : 0,
       damaged: salvaged.problem !== undefined,
     };
   }
@@ -1085,7 +1090,7 @@ export class Bus implements SubscriptionOwner {
     if (this.#pingTimer) clearInterval(this.#pingTimer);
     // What the broker put in the inbound ring before it went is still there: deliver it.
     this.#ring?.drain();
-    const ringEnd = this.#endRingSession();
+    const ringEnd = this.#endRingSession(port);
     this.#stopRing();
     this.#writer = undefined;
     const unconfirmed = new VbusError(
@@ -1111,6 +1116,15 @@ export class Bus implements SubscriptionOwner {
     this.#connectLoop().catch((e) => this.#shutdown(e as Error));
   }
 
+  /** Ports this client closed itself (rather than the broker or its death closing them). */
+  #hungUp = new WeakSet<Port>();
+
+  /** Close the session's port from this side (the broker may still be alive). */
+  #hangUp(port: Port) {
+    this.#hungUp.add(port);
+    port.close();
+  }
+
   #startPings() {
     if (this.#pingTimer) clearInterval(this.#pingTimer);
     this.#pingTimer = setInterval(() => {
@@ -1121,7 +1135,7 @@ export class Bus implements SubscriptionOwner {
           code: ErrorCode.Port,
           message: `no PONG to ${MAX_PINGS_OUT} PINGs; reconnecting`,
         });
-        this.#port?.close();
+        if (this.#port) this.#hangUp(this.#port);
         return;
       }
       this.#pingsOut++;

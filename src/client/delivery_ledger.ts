@@ -49,8 +49,13 @@ export interface RingSessionEnd {
   accepted: number;
   /** Of those, the ones still waiting for room, handed back to the reconnect buffer. */
   handedBack: number;
-  /** PUB frames recovered from the ring. */
+  /** PUB frames recovered from the ring, to be re-sent. */
   recovered: number;
+  /**
+   * Unread PUB records left in the ring for a broker that may still read them (a guest hung
+   * up itself); counted as maybe lost.
+   */
+  leftInRing: number;
   /** The ring could not be read completely (its positions or records were damaged). */
   damaged: boolean;
 }
@@ -99,12 +104,12 @@ export class DeliveryLedger {
    * publishes may have been lost, and counts them.
    */
   sessionEnded(ring: RingSessionEnd | undefined): number {
-    let lost = this.#portSent - this.#portConfirmed;
+    let lost = this.#portSent - this.#portConfirmed + (ring?.leftInRing ?? 0);
     if (ring?.damaged) {
       // The broker's position could not be trusted: whatever it had not confirmed by a PONG
       // and was not recovered may be gone.
       const written = ring.accepted - ring.handedBack;
-      lost += Math.max(0, written - this.#ringConfirmed - ring.recovered);
+      lost += Math.max(0, written - this.#ringConfirmed - ring.recovered - ring.leftInRing);
     }
     this.stats.maybeLost += lost;
     this.stats.disconnects++;

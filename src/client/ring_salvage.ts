@@ -4,7 +4,10 @@
  * reset) the records between that position and ours were never handled: they still sit in
  * shared memory, which outlives the broker. The client copies them out before the next HELLO
  * (the broker re-initialises the region then) and sends them again, in order, on the next
- * session. At most the record the broker was handling when it died is sent twice.
+ * session. At most the record the broker was handling when it died is sent twice. (A guest
+ * that hung up by itself, e.g. after unanswered PINGs, leaves them instead: a broker still
+ * running reads the old ring when the guest's next HELLO arrives. The client counts them as
+ * maybe lost then.)
  *
  * Shared memory is writable by the other side, which may be dead or hostile, so nothing read
  * there is trusted: the positions must be aligned and at most one ring apart, the span is

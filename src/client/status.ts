@@ -27,7 +27,10 @@ export type StatusEvent =
     /**
      * Publishes of the session that ended that may have been lost: handed to the port after
      * the last PING the broker answered (bytes that can die in socket buffers with the
-     * broker). They may also have arrived. 0 on the ring, whose unread records are recovered.
+     * broker). They may also have arrived. On the ring, unread records are recovered and
+     * re-sent instead (`resending`); they count here only when they could not be read back
+     * (the ring was damaged), or when a guest hung up itself and left them for a broker that
+     * may still be running to read.
      */
     maybeLost: number;
     /** Publishes recovered from the outbound ring (the broker never read them), re-sent first. */
