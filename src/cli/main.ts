@@ -189,8 +189,20 @@ function connectOptions(values: Values): ConnectOptions {
   return { port: values.port, server: values.server, name: "vbus-cli", reconnect: true, wake };
 }
 
-async function withBus<T>(values: Values, fn: (bus: Bus) => Promise<T>): Promise<T> {
+async function withBus<T>(
+  command: string,
+  values: Values,
+  fn: (bus: Bus) => Promise<T>,
+): Promise<T> {
   const bus = await connect(connectOptions(values));
+  // The client reconnects by itself; say when publishes may have been lost on the way.
+  bus.on("disconnected", (e) => {
+    if (e.maybeLost > 0) {
+      process.stderr.write(
+        `vbus ${command}: disconnected (${e.reason}); ${e.maybeLost} publishes may have been lost\n`,
+      );
+    }
+  });
   const stop = () => void bus.drain();
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
@@ -217,7 +229,7 @@ async function run(
       const value = parseValue(raw);
       const count = positiveInt(values.count, "count") ?? 1;
       const headers = headersOf(values.header);
-      await withBus(values, async (bus) => {
+      await withBus(command, values, async (bus) => {
         for (let i = 0; i < count; i++) await bus.publish(subject, value, { headers });
         await bus.flush();
       });
@@ -226,7 +238,7 @@ async function run(
     case "sub": {
       const [subject] = args;
       const count = positiveInt(values.count, "count");
-      await withBus(values, async (bus) => {
+      await withBus(command, values, async (bus) => {
         const sub = bus.subscribe(subject, { queue: values.queue, max: count });
         await bus.flush(); // the subscription is active once this resolves
         for await (const msg of sub) printMessage(command, msg, out);
@@ -236,7 +248,7 @@ async function run(
     case "req": {
       const [subject, raw] = args;
       const timeout = positiveInt(values.timeout, "timeout") ?? 5000;
-      await withBus(values, async (bus) => {
+      await withBus(command, values, async (bus) => {
         const msg = await bus.request(subject, parseValue(raw), {
           timeout,
           headers: headersOf(values.header),
@@ -255,7 +267,7 @@ async function run(
       const [subject, raw] = args;
       const value = parseValue(raw);
       const count = positiveInt(values.count, "count");
-      await withBus(values, async (bus) => {
+      await withBus(command, values, async (bus) => {
         const sub = bus.subscribe(subject, { queue: values.queue, max: count });
         await bus.flush();
         for await (const msg of sub) {
@@ -269,7 +281,7 @@ async function run(
     }
     case "stats": {
       const timeout = positiveInt(values.timeout, "timeout") ?? 5000;
-      await withBus(values, async (bus) => {
+      await withBus(command, values, async (bus) => {
         const msg = await bus.request(STATS_SUBJECT, null, { timeout });
         out(JSON.stringify(msg.data, null, 2));
       });
