@@ -823,10 +823,24 @@ async function main(): Promise<number> {
       slowReports: c.slowReports.length,
       inFlightSource: c.inFlightSource,
       inFlightReported: c.inFlightReported,
+      busStats: c.finalStats,
     })),
-    disconnects,
+    // Every unexplained one (up to 300), and the others by cause only.
+    disconnects: [
+      ...unexplained.slice(0, 300),
+      ...disconnects.filter((d) => d.cause !== "unexplained").slice(0, 100),
+    ],
+    disconnectCounts: disconnects.reduce<Record<string, number>>(
+      (m, d) => (m[d.cause] = (m[d.cause] ?? 0) + 1, m),
+      {},
+    ),
     lostRanges,
     lostRangesDropped: ledger.lostRangesDropped,
+    orderSamples: ledger.orderSamples.map((o) => ({
+      ...o,
+      t: rel(o.t),
+      context: chaosAt(chaos, rel(o.t)),
+    })),
     corruptSamples: ledger.corruptSamples,
     brokerLog: Object.fromEntries(broker.logCounts),
     brokerStats: statsAtEnd ?? null,

@@ -450,7 +450,14 @@ export class SoakClient {
     }
   }
 
+  /** `bus.stats` as it was just before `close()` (if the client has them), numbers only. */
+  finalStats: Record<string, number> = {};
+
   async close(): Promise<void> {
+    const stats = (this.bus as unknown as { stats?: unknown } | undefined)?.stats;
+    if (stats && typeof stats === "object") {
+      for (const [k, v] of Object.entries(stats)) if (typeof v === "number") this.finalStats[k] = v;
+    }
     await this.bus?.close();
   }
 }

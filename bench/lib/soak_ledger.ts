@@ -341,6 +341,15 @@ export class Ledger {
   readonly clients = new Map<string, ClientTimeline>();
   readonly lostRanges: LostRange[] = [];
   lostRangesDropped = 0;
+  /** The first duplicates and reordered arrivals: stream, subscriber, seq, when, generation. */
+  readonly orderSamples: {
+    what: "duplicate" | "reordered";
+    stream: string;
+    subscriber: string;
+    seq: number;
+    t: number;
+    gen: number;
+  }[] = [];
   /** Payloads that failed their checks, and messages naming an unknown stream or future seq. */
   corrupt = 0;
   readonly corruptSamples: string[] = [];
@@ -438,15 +447,31 @@ export class Ledger {
     if (pair.recv[i] > 0) {
       pair.duplicates++;
       if (pair.recv[i] < 255) pair.recv[i]++;
+      this.#orderSample("duplicate", pair, seq, gen);
       return;
     }
     pair.recv[i] = 1;
-    if (seq < pair.highest) pair.reordered++;
-    else pair.highest = seq;
+    if (seq < pair.highest) {
+      pair.reordered++;
+      this.#orderSample("reordered", pair, seq, gen);
+    } else pair.highest = seq;
     const g = gen + 1;
     if (s.recvGenMin[i] === 0 || g < s.recvGenMin[i]) s.recvGenMin[i] = g;
     if (g > s.recvGenMax[i]) s.recvGenMax[i] = g;
     if (s.state[i] === STATE_REJECTED) s.receivedRejected++;
+  }
+
+  #orderSample(what: "duplicate" | "reordered", pair: Pair, seq: number, gen: number) {
+    if (this.orderSamples.length >= 50) return;
+    const t = performance.now();
+    this.orderSamples.push({
+      what,
+      stream: pair.stream.name,
+      subscriber: pair.sub.name,
+      seq,
+      t,
+      gen,
+    });
   }
 
   /** A payload failed its checks. */

@@ -114,10 +114,24 @@ export interface SoakResult {
     slowReports: number;
     inFlightSource: string;
     inFlightReported: number;
+    /** `bus.stats` at the end (disconnects, resent, maybeLost, ... as the client counts them). */
+    busStats: Record<string, number>;
   }[];
+  /** Unexplained disconnects first (at most 300), then up to 100 explained ones. */
   disconnects: (DisconnectRecord & { cause: string })[];
+  /** All disconnects of innocent clients by cause. */
+  disconnectCounts: Record<string, number>;
   lostRanges: (LostRange & { context: string })[];
   lostRangesDropped: number;
+  orderSamples: {
+    what: string;
+    stream: string;
+    subscriber: string;
+    seq: number;
+    t: number;
+    gen: number;
+    context: string;
+  }[];
   corruptSamples: string[];
   brokerLog: Record<string, number>;
   brokerStats: unknown;
@@ -243,6 +257,7 @@ export function renderMarkdown(r: SoakResult): string {
     `| /dev/shm files of this soak min / max (stale max; left after stop) | ${res.shmFilesMin} / ${res.shmFilesMax} (${res.shmStaleMax}; ${res.shmLeftAfterStop}) |`,
   );
   L.push(`| soak process RSS min / max | ${mib(res.soakRssMinKiB)} / ${mib(res.soakRssMaxKiB)} |`);
+  L.push(`| disconnects of innocent clients, by cause | ${obj(r.disconnectCounts)} |`);
   const kinds: Record<string, number> = {};
   for (const e of r.chaos) kinds[e.kind] = (kinds[e.kind] ?? 0) + 1;
   L.push(`| chaos events | ${r.chaos.length} (${obj(kinds)}) |`);
@@ -293,7 +308,9 @@ export function renderMarkdown(r: SoakResult): string {
   const unexplained = r.disconnects.filter((d) => d.cause === "unexplained");
   if (unexplained.length) {
     L.push(
-      `## Disconnects of innocent clients not caused by chaos aimed at them (${unexplained.length})`,
+      `## Disconnects of innocent clients not caused by chaos aimed at them (${
+        r.disconnectCounts.unexplained ?? unexplained.length
+      })`,
       "",
     );
     // Grouped by client and the chaos event they happened in: one row each, with the first.
@@ -377,8 +394,8 @@ export function renderMarkdown(r: SoakResult): string {
   L.push("");
   L.push(`## Clients`, "");
   L.push(
-    `| client | kind | path | role | subscribes to | sessions | errors received | slow-consumer reports | in-flight loss count from |`,
-    `|---|---|---|---|---|---:|---|---:|---|`,
+    `| client | kind | path | role | subscribes to | sessions | errors received | slow-consumer reports | in-flight loss count from | bus.stats at the end |`,
+    `|---|---|---|---|---|---:|---|---:|---|---|`,
   );
   for (const c of r.clients) {
     const topo = r.topology.find((x) => x.name === c.name);
@@ -387,13 +404,13 @@ export function renderMarkdown(r: SoakResult): string {
         topo?.subscribesTo.join(", ") ?? ""
       } | ${c.sessions} | ${obj(c.errors)} | ${c.slowReports} | ${c.inFlightSource}${
         c.inFlightReported ? ` (${c.inFlightReported})` : ""
-      } |`,
+      } | ${obj(c.busStats)} |`,
     );
   }
   L.push(
     `| evil (hostile) | vm | ring | hostile | soak.>, hostile.> | ${r.hostile.sessions} (${r.hostile.sessionsClosed} closed by the broker) | ${
       obj(r.hostile.errors)
-    } | | |`,
+    } | | | |`,
   );
   L.push("");
   const logs = Object.entries(r.brokerLog).sort((a, b) => b[1] - a[1]).slice(0, 25);
@@ -401,6 +418,21 @@ export function renderMarkdown(r: SoakResult): string {
     L.push(`## Broker warnings and errors (by message)`, "");
     L.push(`| count | line |`, `|---:|---|`);
     for (const [k, n] of logs) L.push(`| ${fmt(n)} | \`${k.replace(/\|/g, "\\|")}\` |`);
+    L.push("");
+  }
+  if (r.orderSamples.length) {
+    L.push(`## Duplicates and reordered arrivals (first ${r.orderSamples.length})`, "");
+    L.push(
+      `| what | stream → subscriber | seq | arrived at (s) | gen | after |`,
+      `|---|---|---:|---:|---:|---|`,
+    );
+    for (const o of r.orderSamples.slice(0, 30)) {
+      L.push(
+        `| ${o.what} | ${o.stream} → ${o.subscriber} | ${o.seq} | ${
+          o.t.toFixed(2)
+        } | ${o.gen} | ${o.context} |`,
+      );
+    }
     L.push("");
   }
   if (r.corruptSamples.length) {
