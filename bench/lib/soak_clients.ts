@@ -59,7 +59,7 @@ export interface DisconnectRecord {
   /** Seconds since the soak started. */
   t: number;
   reason: string;
-  /** Error events in the 3 s before it. */
+  /** The last (at most 3) error events in the 3 s before it. */
   recentErrors: { t: number; code: string; message: string }[];
   gen: number;
 }
@@ -352,7 +352,7 @@ export class SoakClient {
       client: this.name,
       t: (t - this.#ctx.t0) / 1000,
       reason,
-      recentErrors: this.#recentErrors.filter((r) => r.t >= since).map((r) => ({
+      recentErrors: this.#recentErrors.filter((r) => r.t >= since).slice(-3).map((r) => ({
         ...r,
         t: (r.t - this.#ctx.t0) / 1000,
       })),
@@ -363,7 +363,7 @@ export class SoakClient {
   #onError(code: string, message: string) {
     const t = performance.now();
     this.errors[code] = (this.errors[code] ?? 0) + 1;
-    this.#recentErrors.push({ t, code, message: message.slice(0, 200) });
+    this.#recentErrors.push({ t, code, message: message.slice(0, 160) });
     if (this.#recentErrors.length > 20) this.#recentErrors.shift();
     if (code === "FLOOD") {
       const m = /(\d+) message\(s\) rejected/.exec(message);
