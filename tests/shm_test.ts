@@ -19,6 +19,7 @@ import { encodeValue } from "../src/protocol/codec.ts";
 import { encodeFrame } from "../src/protocol/frame.ts";
 import { Op } from "../src/protocol/ops.ts";
 import type { StatusEvent } from "../src/client/status.ts";
+import { connect } from "../src/client/bus.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -443,5 +444,29 @@ test("shm: the broker removes region files left by a broker that died (kill -9),
     assert.equal(fs.existsSync(other), true, "other files untouched");
   } finally {
     cleanup();
+  }
+});
+
+test("shm: close() right after publishing on the ring loses nothing the broker could still read", async () => {
+  const lab = await startLab({ shm: true, vms: ["vm1"] });
+  const host = await lab.vms.vm1.connect();
+  try {
+    const sub = host.subscribe<number>("last.words");
+    await host.flush();
+    // Enough to leave records in the outbound ring when the last publish resolves.
+    const N = 60_000;
+    for (let round = 0; round < 3; round++) {
+      const guest = await connect({ server: lab.listen, timeoutMs: 5000 });
+      assert.equal(guest.dataPath, "ring");
+      const sent: Promise<void>[] = [];
+      for (let i = 0; i < N; i++) sent.push(guest.publish("last.words", round * N + i));
+      await Promise.all(sent); // every publish resolved: handed to the ring
+      await guest.close();
+      const got = await take(sub, N, 20_000);
+      assert.deepEqual(got, Array.from({ length: N }, (_, i) => round * N + i));
+    }
+  } finally {
+    await host.close();
+    await lab.close();
   }
 });

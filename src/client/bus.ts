@@ -120,6 +120,8 @@ const EMPTY_ARRAY_HEAD = encodeValue([]);
 const CLIENT_FEATURES = [Feature.Headers, Feature.NoResponders];
 /** Unanswered client PINGs after which the connection is considered dead. */
 const MAX_PINGS_OUT = 3;
+/** How long `close()` waits for the broker to read what is still in the outbound ring. */
+const CLOSE_FLUSH_MS = 2000;
 
 type State = "connecting" | "connected" | "reconnecting" | "draining" | "closed";
 
@@ -570,6 +572,14 @@ export class Bus implements SubscriptionOwner {
 
   /** Close the connection. Pending requests and flushes reject; subscriptions end. */
   async close(): Promise<void> {
+    if (this.#state === "connected" && this.#ring) {
+      // On the port, what was written reaches the broker before our EOF does; records in the
+      // outbound ring do only once the broker has read them. A flush travels in the ring
+      // behind them, so its answer says they were (bounded: a dead broker cannot hold us).
+      const timeout = new AbortController();
+      await Promise.race([this.flush().catch(() => {}), sleep(CLOSE_FLUSH_MS, timeout.signal)]);
+      timeout.abort();
+    }
     this.#shutdown(undefined);
     await this.closed;
   }
