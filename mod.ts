@@ -13,7 +13,13 @@
  * ```
  * @module
  */
-export { Bus, connect, type FutexSleepCounts, type SessionInfo } from "./src/client/bus.ts";
+export {
+  Bus,
+  type ClientStats,
+  connect,
+  type FutexSleepCounts,
+  type SessionInfo,
+} from "./src/client/bus.ts";
 export type { RingChannelStats } from "./src/shm/ring_channel.ts";
 export { Msg } from "./src/client/msg.ts";
 export { Subscription } from "./src/client/subscription.ts";
