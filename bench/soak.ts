@@ -101,7 +101,7 @@ const SHM_SIZE = 4 * 1024 * 1024;
 
 function parseDuration(s: string, name: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(s.trim());
-  if (!m) throw new Error(`--${name}: "${s}" is not a duration (e.g. 90s, 30m)`);
+  if (!m) throw new UsageError(`--${name}: "${s}" is not a duration (e.g. 90s, 30m)`);
   const n = Number(m[1]);
   return n * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"] ?? 1000);
 }
@@ -114,28 +114,37 @@ function runtimeVersion(rt: Runtime): string {
   return (r.stdout ?? "").split("\n")[0].trim() || `${rt} (version unknown)`;
 }
 
+/** A bad command line: printed with the usage, exit code 2. */
+class UsageError extends Error {}
+
 /** Kills the broker and removes files if the run fails half-way. */
 let emergencyCleanup = () => {};
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    args: process.argv.slice(2),
-    options: {
-      duration: { type: "string" },
-      quick: { type: "boolean" },
-      vms: { type: "string" },
-      hosts: { type: "string" },
-      runtime: { type: "string" },
-      "client-runtime": { type: "string" },
-      rate: { type: "string" },
-      "chaos-every": { type: "string" },
-      chaos: { type: "string" },
-      warmup: { type: "string" },
-      out: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    strict: true,
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: process.argv.slice(2),
+      options: {
+        duration: { type: "string" },
+        quick: { type: "boolean" },
+        vms: { type: "string" },
+        hosts: { type: "string" },
+        runtime: { type: "string" },
+        "client-runtime": { type: "string" },
+        rate: { type: "string" },
+        "chaos-every": { type: "string" },
+        chaos: { type: "string" },
+        warmup: { type: "string" },
+        out: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const { values } = parsed;
   if (values.help) {
     console.log(USAGE);
     return 0;
@@ -144,7 +153,7 @@ async function main(): Promise<number> {
   const clientRuntime = (values["client-runtime"] ?? here) as Runtime;
   const brokerRuntime = (values.runtime ?? clientRuntime) as Runtime;
   for (const [k, v] of [["runtime", brokerRuntime], ["client-runtime", clientRuntime]]) {
-    if (v !== "deno" && v !== "bun") throw new Error(`--${k} must be deno or bun, not "${v}"`);
+    if (v !== "deno" && v !== "bun") throw new UsageError(`--${k} must be deno or bun, not "${v}"`);
   }
   if (clientRuntime !== here) return await reexec(clientRuntime);
 
@@ -169,13 +178,13 @@ async function main(): Promise<number> {
     if (
       k !== "broker-kill" && k !== "vm-port-drop" && !(ATTACKS as readonly string[]).includes(k)
     ) {
-      throw new Error(`--chaos: unknown kind "${k}"`);
+      throw new UsageError(`--chaos: unknown kind "${k}"`);
     }
   }
   if (!(nVms >= 2 && nVms <= 16) || !(nHosts >= 1 && nHosts <= 16)) {
-    throw new Error("--vms must be 2..16, --hosts 1..16");
+    throw new UsageError("--vms must be 2..16, --hosts 1..16");
   }
-  if (!(rate > 0 && rate <= 5000)) throw new Error("--rate must be 1..5000");
+  if (!(rate > 0 && rate <= 5000)) throw new UsageError("--rate must be 1..5000");
   const outDir = values.out ?? join(ROOT, "bench", "results", quick ? "tmp/soak-quick" : "soak");
   const command = `${here} bench/soak.ts ${process.argv.slice(2).join(" ")}`.trim();
   const settings = {
@@ -964,7 +973,8 @@ if (import.meta.main) {
   try {
     process.exitCode = await main();
   } catch (err) {
-    process.stderr.write(`soak: ${(err as Error).stack ?? err}\n`);
+    if (err instanceof UsageError) process.stderr.write(`soak: ${err.message}\n\n${USAGE}`);
+    else process.stderr.write(`soak: ${(err as Error).stack ?? err}\n`);
     emergencyCleanup();
     process.exitCode = 2;
   }
