@@ -78,7 +78,7 @@ export const ERROR_WINDOW_MS = 60_000;
  */
 export const WORK_PER_TURN = 4096;
 /** Port output (bytes) beyond which the broker stops reading a session until it drains. */
-export const OUTPUT_HOLD_BYTES = 4 * 1024 * 1024;
+export const OUTPUT_HOLD_BYTES = 1024 * 1024;
 /** Largest frame a host connection may send before its HELLO (a HELLO is far smaller). */
 export const PRE_HELLO_MAX_FRAME_BYTES = 64 * 1024;
 /** HELLOs one connection may send per second; more are refused (each is a session restart). */
@@ -768,6 +768,7 @@ export class Session implements DeliveryTarget, Holdable {
     }
     const limits = this.#ctx.limits;
     const stats = this.#opts.stats;
+    const payload = frame.payload;
     // Limits apply to the bytes that will be forwarded, not to what they decode to (a headers
     // map repeating one key decodes to a few bytes and may still be 64 KiB on the wire).
     const headBytes = end - start;
@@ -781,7 +782,7 @@ export class Session implements DeliveryTarget, Holdable {
       );
     }
     if (
-      FrameHeader.LENGTH + headBytes + MSG_HEAD_EXTRA + frame.payload.length > limits.maxFrameBytes
+      FrameHeader.LENGTH + headBytes + MSG_HEAD_EXTRA + payload.length > limits.maxFrameBytes
     ) {
       throw new VbusError(
         ErrorCode.FrameTooLarge,
@@ -825,14 +826,14 @@ export class Session implements DeliveryTarget, Holdable {
       );
     }
     stats.msgsIn++;
-    stats.bytesIn += frame.payload.length;
+    stats.bytesIn += payload.length;
     // The MSG head is spliced from the validated PUB head bytes (no re-encoding per delivery).
     const pubTail = buf[start] === PUB_HEAD_MARK ? buf.subarray(start + 1, end) : undefined;
     const router = this.#ctx.router;
     this.#ctx.publishing = this;
     let delivered: number;
     try {
-      delivered = router.publish(subject, reply, headers, frame.payload, volatile, pubTail);
+      delivered = router.publish(subject, reply, headers, payload, volatile, pubTail);
     } finally {
       this.#ctx.publishing = undefined;
     }

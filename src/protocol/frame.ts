@@ -55,13 +55,35 @@ export const FrameHeader = {
  * in place).
  */
 export interface Frame {
-  op: number;
-  flags: number;
+  readonly op: number;
+  readonly flags: number;
   readonly head: Uint8Array;
-  payload: Uint8Array;
-  buf: Uint8Array;
-  headStart: number;
-  headEnd: number;
+  readonly payload: Uint8Array;
+  readonly buf: Uint8Array;
+  readonly headStart: number;
+  readonly headEnd: number;
+}
+
+/**
+ * A frame cut from a port stream: views are made only if someone asks for them (a flood of
+ * PINGs or PONGs then costs one small object per frame, nothing more).
+ */
+class StreamFrame implements Frame {
+  constructor(
+    readonly op: number,
+    readonly flags: number,
+    readonly buf: Uint8Array,
+    readonly headStart: number,
+    readonly headEnd: number,
+    readonly payloadStart: number,
+    readonly payloadEnd: number,
+  ) {}
+  get head(): Uint8Array {
+    return this.buf.subarray(this.headStart, this.headEnd);
+  }
+  get payload(): Uint8Array {
+    return this.buf.subarray(this.payloadStart, this.payloadEnd);
+  }
 }
 
 /** A frame found in a ring record: the head view is only made if someone asks for it. */
@@ -343,15 +365,15 @@ export class FrameDecoder {
         }
         const headStart = pos + FrameHeader.LENGTH;
         const payloadStart = headStart + headLength + pad;
-        const frame: Frame = {
+        const frame = new StreamFrame(
           op,
           flags,
-          head: b.subarray(headStart, headStart + headLength),
-          payload: b.subarray(payloadStart, payloadStart + payloadLength),
-          buf: b,
+          b,
           headStart,
-          headEnd: headStart + headLength,
-        };
+          headStart + headLength,
+          payloadStart,
+          payloadStart + payloadLength,
+        );
         pos += total;
         if (onFrame(frame) === false) return false;
       }
