@@ -272,6 +272,11 @@ export class Outbox {
     const publisher = this.#o.publisher();
     if (!publisher || publisher === this.#o.owner || this.#held.has(publisher)) return;
     this.#held.add(publisher);
+    this.#o.log.debug('holding a publisher for a "block" subscriber that fell behind', {
+      session: this.#o.id(),
+      queuedBytes: this.#backlog.memoryBytes + this.#o.port.pending,
+      maxBlockMs: this.#o.limits.maxBlockMs,
+    });
     publisher.holdFor(this);
     this.#o.stats.blocked++;
     this.#blockTimer ??= setTimeout(() => this.#blockTimedOut(), this.#o.limits.maxBlockMs);
@@ -325,6 +330,17 @@ export class Outbox {
   }
 
   #drop(reason: string, n = 1) {
+    if (this.#unreported.size === 0) {
+      // The first drop since the last report (at most about one line a second per session).
+      this.#o.log.debug("dropping messages for a session", {
+        session: this.#o.id(),
+        reason,
+        dropped: n,
+        ringBacklogBytes: this.#backlog.memoryBytes,
+        portPendingBytes: this.#o.port.pending + this.#o.writer.batched,
+        maxPendingBytes: this.#o.limits.maxPendingBytes,
+      });
+    }
     countDrop(this.#o.stats, reason, n);
     const code = reason === DropReason.TooLarge ? ErrorCode.FrameTooLarge : ErrorCode.SlowConsumer;
     this.#unreported.set(code, (this.#unreported.get(code) ?? 0) + n);

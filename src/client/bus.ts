@@ -85,11 +85,10 @@ import { attachRegion } from "../ring/region.ts";
 import { decodeDoorbellHead } from "../protocol/heads.ts";
 import { HeadReader } from "../protocol/fast_heads.ts";
 import { statSync } from "node:fs";
-import { createLogger } from "../util/log.ts";
+import { createLogger, type Logger } from "../util/log.ts";
+import { connectHint } from "./hints.ts";
 
 export type { ClientStats } from "./delivery_ledger.ts";
-
-const log = createLogger("vbus-client");
 
 /** FUTEX_WAIT sleeps of a `wake: "futex"` client, waiting for data and for space. */
 export interface FutexSleepCounts {
@@ -142,7 +141,9 @@ export interface SessionInfo {
 /** A connection to the vbus broker. Create it with {@link connect}. */
 export class Bus implements SubscriptionOwner {
   #opts:
-    & Required<Omit<ConnectOptions, "port" | "server" | "transport" | "name" | "shm" | "wake">>
+    & Required<
+      Omit<ConnectOptions, "port" | "server" | "transport" | "name" | "shm" | "wake" | "logger">
+    >
     & {
       name?: string;
     };
@@ -181,13 +182,16 @@ export class Bus implements SubscriptionOwner {
   #closedResolve!: (err: Error | undefined) => void;
   #abort = new AbortController();
   #everConnected = false;
+  #log: Logger;
 
   /** Resolves when the connection is closed for good: `undefined` if by `close()`, else the error. */
   readonly closed: Promise<Error | undefined>;
 
   /** @internal Use {@link connect}. */
   constructor(opts: ConnectOptions = {}) {
-    const { port: _p, server: _s, transport, shm, wake, ...rest } = opts;
+    const { port: _p, server: _s, transport, shm, wake, logger, ...rest } = opts;
+    // Made per connection, not at import: a bad VBUS_LOG is reported by connect() itself.
+    this.#log = logger ?? createLogger("vbus-client");
     if (wake !== undefined && wake !== "doorbell" && wake !== "futex") {
       throw new TypeError(`wake must be "doorbell" or "futex", not ${JSON.stringify(wake)}`);
     }
@@ -252,7 +256,7 @@ export class Bus implements SubscriptionOwner {
       const err = this.#lastError ?? new VbusError(ErrorCode.Port, "not connected");
       throw new VbusError(
         ErrorCode.Port,
-        `could not connect within ${this.#opts.timeoutMs} ms: ${err.message}`,
+        `could not connect within ${this.#opts.timeoutMs} ms: ${err.message}${connectHint(err)}`,
       );
     }
   }
@@ -685,6 +689,11 @@ export class Bus implements SubscriptionOwner {
           return;
         }
         const delayMs = backoff.next();
+        this.#log.debug("connect attempt failed, retrying", {
+          attempt,
+          delayMs,
+          error: (err as Error).message,
+        });
         if (this.#everConnected) this.#emit({ type: "reconnecting", attempt, delayMs });
         await sleep(delayMs, signal);
       }
@@ -726,7 +735,7 @@ export class Bus implements SubscriptionOwner {
           if (problem) {
             // The broker set up rings we cannot use: start the session again without them.
             this.#emit({ type: "dataPath", path: "stream", reason: problem });
-            log.info("shared-memory fast path not used", { reason: problem });
+            this.#log.info("shared-memory fast path not used", { reason: problem });
             offerShm = false;
             sendHello();
             return;
@@ -814,7 +823,7 @@ export class Bus implements SubscriptionOwner {
         } catch (err) {
           await Promise.all(waiters.map((w) => w.close()));
           plan.futex = false;
-          log.warn("futex wake-ups unavailable, using doorbell frames", {
+          this.#log.warn("futex wake-ups unavailable, using doorbell frames", {
             reason: (err as Error).message,
           });
         }
@@ -822,7 +831,7 @@ export class Bus implements SubscriptionOwner {
     } catch (err) {
       const reason = `shared memory unavailable: ${(err as Error).message}`;
       this.#shmPlan = { kind: "none", reason };
-      log.info("using the port stream only", { reason });
+      this.#log.info("using the port stream only", { reason });
     }
   }
 
@@ -1026,6 +1035,18 @@ export class Bus implements SubscriptionOwner {
       this.#emit({ type: "dataPath", path: "stream", reason: this.#shmPlan.reason });
     }
     const base = { session: welcome.session, identity: welcome.identity, port: port.description };
+    this.#log.debug(reconnect ? "reconnected" : "connected", {
+      ...base,
+      path: this.#ring ? "ring" : "stream",
+      ...(this.#ring ? {} : {
+        why: this.#shmPlan.kind === "none"
+          ? this.#shmPlan.reason
+          : String((welcome.shm as { reason?: unknown } | undefined)?.reason ?? "not offered"),
+      }),
+      resubscribed,
+      resent: recovered,
+      maybeLost,
+    });
     if (reconnect) {
       this.#emit({
         type: "reconnected",
@@ -1111,6 +1132,7 @@ export class Bus implements SubscriptionOwner {
     if (this.#state === "draining") return this.#shutdown(undefined);
     const maybeLost = this.#ledger.sessionEnded(ringEnd);
     this.#maybeLostSinceSession += maybeLost;
+    this.#log.debug("disconnected", { reason, maybeLost, resending: ringEnd?.recovered ?? 0 });
     this.#emit({
       type: "disconnected",
       reason,

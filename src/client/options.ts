@@ -14,6 +14,7 @@ import type { PortOpener } from "../port/port.ts";
 import type { Headers } from "../protocol/ops.ts";
 import { DEFAULT_PORT_NAME } from "../port/device_port.ts";
 import type { Msg } from "./msg.ts";
+import type { Logger } from "../util/log.ts";
 
 /** Where and how to connect. */
 export interface ConnectOptions {
@@ -57,6 +58,14 @@ export interface ConnectOptions {
   pingIntervalMs?: number;
   /** Default timeout of `request()`. Default 5000 ms. */
   requestTimeoutMs?: number;
+  /**
+   * Where the client logs (data path decisions, futex fallbacks; at debug level connect
+   * attempts, sessions and disconnects): any object with `debug`, `info`, `warn` and `error`
+   * taking `(message, fields?)`, e.g. `createLogger("my-app", { format: "json" })` or
+   * `console`. Default: a stderr logger set by `VBUS_LOG` and `VBUS_LOG_FORMAT` (a bad value
+   * of either makes `connect()` fail with a message saying which values exist).
+   */
+  logger?: Logger;
 }
 
 /** Options of `publish()`. */

@@ -1,22 +1,44 @@
 /**
- * A small structured logger writing one line per event to stderr: a timestamp, the level, a
- * message and `key=value` fields. Level from `VBUS_LOG` (debug, info, warn, error, silent).
+ * A small structured logger writing one line per event to stderr: a timestamp, the level, the
+ * component, a message and fields. Settings come from the environment unless given:
+ *
+ * - `VBUS_LOG`: `debug`, `info` (default), `warn`, `error` or `silent`. `debug` adds what an
+ *   operator debugs with: shared-memory negotiation, reconnect attempts, every drop decision.
+ * - `VBUS_LOG_FORMAT`: `text` (default: `TIME LEVEL [component] message key=value ...`) or
+ *   `json` (one JSON object per line: `time`, `level`, `component`, `msg`, then the fields).
+ *
+ * Any other value is an error ({@link LogSettingsError}) that says which values exist: a typo in
+ * `VBUS_LOG=degub` must not silently mean "info".
  *
  * @example
  * ```ts
  * import { createLogger } from "./log.ts";
  * const log = createLogger("broker");
  * log.info("vm connected", { vm: "vm1" });
+ * // 2025-01-01T00:00:00.000Z INFO [broker] vm connected vm=vm1
+ * const json = createLogger("broker", { level: "debug", format: "json" });
+ * json.debug("negotiated", { vm: "vm1", path: "ring" });
+ * // {"time":"2025-01-01T00:00:00.000Z","level":"debug","component":"broker","msg":"negotiated","vm":"vm1","path":"ring"}
  * ```
  * @module
  */
 import process from "node:process";
 
-/** Log levels, least to most severe. */
+/** Log levels, least to most severe (`silent` logs nothing). */
 export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
+/** How lines look: `text` for people, `json` for log collectors. */
+export type LogFormat = "text" | "json";
+
+/** Every level, least to most severe. */
+export const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error", "silent"];
+/** Every format. */
+export const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
 const RANK: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3, silent: 4 };
 
-/** A logger bound to a component name. */
+/**
+ * A logger bound to a component: what the broker uses and what `connect({ logger })` takes.
+ * Any object with these four methods works (`console` too).
+ */
 export interface Logger {
   debug(msg: string, fields?: Record<string, unknown>): void;
   info(msg: string, fields?: Record<string, unknown>): void;
@@ -24,35 +46,113 @@ export interface Logger {
   error(msg: string, fields?: Record<string, unknown>): void;
 }
 
-function envLevel(): LogLevel {
+/** How {@link createLogger} is set up; what is absent comes from the environment. */
+export interface LoggerOptions {
+  level?: LogLevel;
+  format?: LogFormat;
+  /** Where lines go (without the newline). Default: stderr. */
+  write?: (line: string) => void;
+}
+
+/** A bad `VBUS_LOG` / `VBUS_LOG_FORMAT` value (or option): the message says what is allowed. */
+export class LogSettingsError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "LogSettingsError";
+  }
+}
+
+function env(name: string): string | undefined {
   try {
-    const v = process.env.VBUS_LOG as LogLevel | undefined;
-    return v && v in RANK ? v : "info";
+    return process.env[name] || undefined;
   } catch {
-    return "info"; // no env permission
+    return undefined; // no env permission: the defaults
   }
 }
 
 /**
- * Create a logger for a component.
+ * Check a level name; `source` names where it came from in the error.
  *
+ * @example
+ * ```ts
+ * parseLogLevel("debug"); // "debug"
+ * parseLogLevel("verbose"); // throws: VBUS_LOG="verbose" is not a log level: use debug, info, ...
+ * ```
+ */
+export function parseLogLevel(value: string, source = "VBUS_LOG"): LogLevel {
+  const v = value.trim().toLowerCase();
+  if ((LOG_LEVELS as readonly string[]).includes(v)) return v as LogLevel;
+  throw new LogSettingsError(
+    `${source}=${JSON.stringify(value)} is not a log level: use one of ${LOG_LEVELS.join(", ")}`,
+  );
+}
+
+/**
+ * Check a format name; `source` names where it came from in the error.
+ *
+ * @example
+ * ```ts
+ * parseLogFormat("json"); // "json"
+ * ```
+ */
+export function parseLogFormat(value: string, source = "VBUS_LOG_FORMAT"): LogFormat {
+  const v = value.trim().toLowerCase();
+  if ((LOG_FORMATS as readonly string[]).includes(v)) return v as LogFormat;
+  throw new LogSettingsError(
+    `${source}=${JSON.stringify(value)} is not a log format: use one of ${LOG_FORMATS.join(", ")}`,
+  );
+}
+
+/**
+ * The level and format the environment asks for (`VBUS_LOG`, `VBUS_LOG_FORMAT`). Commands call
+ * it first, so a bad value stops them at once with the message.
+ *
+ * @throws {LogSettingsError} for a value that is not a level or a format.
+ * @example
+ * ```ts
+ * const { level, format } = logSettingsFromEnv(); // { level: "info", format: "text" } by default
+ * ```
+ */
+export function logSettingsFromEnv(): { level: LogLevel; format: LogFormat } {
+  const level = env("VBUS_LOG");
+  const format = env("VBUS_LOG_FORMAT");
+  return {
+    level: level === undefined ? "info" : parseLogLevel(level),
+    format: format === undefined ? "text" : parseLogFormat(format),
+  };
+}
+
+/**
+ * Create a logger for a component. A level string is the old short form of `{ level }`.
+ *
+ * @throws {LogSettingsError} when a setting not given comes from a bad environment value.
  * @example
  * ```ts
  * const log = createLogger("client", "warn");
  * log.warn("reconnecting", { attempt: 3 });
+ * const lines: string[] = [];
+ * const captured = createLogger("test", { level: "debug", format: "json", write: (l) => lines.push(l) });
  * ```
  */
-export function createLogger(component: string, level: LogLevel = envLevel()): Logger {
+export function createLogger(component: string, opts: LogLevel | LoggerOptions = {}): Logger {
+  const o: LoggerOptions = typeof opts === "string" ? { level: opts } : opts;
+  let level = o.level;
+  let format = o.format;
+  if (level === undefined || format === undefined) {
+    const fromEnv = logSettingsFromEnv();
+    level ??= fromEnv.level;
+    format ??= fromEnv.format;
+  }
+  if (!(level in RANK)) parseLogLevel(String(level), "level");
+  if (!(LOG_FORMATS as readonly string[]).includes(format)) {
+    parseLogFormat(String(format), "format");
+  }
   const min = RANK[level];
+  const write = o.write ?? ((line: string) => process.stderr.write(line + "\n"));
+  const line = format === "json" ? jsonLine : textLine;
   const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>) => {
     if (RANK[lvl] < min) return;
-    let line = `${new Date().toISOString()} ${lvl.toUpperCase()} [${component}] ${msg}`;
-    if (fields) {
-      for (const [k, v] of Object.entries(fields)) {
-        line += ` ${k}=${typeof v === "string" && !/\s/.test(v) ? v : JSON.stringify(v)}`;
-      }
-    }
-    process.stderr.write(line + "\n");
+    write(line(new Date().toISOString(), lvl, component, msg, fields));
   };
   return {
     debug: (m, f) => emit("debug", m, f),
@@ -60,4 +160,53 @@ export function createLogger(component: string, level: LogLevel = envLevel()): L
     warn: (m, f) => emit("warn", m, f),
     error: (m, f) => emit("error", m, f),
   };
+}
+
+/** A field value as a log can hold it: errors by their message, bigints as strings. */
+function plain(v: unknown): unknown {
+  if (v instanceof Error) return v.message;
+  if (typeof v === "bigint") return v.toString();
+  return v;
+}
+
+function safeJson(v: unknown): string {
+  try {
+    return JSON.stringify(v, (_k, x) => plain(x)) ?? String(v);
+  } catch {
+    return JSON.stringify(String(v)); // a cycle: still one line
+  }
+}
+
+function textLine(
+  time: string,
+  level: LogLevel,
+  component: string,
+  msg: string,
+  fields?: Record<string, unknown>,
+): string {
+  let line = `${time} ${level.toUpperCase()} [${component}] ${msg}`;
+  if (fields) {
+    for (const [k, raw] of Object.entries(fields)) {
+      const v = plain(raw);
+      line += ` ${k}=${typeof v === "string" && v !== "" && !/[\s"=]/.test(v) ? v : safeJson(v)}`;
+    }
+  }
+  return line;
+}
+
+/** The keys every JSON line has; a field with one of these names gets a `field.` prefix. */
+const JSON_KEYS = new Set(["time", "level", "component", "msg"]);
+
+function jsonLine(
+  time: string,
+  level: LogLevel,
+  component: string,
+  msg: string,
+  fields?: Record<string, unknown>,
+): string {
+  const out: Record<string, unknown> = { time, level, component, msg };
+  if (fields) {
+    for (const [k, v] of Object.entries(fields)) out[JSON_KEYS.has(k) ? `field.${k}` : k] = v;
+  }
+  return safeJson(out);
 }
