@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // `npm test`: the whole suite, under Deno and then Bun, plus the benchmark smoke run.
 // 1. As root on Debian, installs what the real-guest tests need (lab/setup.sh: QEMU, a kernel,
-//    busybox) and what the benchmark smoke needs (nats-server, redis-server). Without root or
-//    apt, those tests skip and say why.
+//    busybox), what the benchmark smoke needs (nats-server, redis-server) and what the
+//    monitoring tests need (chromium for the dashboard, tmux for `vbus top`, and promtool from
+//    Debian's prometheus package for /metrics: only the binary is unpacked, into lab/build,
+//    so no Prometheus server gets installed and started). Without root or apt, those tests
+//    skip and say why.
 // 2. Runs `deno test` and `bun test` over tests/, the chaos soak's smoke run
 //    (`bun bench/soak.ts --quick`, ~75 s) and `npm run bench -- --quick`.
 // 3. Ends with one line: `N passed, N failed, N skipped` over both runtimes.
@@ -12,6 +15,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+/** Where setup unpacks promtool (tests/monitor_test.ts looks there too). */
+const PROMTOOL = "lab/build/prometheus/usr/bin/promtool";
 const bin = (name) => join(root, "node_modules", ".bin", name);
 const args = process.argv.slice(2);
 const only = args.filter((a) => !a.startsWith("--"));
@@ -42,7 +47,7 @@ function setup() {
   step("setup: Debian packages and the VM lab");
   const lab = spawnSync("bash", [join(root, "lab", "setup.sh")], { stdio: "inherit" });
   if (lab.status !== 0) console.log(`lab/setup.sh failed (exit ${lab.status}): real-guest tests will skip`);
-  const missing = ["nats-server", "redis-server"].filter(
+  const missing = ["nats-server", "redis-server", "chromium", "tmux"].filter(
     (p) => spawnSync("dpkg", ["-s", p], { stdio: "ignore" }).status !== 0,
   );
   if (missing.length) {
@@ -50,7 +55,13 @@ function setup() {
       stdio: "inherit",
       env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
     });
-    if (r.status !== 0) console.log(`could not install ${missing.join(", ")}: peer benchmarks will skip`);
+    if (r.status !== 0) console.log(`could not install ${missing.join(", ")}: peer benchmarks and monitoring tests will skip (or fail, as root or in CI)`);
+  }
+  if (!existsSync("/usr/bin/promtool") && !existsSync(join(root, PROMTOOL))) {
+    // `apt-get download` fetches the .deb without installing it (no prometheus user, no service).
+    const dir = join(root, "lab", "build", "prometheus");
+    const r = spawnSync("bash", ["-c", `set -e; mkdir -p "${dir}"; cd "${dir}"; rm -f prometheus_*.deb; apt-get download prometheus || (apt-get update && apt-get download prometheus); dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb usr/bin/prometheus`], { stdio: "inherit" });
+    if (r.status !== 0) console.log("could not unpack promtool from Debian's prometheus package: the /metrics test will fail as root");
   }
 }
 
