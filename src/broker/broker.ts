@@ -49,6 +49,8 @@ import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { Backoff, sleep } from "../util/backoff.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { QueueAwareRouter } from "../bridge/queue_router.ts";
+import { NatsBridge } from "../bridge/nats_bridge.ts";
 
 /** Subject host clients request to get {@link BrokerStats}. */
 export const STATS_SUBJECT = `${SYSTEM_PREFIX}STATS`;
@@ -87,7 +89,8 @@ export interface BrokerOptions {
 /** A running broker. */
 export class Broker {
   readonly config: BrokerConfig;
-  readonly router = new Router();
+  /** With a bridge, a router that also keeps queue groups one member wide across hosts. */
+  readonly router: Router;
   #log: Logger;
   #ctx: SessionContext;
   #opts: BrokerOptions;
@@ -111,6 +114,7 @@ export class Broker {
   #refusedSinceLog = 0;
   #wrapperTimer?: ReturnType<typeof setInterval>;
   #statsEntry?: RouteEntry;
+  #bridges: NatsBridge[] = [];
   #sessionNumber = 0;
   // Distinguishes session ids across broker restarts.
   #runId = randomBytes(3).toString("hex");
@@ -119,6 +123,7 @@ export class Broker {
     this.config = config;
     this.#opts = opts;
     this.#log = opts.logger ?? createLogger("broker");
+    this.router = config.bridge?.nats ? new QueueAwareRouter() : new Router();
     this.#ctx = {
       router: this.router,
       limits: config.limits,
@@ -144,6 +149,7 @@ export class Broker {
       ffiProblem = (err as Error).message;
     }
     try {
+      this.#makeBridges();
       this.#lockVms(ffiProblem);
       this.#addStatsService();
       for (const vm of this.config.vms) {
@@ -160,12 +166,14 @@ export class Broker {
       if (this.config.listen) await this.#listen(this.config.listen);
     } catch (err) {
       this.#running = false;
+      this.#bridges = [];
       if (this.#statsEntry) this.router.remove(this.#statsEntry);
       for (const m of this.#mappings.splice(0)) m.unmap();
       for (const l of this.#locks.splice(0)) l.release();
       throw err;
     }
     for (const vm of this.config.vms) this.#links.push(this.#runVmLink(vm));
+    for (const b of this.#bridges) b.start(); // connects in the background: never waits for NATS
     this.#watchWrapper();
     this.#log.info("broker started", {
       listen: this.config.listen ?? "(none)",
@@ -235,6 +243,7 @@ export class Broker {
     if (!this.#running) return;
     this.#running = false;
     this.#abort.abort();
+    await Promise.all(this.#bridges.splice(0).map((b) => b.stop()));
     for (const s of [...this.#sessions]) s.close("broker stopping");
     if (this.#server) {
       await new Promise<void>((resolve) => this.#server!.close(() => resolve()));
@@ -255,7 +264,28 @@ export class Broker {
       uptimeMs: Date.now() - this.#startedAt,
       vms: [...this.#vmStats.values()].map((s) => structuredClone(s)),
       host: structuredClone(this.#hostStats),
+      bridges: this.#bridges.map((b) => b.stats()),
     };
+  }
+
+  /** The running bridges (e.g. to wait until NATS has their subscriptions: `flush()`). */
+  get bridges(): readonly NatsBridge[] {
+    return this.#bridges;
+  }
+
+  /** Bridges from the config (reading their credentials now, so a bad file fails start). */
+  #makeBridges() {
+    const nats = this.config.bridge?.nats;
+    if (!nats) return;
+    this.#bridges = [
+      new NatsBridge({
+        config: nats,
+        router: this.router as QueueAwareRouter,
+        limits: this.config.limits,
+        log: this.#log,
+        publisher: () => this.#ctx.publishing,
+      }),
+    ];
   }
 
   #addStatsService() {

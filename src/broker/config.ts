@@ -15,6 +15,7 @@ import { isAbsolute, resolve } from "node:path";
 import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc-parser";
 import { validatePattern } from "../subject/subject.ts";
 import { DEFAULT_LIMITS, type Limits } from "../protocol/limits.ts";
+import { type BridgeConfig, parseBridgeConfig } from "../bridge/bridge_config.ts";
 
 import { DEFAULT_PORT_NAME } from "../port/device_port.ts";
 export { DEFAULT_PORT_NAME };
@@ -68,6 +69,8 @@ export interface BrokerConfig {
   limits: Limits;
   /** The VMs, each with a unique name. */
   vms: VmConfig[];
+  /** Bridges to other systems (`bridge.nats`: see src/bridge/bridge_config.ts); absent: none. */
+  bridge?: BridgeConfig;
 }
 
 /** A configuration problem: names the file, the key path and what is wrong. */
@@ -129,7 +132,7 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
     throw new ConfigError(source, key, problem);
   };
   const root = expectObject(raw, "(root)", fail);
-  checkKeys(root, ["listen", "host", "limits", "vms"], "(root)", fail);
+  checkKeys(root, ["listen", "host", "limits", "vms", "bridge"], "(root)", fail);
   // Every path the broker opens, normalised, with the key that named it first: one file must
   // never play two roles (the broker's own socket as a VM's, one VM's memory as another's).
   const paths = new Map<string, string>();
@@ -186,7 +189,8 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
     const permissions = parsePermissions(vm.permissions, `${at}.permissions`, false, fail);
     return { name, socket, port, shm, shmSize, permissions };
   });
-  return { source, listen, hostPermissions, limits, vms };
+  const bridge = parseBridgeConfig(root.bridge, fail);
+  return { source, listen, hostPermissions, limits, vms, ...(bridge ? { bridge } : {}) };
 }
 
 type Fail = (key: string, problem: string) => never;

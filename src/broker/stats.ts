@@ -11,6 +11,7 @@
  * ```
  * @module
  */
+import type { BridgeStats } from "../bridge/bridge_stats.ts";
 
 /** Counters for one VM, or for all host clients together. */
 export interface EndpointStats {
@@ -99,4 +100,6 @@ export interface BrokerStats {
   uptimeMs: number;
   vms: EndpointStats[];
   host: EndpointStats;
+  /** One per configured bridge (e.g. `bridge.nats`); empty without. */
+  bridges: BridgeStats[];
 }
