@@ -57,12 +57,16 @@ export class Router {
   // Round-robin position per queue group name, so members share the load evenly.
   #queueTurn = new Map<string, number>();
 
+  #lastCost = 0;
+
   /**
    * Work the last {@link publish} cost beyond its deliveries: index nodes walked to match its
-   * subject (0 when the match came from the cache), for a caller that bounds work per turn.
+   * subject (none when the match came from the cache) plus the matched subscriptions it went
+   * through (thousands of queue-group members cost that much even if one gets the message),
+   * for a caller that bounds work per turn.
    */
   get lastMatchCost(): number {
-    return this.#subs.lastMatchCost;
+    return this.#lastCost;
   }
 
   /** Number of subscriptions. */
@@ -100,6 +104,8 @@ export class Router {
     pubTail?: Uint8Array,
   ): number {
     const matched = this.#subs.match(subject);
+    // The matched list is walked about twice (a check for auto-unsubscribes, then deliveries).
+    this.#lastCost = this.#subs.lastMatchCost + 2 * matched.length;
     try {
       return this.#publish(matched, subject, reply, headers, payload, volatile, pubTail);
     } finally {
