@@ -9,11 +9,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { type AddressInfo, connect as tcpConnect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import process from "node:process";
-import { connect as natsConnect } from "@nats-io/transport-node";
+import { connect as natsConnect, nkeys } from "@nats-io/transport-node";
 import { Broker } from "../src/broker/broker.ts";
 import { type Permissions, validateConfig } from "../src/broker/config.ts";
 import type { NatsBridge } from "../src/bridge/nats_bridge.ts";
@@ -96,10 +97,16 @@ function signal(proc: ChildProcess, sig: NodeJS.Signals) {
 
 async function startNats(
   name: string,
-  opts: { port?: number; cluster?: { port: number; routes: number[] } } = {},
+  opts: { port?: number; cluster?: { port: number; routes: number[] }; config?: string } = {},
 ): Promise<NatsNode> {
   const port = opts.port ?? await freePort();
   const args = ["-a", "127.0.0.1", "-p", String(port), "-n", name];
+  let conf: string | undefined;
+  if (opts.config !== undefined) {
+    conf = join(tmpdir(), `vbus-nats-${port}.conf`);
+    writeFileSync(conf, opts.config);
+    args.push("-c", conf);
+  }
   if (opts.cluster) {
     args.push(
       "--cluster_name",
@@ -122,6 +129,7 @@ async function startNats(
     url: `nats://127.0.0.1:${port}`,
     kill: async () => {
       nodes.delete(node);
+      if (conf) rmSync(conf, { force: true });
       // process.kill, not proc.kill: Deno's ChildProcess sends only the first signal it is given.
       if (proc.exitCode === null && proc.signalCode === null) {
         signal(proc, "SIGKILL");
@@ -232,7 +240,13 @@ async function startHost(
     hostShm: false,
     reconnect: { initialMs: 20, maxMs: 200 },
   });
-  await broker.start();
+  try {
+    await broker.start();
+  } catch (err) {
+    for (const vm of sims.values()) await vm.stop();
+    cleanup();
+    throw err;
+  }
   const clients: Bus[] = [];
   await waitFor(() => [...sims.values()].every((v) => v.hostConnected), "broker linked to its VMs");
   return {
@@ -510,6 +524,27 @@ natsTest(
       assert.deepEqual(plainA.data(), everything);
       assert.deepEqual(plainB.data(), everything);
       assert.equal(A.stats().dropped + B.stats().dropped, 0);
+
+      // A service in a queue group on B, called from A (no local member): each request is
+      // answered by one member, once.
+      const calls: string[] = [];
+      for (const [bus, name] of [[b1, "b1"], [b2, "b2"]] as const) {
+        bus.subscribe<number>("work.svc", {
+          queue: "svc",
+          callback: (_e, m) => {
+            calls.push(name);
+            m.respond(m.data + 1);
+          },
+        });
+        await bus.flush();
+      }
+      await B.bridge.flush();
+      const answers = await Promise.all(
+        range(0, 20).map((i) => a2.request<number>("work.svc", i, { timeout: 5000 })),
+      );
+      assert.deepEqual(answers.map((m) => m.data), range(1, 20));
+      await delay(200);
+      assert.equal(calls.length, 20, "one member answered each request, once");
     });
   },
 );
@@ -825,6 +860,66 @@ natsTest(
       assert.equal(after.buffered, 0);
       assert.equal(after.maybeLost, 0);
       assert.equal(after.msgsOut, expected);
+    });
+  },
+);
+
+natsTest(
+  "bridge: credentials (user/password, an nkey seed file) go through the official client; refused ones are reported, local traffic goes on",
+  async () => {
+    await withCleanup(async (defer) => {
+      const user = nkeys.createUser();
+      const { dir, cleanup } = tempDir();
+      defer(() => Promise.resolve(cleanup()));
+      const seedFile = join(dir, "hostB.nk");
+      writeFileSync(seedFile, new TextDecoder().decode(user.getSeed()) + "\n", { mode: 0o600 });
+      const nats = await startNats("n1", {
+        config: `authorization { users = [
+        { user: "hostA", password: "pa55" },
+        { nkey: "${user.getPublicKey()}" }
+      ] }\n`,
+      });
+      const A = await startHost(["a1"], {
+        servers: [nats.url],
+        export: ["auth.>"],
+        auth: { user: "hostA", pass: "pa55" },
+      });
+      defer(() => A.close());
+      const B = await startHost(["b1"], {
+        servers: [nats.url],
+        import: ["auth.>"],
+        auth: { nkeySeedFile: seedFile },
+      });
+      defer(() => B.close());
+      const C = await startHost(["c1", "c2"], {
+        servers: [nats.url],
+        export: ["auth.>"],
+        auth: { user: "hostA", pass: "wrong" },
+      });
+      defer(() => C.close());
+      await bridgesReady(A, B);
+      const a1 = await A.vm("a1"), b1 = await B.vm("b1");
+      const got = collect<number>(b1, "auth.>");
+      await b1.flush();
+      for (const i of range(0, 10)) await a1.publish("auth.x", i);
+      await waitFor(() => got.got.length >= 10, "10 messages across authenticated bridges");
+      assert.deepEqual(got.data(), range(0, 10));
+
+      await waitFor(() => C.stats().lastError !== null, "C says why it is not connected");
+      assert.match(C.stats().lastError!, /authoriz/i);
+      assert.equal(C.stats().connected, false);
+      const c1 = await C.vm("c1"), c2 = await C.vm("c2");
+      const local = collect<number>(c2, "auth.>");
+      await c2.flush();
+      for (const i of range(0, 10)) await c1.publish("auth.y", i);
+      await waitFor(() => local.got.length >= 10, "C's local traffic");
+      assert.deepEqual(local.data(), range(0, 10));
+
+      // A credentials file that cannot be read fails the broker's start, naming the key.
+      await assert.rejects(
+        startHost(["d1"], { servers: [nats.url], auth: { nkeySeedFile: join(dir, "missing.nk") } }),
+        /bridge\.nats\.auth\.nkeySeedFile: cannot read/,
+      );
     });
   },
 );

@@ -52,10 +52,10 @@ import { BridgeDrop, type BridgeStats, newBridgeStats } from "./bridge_stats.ts"
 import {
   fromNatsHeaders,
   hasOrigin,
+  HeaderEncoder,
   type IncomingHeaders,
   ORIGIN_HEADER,
   QUEUES_HEADER,
-  toNatsHeaders,
 } from "./nats_headers.ts";
 import { NatsLink, type Outgoing } from "./nats_link.ts";
 import type { QueueAwareRouter, QueueInterest } from "./queue_router.ts";
@@ -121,6 +121,7 @@ export class NatsBridge {
   #toNats: ReplyTable<string>;
   #toLocal: ReplyTable<LocalRoute>;
   #queueSubs = new Map<string, QueueSub>();
+  #headers: HeaderEncoder;
   #stopInterest?: () => void;
   // Set while the bridge publishes into the router: those messages are not exported again.
   #importing = false;
@@ -132,6 +133,7 @@ export class NatsBridge {
     const id = randomBytes(4).toString("hex");
     this.origin = `${config.name ?? `vbus-${hostname()}`}.${id}`;
     this.#stats = newBridgeStats("nats", config.servers, this.origin);
+    this.#headers = new HeaderEncoder(this.origin);
     this.#exports = config.export.map((r) => new SubjectMapping(r));
     this.#imports = config.import.map((r) => new SubjectMapping(r));
     this.#localInbox = `${INBOX_PREFIX}$bridge.${id}`;
@@ -305,7 +307,7 @@ export class NatsBridge {
   ): boolean {
     let h: MsgHdrs;
     try {
-      h = toNatsHeaders(headers, this.origin, queues);
+      h = this.#headers.encode(headers, queues);
     } catch {
       this.#link.drop(BridgeDrop.BadHeaders);
       return false;
@@ -333,8 +335,10 @@ export class NatsBridge {
   ):
     | { subject: string; reply: string | null; headers: Headers | null; payload: Uint8Array }
     | undefined {
+    // The client decodes subject and reply again on every access: read them once.
+    const natsSubject = msg.subject;
     // Answers to our requests come through the inbox subscription; other inboxes are not ours.
-    if (msg.subject.startsWith(INBOX_PREFIX) || msg.subject.startsWith(this.#natsInbox)) return;
+    if (natsSubject.startsWith(INBOX_PREFIX) || natsSubject.startsWith(this.#natsInbox)) return;
     let incoming: IncomingHeaders;
     try {
       incoming = fromNatsHeaders(msg.headers);
@@ -345,10 +349,11 @@ export class NatsBridge {
     if (incoming.origin === this.origin) return; // our own (noEcho already prevents it)
     if (queue !== undefined && incoming.queues.includes(queue)) return; // served at its origin
     // Taken in from here on (dropped or delivered); the copies ignored above are not counted.
+    const payload = msg.data;
     const s = this.#stats;
     s.msgsIn++;
-    s.bytesIn += msg.data.length;
-    const subject = rule.toLocal(msg.subject);
+    s.bytesIn += payload.length;
+    const subject = rule.toLocal(natsSubject);
     if (subject.startsWith(SYSTEM_PREFIX) || subject.startsWith(INBOX_PREFIX)) return;
     const limits = this.#o.limits;
     if (validateSubject(subject, limits.maxSubjectBytes, limits.maxSubjectTokens)) {
@@ -361,16 +366,16 @@ export class NatsBridge {
       this.#link.drop(BridgeDrop.BadHeaders);
       return;
     }
-    const replyBytes = msg.reply ? this.#localInbox.length + 16 : 0;
+    const natsReply = msg.reply;
+    const replyBytes = natsReply ? this.#localInbox.length + 16 : 0;
     if (
-      FRAME_OVERHEAD + subject.length + replyBytes + hBytes + msg.data.length >
-        limits.maxFrameBytes
+      FRAME_OVERHEAD + subject.length + replyBytes + hBytes + payload.length > limits.maxFrameBytes
     ) {
       this.#link.drop(BridgeDrop.TooLarge);
       return;
     }
-    const reply = msg.reply ? `${this.#localInbox}.${this.#toNats.add(msg.reply)}` : null;
-    return { subject, reply, headers, payload: msg.data };
+    const reply = natsReply ? `${this.#localInbox}.${this.#toNats.add(natsReply)}` : null;
+    return { subject, reply, headers, payload };
   }
 
   /** A message on an import subscription: every plain local subscriber gets it. */
@@ -400,8 +405,9 @@ export class NatsBridge {
   /** An answer on the bridge's NATS inbox: to the local requester that asked. */
   #replyFromNats(msg: Msg) {
     const s = this.#stats;
+    const payload = msg.data;
     s.msgsIn++;
-    s.bytesIn += msg.data.length;
+    s.bytesIn += payload.length;
     const token = msg.subject.slice(this.#natsInbox.length + 1);
     const route = this.#toLocal.get(token);
     if (!route) {
@@ -426,11 +432,11 @@ export class NatsBridge {
       this.#link.drop(BridgeDrop.BadHeaders);
       return;
     }
-    if (FRAME_OVERHEAD + route.subject.length + msg.data.length > this.#o.limits.maxFrameBytes) {
+    if (FRAME_OVERHEAD + route.subject.length + payload.length > this.#o.limits.maxFrameBytes) {
       this.#link.drop(BridgeDrop.TooLarge);
       return;
     }
-    this.#o.router.deliverTo(route.target, route.subject, headers, msg.data);
+    this.#o.router.deliverTo(route.target, route.subject, headers, payload);
   }
 
   // ---- queue groups --------------------------------------------------------------------------

@@ -8,8 +8,8 @@
  *
  * @example
  * ```ts
- * import { fromNatsHeaders, toNatsHeaders } from "./nats_headers.ts";
- * const h = toNatsHeaders({ trace: "abc" }, "vbus-hostA-1f2e", ["workers"]);
+ * import { fromNatsHeaders, HeaderEncoder } from "./nats_headers.ts";
+ * const h = new HeaderEncoder("vbus-hostA-1f2e").encode({ trace: "abc" }, ["workers"]);
  * fromNatsHeaders(h).headers; // { trace: "abc", "Vbus-Origin": "vbus-hostA-1f2e" }
  * ```
  * @module
@@ -46,6 +46,31 @@ export function toNatsHeaders(
   h.delete(QUEUES_HEADER); // only the bridge says which groups were served
   for (const q of queues) h.append(QUEUES_HEADER, q);
   return h;
+}
+
+/**
+ * Headers for exports of one bridge. Most messages carry nothing but the origin marker: those
+ * share one headers object, encoded once (the client only ever calls `encode()` on it).
+ */
+export class HeaderEncoder {
+  #origin: string;
+  #originOnly: MsgHdrs;
+
+  constructor(origin: string) {
+    this.#origin = origin;
+    // MsgHdrsImpl's encode() is not in the public MsgHdrs type; publish() calls it.
+    const h = natsHeaders() as MsgHdrs & { encode(): Uint8Array };
+    h.set(ORIGIN_HEADER, origin);
+    const bytes = h.encode();
+    h.encode = () => bytes;
+    this.#originOnly = h;
+  }
+
+  /** NATS headers for an export. Throws when a vbus header cannot be carried by NATS. */
+  encode(headers: Headers | null, queues: readonly string[]): MsgHdrs {
+    if (headers === null && queues.length === 0) return this.#originOnly;
+    return toNatsHeaders(headers, this.#origin, queues);
+  }
 }
 
 /** What an imported message's NATS headers say. */

@@ -51,6 +51,8 @@ const DRAIN_BATCH = 1024;
 const CONNECT_TIMEOUT_MS = 5000;
 /** How often the client PINGs the server when nothing else proves it alive. */
 const PING_INTERVAL_MS = 10_000;
+/** Longest wait before a PING confirms what was sent (unless much is in flight: at once). */
+const CONFIRM_DELAY_MS = 10;
 /** How long stop() waits for NATS to confirm what it was sent. */
 const STOP_FLUSH_MS = 1000;
 /** Shortest time between two log lines about drops. */
@@ -95,6 +97,7 @@ export class NatsLink {
   // The connection a confirming PING is in flight on (a closed one may never answer).
   #confirmingOn?: NatsConnection;
   #drainScheduled = false;
+  #confirmTimer?: ReturnType<typeof setTimeout>;
   // When the current outage began, as the client's backoff sees it.
   #awaySince?: number;
   #abort = new AbortController();
@@ -163,6 +166,7 @@ export class NatsLink {
       await nc.close().catch(() => {});
     }
     await this.#run;
+    if (this.#confirmTimer) clearTimeout(this.#confirmTimer);
     if (this.#dropLogTimer) clearTimeout(this.#dropLogTimer);
     this.#flushDropLog();
     this.#stats.connected = false;
@@ -279,10 +283,26 @@ export class NatsLink {
     this.#confirm();
   }
 
-  /** Keep one PING in flight while anything is unconfirmed (see the module doc). */
-  #confirm() {
+  /**
+   * Keep one PING in flight while anything is unconfirmed (see the module doc): sent once a
+   * quarter of the in-flight bound is unconfirmed, or {@link CONFIRM_DELAY_MS} after the first
+   * unconfirmed message (a PING per message would double a request's traffic).
+   */
+  #confirm(now = false) {
     const nc = this.#nc;
     if (!nc || this.#confirmingOn === nc || this.#state !== "connected") return;
+    const unconfirmed = this.#publishedBytes - this.#confirmedBytes;
+    if (!now && unconfirmed < this.#o.config.limits.inFlightBytes / 4) {
+      if (this.#confirmTimer) return;
+      this.#confirmTimer = setTimeout(() => {
+        this.#confirmTimer = undefined;
+        this.#confirm(true);
+      }, CONFIRM_DELAY_MS);
+      (this.#confirmTimer as { unref?: () => void }).unref?.();
+      return;
+    }
+    if (this.#confirmTimer) clearTimeout(this.#confirmTimer);
+    this.#confirmTimer = undefined;
     this.#confirmingOn = nc;
     const mark = this.#published;
     const markBytes = this.#publishedBytes;
