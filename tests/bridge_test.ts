@@ -19,6 +19,7 @@ import { Broker } from "../src/broker/broker.ts";
 import { type Permissions, validateConfig } from "../src/broker/config.ts";
 import type { NatsBridge } from "../src/bridge/nats_bridge.ts";
 import { ORIGIN_HEADER } from "../src/bridge/nats_headers.ts";
+import { intersect, SubjectMapping } from "../src/bridge/subject_map.ts";
 import type { BridgeStats } from "../src/bridge/bridge_stats.ts";
 import { type Bus, connect } from "../src/client/bus.ts";
 import type { Msg } from "../src/client/msg.ts";
@@ -316,12 +317,12 @@ natsTest(
       const A = await startHost(["a1", "a2"], {
         servers: [nats.url],
         export: ["sensors.>"],
-        import: ["cmd.>"],
+        import: [{ remote: "hostB.cmd.>", local: "cmd.>" }], // a per-host prefix on NATS
       });
       defer(() => A.close());
       const B = await startHost(["b1"], {
         servers: [nats.url],
-        export: ["cmd.>", "notimported.>"],
+        export: [{ local: "cmd.>", remote: "hostB.cmd.>" }, "notimported.>"],
         import: ["sensors.>"],
       });
       defer(() => B.close());
@@ -371,6 +372,8 @@ natsTest(
       assert.equal(everythingA.got.length, 0, "a subject A does not import never reaches it");
       assert.ok(!seen.includes("private.a1"), "a subject A does not export never reaches NATS");
       assert.equal(seen.filter((s) => s.startsWith("sensors.")).length, N);
+      assert.equal(seen.filter((s) => s === "hostB.cmd.a1.do").length, 30, "mapped on NATS");
+      assert.ok(!seen.includes("cmd.a1.do"));
 
       const sa = A.stats(), sb = B.stats();
       assert.equal(sa.msgsOut, N);
@@ -923,6 +926,20 @@ natsTest(
     });
   },
 );
+
+test("bridge: subject mapping and pattern intersection", () => {
+  const m = new SubjectMapping({ local: "svc.*.>", remote: "dc1.hostA.svc.*.>" });
+  assert.equal(m.toRemote("svc.echo.v1.x"), "dc1.hostA.svc.echo.v1.x");
+  assert.equal(m.toLocal("dc1.hostA.svc.add.v2"), "svc.add.v2");
+  assert.equal(m.toRemote("svc.*.x"), "dc1.hostA.svc.*.x", "patterns inside the rule map too");
+  assert.equal(new SubjectMapping({ local: "a.>", remote: "a.>" }).toRemote("a.b"), "a.b");
+  assert.equal(intersect("a.>", "*.b.c"), "a.b.c");
+  assert.equal(intersect("a.*.>", "a.>"), "a.*.>");
+  assert.equal(intersect(">", "x.*"), "x.*");
+  assert.equal(intersect("a.*", "b.*"), null);
+  assert.equal(intersect("a.>", "a"), null);
+  assert.equal(intersect("a.b", "a.b.c"), null);
+});
 
 test("bridge: config errors name the file and the key", () => {
   const bad = (bridge: unknown) => () => validateConfig({ vms: [], bridge }, "b.jsonc");

@@ -333,7 +333,14 @@ export class NatsBridge {
     msg: Msg,
     queue: string | undefined,
   ):
-    | { subject: string; reply: string | null; headers: Headers | null; payload: Uint8Array }
+    | {
+      subject: string;
+      reply: string | null;
+      /** The reply route's token (forgotten again when nobody got the request). */
+      token: string | undefined;
+      headers: Headers | null;
+      payload: Uint8Array;
+    }
     | undefined {
     // The client decodes subject and reply again on every access: read them once.
     const natsSubject = msg.subject;
@@ -374,8 +381,9 @@ export class NatsBridge {
       this.#link.drop(BridgeDrop.TooLarge);
       return;
     }
-    const reply = natsReply ? `${this.#localInbox}.${this.#toNats.add(natsReply)}` : null;
-    return { subject, reply, headers, payload };
+    const token = natsReply ? this.#toNats.add(natsReply) : undefined;
+    const reply = token !== undefined ? `${this.#localInbox}.${token}` : null;
+    return { subject, reply, token, headers, payload };
   }
 
   /** A message on an import subscription: every plain local subscriber gets it. */
@@ -383,11 +391,13 @@ export class NatsBridge {
     const m = this.#incoming(rule, msg, undefined);
     if (!m) return;
     this.#importing = true;
+    let delivered = 0;
     try {
-      this.#o.router.publishPlain(m.subject, m.reply, m.headers, m.payload);
+      delivered = this.#o.router.publishPlain(m.subject, m.reply, m.headers, m.payload);
     } finally {
       this.#importing = false;
     }
+    if (delivered === 0 && m.token !== undefined) this.#toNats.delete(m.token);
   }
 
   /** A message NATS gave this host for a queue group: one local member gets it. */
@@ -395,11 +405,13 @@ export class NatsBridge {
     const m = this.#incoming(rule, msg, queue);
     if (!m) return;
     this.#importing = true;
+    let delivered = 0;
     try {
-      this.#o.router.publishToGroup(queue, m.subject, m.reply, m.headers, m.payload);
+      delivered = this.#o.router.publishToGroup(queue, m.subject, m.reply, m.headers, m.payload);
     } finally {
       this.#importing = false;
     }
+    if (delivered === 0 && m.token !== undefined) this.#toNats.delete(m.token);
   }
 
   /** An answer on the bridge's NATS inbox: to the local requester that asked. */
