@@ -136,6 +136,16 @@ export class FrameQueue {
   #room(size: number): Chunk {
     const tail = this.#tail;
     if (tail && tail.bytes.length - tail.end >= size) return tail;
+    if (tail && this.#length === 0) {
+      // The queue is empty but its last chunk is too small for this frame: drop it, so the
+      // oldest chunk always holds the oldest frame.
+      this.#chunks.clear();
+      this.#allocated = 0;
+      if (tail.bytes.length === FRAME_QUEUE_CHUNK_BYTES && this.#spare.length < SPARE_CHUNKS) {
+        this.#spare.push(tail.bytes);
+      }
+      this.#tail = undefined;
+    }
     const bytes = size <= FRAME_QUEUE_CHUNK_BYTES
       ? this.#spare.pop() ?? new Uint8Array(FRAME_QUEUE_CHUNK_BYTES)
       : new Uint8Array(size);

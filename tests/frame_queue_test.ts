@@ -1,0 +1,82 @@
+/** The broker's backlog queue: frames packed in chunks, the oldest always first. */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { FRAME_QUEUE_CHUNK_BYTES, FrameQueue } from "../src/util/frame_queue.ts";
+import { FrameHeader } from "../src/protocol/frame.ts";
+import { Op } from "../src/protocol/ops.ts";
+
+const head = new Uint8Array([0x94, 1, 0xa1, 0x61, 0xc0, 0xc0]);
+
+function payloadOf(frame: Uint8Array): Uint8Array {
+  return frame.subarray(FrameHeader.LENGTH + head.length);
+}
+
+test("frame queue: a frame larger than a chunk after the queue emptied is the next one out (regression)", () => {
+  const q = new FrameQueue();
+  q.push(Op.Msg, head, new Uint8Array([1]));
+  assert.equal(q.shift() > 0, true);
+  assert.equal(q.length, 0);
+  const big = new Uint8Array(FRAME_QUEUE_CHUNK_BYTES + 100).fill(7);
+  q.push(Op.Msg, head, big);
+  assert.equal(q.length, 1);
+  const out = q.peek();
+  assert.ok(out, "peek finds the queued frame");
+  assert.deepEqual(payloadOf(out), big);
+  q.shift();
+  assert.equal(q.length, 0);
+  assert.equal(q.peek(), undefined);
+});
+
+test("frame queue: FIFO order and byte counts across many chunks, with drops from the head", () => {
+  const q = new FrameQueue();
+  let next = 0, expect = 0;
+  for (let round = 0; round < 50; round++) {
+    const n = 1 + ((round * 37) % 500);
+    for (let i = 0; i < n; i++) {
+      const size = (next * 131) % 3000;
+      const p = new Uint8Array(size + 4);
+      new DataView(p.buffer).setUint32(0, next++);
+      q.push(Op.Msg, head, p);
+    }
+    const take = Math.min(q.length, (round * 53) % 400);
+    for (let i = 0; i < take; i++) {
+      const f = q.peek()!;
+      assert.equal(
+        new DataView(f.buffer, f.byteOffset + FrameHeader.LENGTH + head.length).getUint32(0),
+        expect++,
+      );
+      q.shift();
+    }
+    assert.equal(q.length, next - expect);
+    assert.ok(q.memoryBytes >= q.frameBytes);
+  }
+  while (q.length > 0) {
+    const f = q.peek()!;
+    assert.equal(
+      new DataView(f.buffer, f.byteOffset + FrameHeader.LENGTH + head.length).getUint32(0),
+      expect++,
+    );
+    q.shift();
+  }
+  assert.equal(expect, next);
+  assert.equal(q.frameBytes, 0);
+});
+
+test("frame queue: pushMsg splices the head from a PUB tail", () => {
+  const q = new FrameQueue();
+  const pubTail = new Uint8Array([0xa1, 0x61, 0xc0, 0xc0]); // "a", nil, nil
+  q.pushMsg(300, pubTail, new Uint8Array([0xc3]));
+  const f = q.peek()!;
+  // [0x94, 0xcd 0x01 0x2c (sid 300), "a", nil, nil], then the payload
+  assert.deepEqual([...f.subarray(FrameHeader.LENGTH)], [
+    0x94,
+    0xcd,
+    0x01,
+    0x2c,
+    0xa1,
+    0x61,
+    0xc0,
+    0xc0,
+    0xc3,
+  ]);
+});
