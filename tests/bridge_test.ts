@@ -274,11 +274,26 @@ async function startHost(
   };
 }
 
+/** Resolve once NATS has everything the host's bridge sent (a PING's PONG), within 5 s. */
+async function bridgeFlushed(h: Host) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([
+      h.bridge.flush(),
+      new Promise((_, reject) =>
+        timer = setTimeout(() => reject(new Error("bridge flush: no PONG in 5 s")), 5000)
+      ),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Wait until every host's bridge is connected and NATS has its subscriptions. */
 async function bridgesReady(...hosts: Host[]) {
   for (const h of hosts) {
     await waitFor(() => h.stats().connected, "bridge connected to NATS", 10_000);
-    await h.bridge.flush();
+    await bridgeFlushed(h);
   }
 }
 
@@ -511,7 +526,7 @@ natsTest(
       // A's member leaves: what A publishes goes to one member on B, once.
       qa.sub.unsubscribe();
       await a1.flush();
-      await A.bridge.flush();
+      await bridgeFlushed(A);
       for (const i of range(200, 30)) await a2.publish("work.c", i);
       await settle(90);
       assert.deepEqual(remoteQueue(), [...range(100, 30), ...range(200, 30)]);
@@ -541,7 +556,7 @@ natsTest(
         });
         await bus.flush();
       }
-      await B.bridge.flush();
+      await bridgeFlushed(B);
       const answers = await Promise.all(
         range(0, 20).map((i) => a2.request<number>("work.svc", i, { timeout: 5000 })),
       );
@@ -697,7 +712,7 @@ natsTest(
       const got = collect<number>(b1, "stream.n");
       const probes = collect(b1, "stream.probe");
       await b1.flush();
-      await B.bridge.flush();
+      await bridgeFlushed(B);
       // The route carries B's interest to n1 a moment later.
       await waitFor(
         () => {
@@ -807,7 +822,7 @@ natsTest(
       assert.equal(s.buffered, 0);
       assert.equal(s.msgsOut, 20);
       assert.equal(s.connects, 1);
-      await A.bridge.flush();
+      await bridgeFlushed(A);
       for (const i of range(0, 10)) await b1.publish("down.x", i);
       await waitFor(() => down.got.length >= 10, "imports after the late connect");
       assert.deepEqual(down.data(), range(0, 10));
