@@ -51,6 +51,7 @@ import { Backoff, sleep } from "../util/backoff.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { QueueAwareRouter } from "../bridge/queue_router.ts";
 import { NatsBridge } from "../bridge/nats_bridge.ts";
+import { HostStatsPool } from "./host_stats.ts";
 
 /** Subject host clients request to get {@link BrokerStats}. */
 export const STATS_SUBJECT = `${SYSTEM_PREFIX}STATS`;
@@ -101,7 +102,10 @@ export class Broker {
   // Closed sessions too, until broker stop: their rings must be idle before unmapping.
   #allSessions = new Set<Session>();
   #vmStats = new Map<string, EndpointStats>();
-  #hostStats = newEndpointStats("host");
+  // Each host client counts into its own stats; the pool's base keeps refusals and what
+  // clients that left counted (stats().host is the sum).
+  #hostPool = new HostStatsPool();
+  #hostStats = this.#hostPool.base;
   #links: Promise<void>[] = [];
   #startedAt = Date.now();
   #vmShm = new Map<string, SessionShm>();
@@ -263,9 +267,20 @@ export class Broker {
       startedAt: new Date(this.#startedAt).toISOString(),
       uptimeMs: Date.now() - this.#startedAt,
       vms: [...this.#vmStats.values()].map((s) => structuredClone(s)),
-      host: structuredClone(this.#hostStats),
+      host: this.#hostPool.total(),
       bridges: this.#bridges.map((b) => b.stats()),
+      sessions: [...this.#sessions].map((s) => s.snapshot()),
     };
+  }
+
+  /** Started and not stopping (what `/healthz` first checks). */
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /** The host socket path, if the broker listens on one. */
+  get listen(): string | undefined {
+    return this.config.listen;
   }
 
   /** The running bridges (e.g. to wait until NATS has their subscriptions: `flush()`). */
@@ -325,14 +340,16 @@ export class Broker {
         region = made.region;
         return made.shm;
       };
+      const stats = this.#hostPool.open();
       const session = this.#startSession(port, {
         identity: "host",
         host: true,
         permissions: this.config.hostPermissions ?? { block: true },
-        stats: this.#hostStats,
+        stats,
         shm,
       }, () => {
         this.#hostConnections--;
+        this.#hostPool.close(stats);
         const r = region;
         if (r) session.ringStopped.then(() => r.unmap());
       });

@@ -62,6 +62,8 @@ import { RingChannel } from "../shm/ring_channel.ts";
 import { hasGuestNonce, type ShmAnswer, type ShmOffer } from "../shm/negotiation.ts";
 import { type Holdable, Outbox } from "./outbox.ts";
 import { FLOOD_CLOSE_SECONDS, FloodGuard } from "./flood_guard.ts";
+import { busiestSubjects, CLIENT_NAME_MAX, type SessionStats } from "./session_stats.ts";
+import { ringFill } from "../ring/fill.ts";
 
 export { FLOOD_CLOSE_SECONDS };
 /** Features this broker offers; a session uses those its client also announced. */
@@ -182,6 +184,9 @@ export class Session implements DeliveryTarget, Holdable {
   // Private copy of a PUB head read from a guest's ring (heads are at most 64 KiB).
   #headCopy = new Uint8Array(MAX_HEAD_BYTES);
   #heads = new HeadReader();
+  // For stats only: when the broker got the connection, and the client's HELLO description.
+  #connectedAt = Date.now();
+  #client = "";
 
   constructor(port: Port, ctx: SessionContext, opts: SessionOptions) {
     this.#port = port;
@@ -220,6 +225,34 @@ export class Session implements DeliveryTarget, Holdable {
   /** Is the handshake done and the session not closed? */
   get open(): boolean {
     return this.#state === "open";
+  }
+
+  /** What stats tell about this session (see session_stats.ts). Reads only. */
+  snapshot(): SessionStats {
+    const open = this.#state === "open";
+    const ring = this.#ring;
+    const stats = this.#opts.stats;
+    const out: SessionStats = {
+      id: this.id,
+      endpoint: this.identity,
+      state: open ? "open" : "hello",
+      client: this.#client,
+      connectedAt: new Date(this.#connectedAt).toISOString(),
+      path: !open ? "none" : ring ? "ring" : "stream",
+      subscriptions: this.#subs.size,
+      subjects: busiestSubjects(this.#subs.values()),
+      backlogMsgs: this.#outbox.backlogLength,
+      backlogBytes: this.#outbox.backlogBytes,
+      portPendingBytes: this.#port.pending,
+    };
+    if (open && ring && !ring.stopped) {
+      if (stats.wake) out.wake = stats.wake;
+      const { bytes, inbound, outbound } = ring.region;
+      out.rings = { inbound: ringFill(bytes, inbound), outbound: ringFill(bytes, outbound) };
+    }
+    // A host client counts into counters of its own (broker.ts); a VM's are the VM's.
+    if (this.#opts.host) out.stats = structuredClone(stats);
+    return out;
   }
 
   /** Start reading the port. */
@@ -589,6 +622,7 @@ export class Session implements DeliveryTarget, Holdable {
     this.#decoder.setMaxFrameBytes(this.#ctx.limits.maxFrameBytes);
     const { identity } = this;
     this.id = `${identity}#${this.#ctx.nextSessionNumber()}`;
+    this.#client = (hello.client ?? "").slice(0, CLIENT_NAME_MAX);
     const inbox = `_INBOX.${identity}.${randomBytes(8).toString("hex")}`;
     this.#guard = new PermissionGuard(this.#opts.permissions, inbox);
     this.#features = new Set(hello.features.filter((f) => BROKER_FEATURES.includes(f)));

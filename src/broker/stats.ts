@@ -12,6 +12,7 @@
  * @module
  */
 import type { BridgeStats } from "../bridge/bridge_stats.ts";
+import type { SessionStats } from "./session_stats.ts";
 
 /** Counters for one VM, or for all host clients together. */
 export interface EndpointStats {
@@ -102,4 +103,6 @@ export interface BrokerStats {
   host: EndpointStats;
   /** One per configured bridge (e.g. `bridge.nats`); empty without. */
   bridges: BridgeStats[];
+  /** Live sessions: each VM's, and each host client on its own (see session_stats.ts). */
+  sessions: SessionStats[];
 }
