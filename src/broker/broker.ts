@@ -52,6 +52,7 @@ import { createLogger, type Logger } from "../util/log.ts";
 import { QueueAwareRouter } from "../bridge/queue_router.ts";
 import { NatsBridge } from "../bridge/nats_bridge.ts";
 import { HostStatsPool } from "./host_stats.ts";
+import { MonitorServer } from "../monitor/monitor_server.ts";
 
 /** Subject host clients request to get {@link BrokerStats}. */
 export const STATS_SUBJECT = `${SYSTEM_PREFIX}STATS`;
@@ -106,6 +107,7 @@ export class Broker {
   // clients that left counted (stats().host is the sum).
   #hostPool = new HostStatsPool();
   #hostStats = this.#hostPool.base;
+  #monitor?: MonitorServer;
   #links: Promise<void>[] = [];
   #startedAt = Date.now();
   #vmShm = new Map<string, SessionShm>();
@@ -168,8 +170,21 @@ export class Broker {
         }
       }
       if (this.config.listen) await this.#listen(this.config.listen);
+      if (this.config.http) {
+        this.#monitor = new MonitorServer(this.config.http, this, this.#log);
+        await this.#monitor.start();
+      }
     } catch (err) {
       this.#running = false;
+      await this.#monitor?.close();
+      this.#monitor = undefined;
+      if (this.#server) {
+        // The endpoint failed after the host socket was made: no socket may stay behind.
+        const server = this.#server;
+        this.#server = undefined;
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+        if (this.config.listen) await unlink(this.config.listen).catch(() => {});
+      }
       this.#bridges = [];
       if (this.#statsEntry) this.router.remove(this.#statsEntry);
       for (const m of this.#mappings.splice(0)) m.unmap();
@@ -258,6 +273,7 @@ export class Broker {
     for (const m of this.#mappings.splice(0)) m.unmap();
     if (this.#wrapperTimer) clearInterval(this.#wrapperTimer);
     for (const l of this.#locks.splice(0)) l.release();
+    await this.#monitor?.close(); // last: /healthz says "not running" while the broker stops
     this.#log.info("broker stopped");
   }
 
@@ -281,6 +297,11 @@ export class Broker {
   /** The host socket path, if the broker listens on one. */
   get listen(): string | undefined {
     return this.config.listen;
+  }
+
+  /** Where the monitoring endpoint (config `http`) listens, once started. */
+  get monitorAddress(): { host: string; port: number } | undefined {
+    return this.#monitor?.address;
   }
 
   /** The running bridges (e.g. to wait until NATS has their subscriptions: `flush()`). */

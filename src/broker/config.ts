@@ -16,6 +16,7 @@ import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc
 import { validatePattern } from "../subject/subject.ts";
 import { DEFAULT_LIMITS, type Limits } from "../protocol/limits.ts";
 import { type BridgeConfig, parseBridgeConfig } from "../bridge/bridge_config.ts";
+import { type HttpAddress, parseHttpAddress } from "../monitor/http_address.ts";
 
 import { DEFAULT_PORT_NAME } from "../port/device_port.ts";
 export { DEFAULT_PORT_NAME };
@@ -71,6 +72,8 @@ export interface BrokerConfig {
   vms: VmConfig[];
   /** Bridges to other systems (`bridge.nats`: see src/bridge/bridge_config.ts); absent: none. */
   bridge?: BridgeConfig;
+  /** The monitoring endpoint (`"http": "127.0.0.1:8222"`, see src/monitor/); absent: off. */
+  http?: HttpAddress;
 }
 
 /** A configuration problem: names the file, the key path and what is wrong. */
@@ -132,7 +135,7 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
     throw new ConfigError(source, key, problem);
   };
   const root = expectObject(raw, "(root)", fail);
-  checkKeys(root, ["listen", "host", "limits", "vms", "bridge"], "(root)", fail);
+  checkKeys(root, ["listen", "host", "limits", "vms", "bridge", "http"], "(root)", fail);
   // Every path the broker opens, normalised, with the key that named it first: one file must
   // never play two roles (the broker's own socket as a VM's, one VM's memory as another's).
   const paths = new Map<string, string>();
@@ -190,7 +193,16 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
     return { name, socket, port, shm, shmSize, permissions };
   });
   const bridge = parseBridgeConfig(root.bridge, fail);
-  return { source, listen, hostPermissions, limits, vms, ...(bridge ? { bridge } : {}) };
+  const http = parseHttpAddress(root.http, fail);
+  return {
+    source,
+    listen,
+    hostPermissions,
+    limits,
+    vms,
+    ...(bridge ? { bridge } : {}),
+    ...(http ? { http } : {}),
+  };
 }
 
 type Fail = (key: string, problem: string) => never;
