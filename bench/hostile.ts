@@ -130,6 +130,7 @@ async function runAttack(attack: Attack, seconds: number, runtime: Runtime): Pro
     victims: {},
     observed: {},
     wallS: 0,
+    load1: 0,
   };
   const peerDevs = new Map<string, RawChardevServer>();
   const rawDevs = new Map<string, RawChardev>();
@@ -223,6 +224,7 @@ async function runAttack(attack: Attack, seconds: number, runtime: Runtime): Pro
       attackerError: (err as Error).message.slice(0, 200),
     }));
     const result: LegitResult = await measured;
+    row.load1 = Math.round(loadavg()[0] * 100) / 100;
     watch.sample();
     row.observed = observed;
     row.legit = roundSamples(result);

@@ -65,6 +65,8 @@ export interface AttackRow {
   observed: Observations;
   /** Wall time of the whole attack (setup, window, drain), s. */
   wallS: number;
+  /** The machine's 1-minute load average at the end of the window (other processes count). */
+  load1: number;
 }
 
 /** The whole run. */
@@ -242,15 +244,17 @@ export function renderMarkdown(rep: HostileReport): string {
     "",
   );
   out.push(
-    "| # | attack | ring victim RTT p50 / p99 / max (ms) | port victim RTT p50 / p99 / max (ms) | corrected p99 ring / port (ms) | timeouts | stream lost | broker RSS before → peak (MiB) | broker | attacker (broker's stats; what it did) | victims also saw |",
+    "| # | attack | ring victim RTT p50 / p99 / max (ms) | port victim RTT p50 / p99 / max (ms) | corrected p99 ring / port (ms) | timeouts | stream lost | broker RSS before → peak (MiB) | broker | load | attacker (broker's stats; what it did) | victims also saw |",
   );
-  out.push("|---|---|---|---|---|---|---|---|---|---|---|");
+  out.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const row of rep.rows) {
     if (row.error) {
       out.push(
         `| ${row.item} | ${row.name} | – | – | – | – | – | – | ${
           row.brokerSurvived ? "up" : "**died**"
-        } | harness error: ${row.error.replaceAll("|", "\\|").slice(0, 200)} | – |`,
+        } | ${row.load1.toFixed(1)} | harness error: ${
+          row.error.replaceAll("|", "\\|").slice(0, 200)
+        } | – |`,
       );
       continue;
     }
@@ -261,9 +265,8 @@ export function renderMarkdown(rep: HostileReport): string {
       `| ${row.item} | ${row.name} | ${rttCell(row.rtt.vring)} | ${rttCell(row.rtt.vport)} | ` +
         `${corrected} | ${timeouts} | ${row.lost === 0 ? "0" : `**${row.lost}**`} | ` +
         `${row.rssBeforeMiB.toFixed(0)} → ${row.rssPeakMiB.toFixed(0)} | ` +
-        `${row.brokerSurvived ? "up" : `**died** (${row.brokerEnd ?? "?"})`} | ${
-          attackerCell(row)
-        } | ` +
+        `${row.brokerSurvived ? "up" : `**died** (${row.brokerEnd ?? "?"})`} | ` +
+        `${row.load1.toFixed(1)} | ${attackerCell(row)} | ` +
         `${victimCell(row)} |`,
     );
   }
@@ -277,7 +280,9 @@ export function renderMarkdown(rep: HostileReport): string {
       "requests, not as one sample); timeouts = requests without a reply within 5 s (ring / port); stream lost = " +
       "numbered messages (service → both VMs, each VM → service) published and never received; " +
       "broker RSS = VmRSS from /proc before the attack's setup and its peak until the end of the " +
-      "drain; broker = the process still ran and answered `$VBUS.STATS`; attacker = what the " +
+      "drain; broker = the process still ran and answered `$VBUS.STATS`; load = the machine's " +
+      "1-minute load average at the end of the window (2 cores: above 2, other processes " +
+      "competed with the bench for them); attacker = what the " +
       "broker's stats counted for the attacker's endpoints over the attack (sessions closed by " +
       "reason, ERRs sent, drops by reason, denied operations, times a block subscriber held a " +
       "publisher, messages taken in); victims also saw = wrong replies, disconnects, data-path " +
