@@ -21,6 +21,7 @@ import { loadConfig } from "../broker/config.ts";
 import { qemuArgs, shellQuote } from "../vm/qemu_args.ts";
 import { libvirtXml } from "../vm/libvirt_xml.ts";
 import { parseValue, toJsonLine } from "./values.ts";
+import { DEFAULT_TOP_INTERVAL_MS, runTop } from "./top.ts";
 
 /** Usage text, printed by `--help` and on bad arguments. */
 export const USAGE = `vbus: publish/subscribe between VMs and their host over virtio-serial
@@ -32,6 +33,7 @@ Usage:
   vbus req SUBJECT VALUE [--timeout MS]
   vbus reply SUBJECT VALUE [--count N] [--queue Q]
   vbus stats
+  vbus top [--interval MS]
   vbus qemu-args VM --config FILE
   vbus libvirt-xml VM --config FILE
 
@@ -52,6 +54,7 @@ Options:
   --timeout MS    request timeout (default 5000)
   --header K=V    add a message header (repeatable)
   --wake W        host clients on rings: how the broker wakes this one, doorbell (default) or futex
+  --interval MS   top: refresh every MS milliseconds (default 1000; q quits)
   --config FILE   broker configuration (JSON with comments; see README)
   -h, --help      show this help
 `;
@@ -68,6 +71,7 @@ const OPTIONS = {
   port: { type: "string" },
   server: { type: "string" },
   wake: { type: "string" },
+  interval: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -83,6 +87,7 @@ const COMMANDS: Record<string, { args: string[]; options: (keyof typeof OPTIONS)
   req: { args: ["SUBJECT", "VALUE"], options: ["timeout", "header", "port", "server", "wake"] },
   reply: { args: ["SUBJECT", "VALUE"], options: ["count", "queue", "port", "server", "wake"] },
   stats: { args: [], options: ["timeout", "port", "server"] },
+  top: { args: [], options: ["interval", "port", "server"] },
   "qemu-args": { args: ["VM"], options: ["config"] },
   "libvirt-xml": { args: ["VM"], options: ["config"] },
 };
@@ -286,6 +291,10 @@ async function run(
         out(JSON.stringify(msg.data, null, 2));
       });
       return 0;
+    }
+    case "top": {
+      const intervalMs = positiveInt(values.interval, "interval") ?? DEFAULT_TOP_INTERVAL_MS;
+      return await runTop({ intervalMs, connect: connectOptions(values) });
     }
     case "qemu-args":
     case "libvirt-xml": {
