@@ -43,4 +43,6 @@ export {
   type VmConfig,
 } from "./src/broker/config.ts";
 export type { BrokerStats, EndpointStats } from "./src/broker/stats.ts";
+export type { SessionStats, SubscriptionStats } from "./src/broker/session_stats.ts";
+export type { RingFill } from "./src/ring/fill.ts";
 export type { Port, PortOpener } from "./src/port/port.ts";
