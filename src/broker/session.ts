@@ -96,6 +96,7 @@ const EMPTY = new Uint8Array(0);
 /** Input holds that are not another session (see #holdInput). */
 const TURN_HOLD = { reason: "work per turn, or a port frame waiting for the ring" };
 const OUTPUT_HOLD = { reason: "output backed up" };
+const DRAIN_HOLD = { reason: "the broker is draining: nothing more is read" };
 
 /** What a session needs from the broker that owns it. */
 export interface SessionContext {
@@ -158,6 +159,8 @@ export class Session implements DeliveryTarget, Holdable {
   #subs = new Map<number, RouteEntry>();
   #subTokens = 0; // tokens of all live subscriptions (limits.maxSubscriptionTokens)
   #guard?: PermissionGuard;
+  #inbox = "";
+  #floodLimit: number;
   #features = new Set<string>();
   #errors = 0;
   #errorsSince = 0;
@@ -199,10 +202,8 @@ export class Session implements DeliveryTarget, Holdable {
     this.#decoder = new FrameDecoder(
       opts.host ? PRE_HELLO_MAX_FRAME_BYTES : ctx.limits.maxFrameBytes,
     );
-    this.#flood = new FloodGuard(
-      ctx.limits.maxMsgsPerSecond,
-      (n, fatal) => this.#floodReport(n, fatal),
-    );
+    this.#floodLimit = ctx.limits.maxMsgsPerSecond;
+    this.#flood = new FloodGuard(this.#floodLimit, (n, fatal) => this.#floodReport(n, fatal));
     this.#outbox = new Outbox({
       owner: this,
       port,
@@ -253,6 +254,65 @@ export class Session implements DeliveryTarget, Holdable {
     // A host client counts into counters of its own (broker.ts); a VM's are the VM's.
     if (this.#opts.host) out.stats = structuredClone(stats);
     return out;
+  }
+
+  /**
+   * Bytes on their way to the peer: the outbox's ring backlog (its memory, while it holds
+   * messages) and port output not yet handed to the kernel.
+   */
+  get pendingOutputBytes(): number {
+    const backlog = this.#outbox.backlogLength > 0 ? this.#outbox.backlogBytes : 0;
+    return backlog + this.#port.pending + this.#writer.batched;
+  }
+
+  /**
+   * The broker is draining: read nothing more from the peer (port and ring), so that what is
+   * queued for it only shrinks. What the peer has not had read stays with its client, which
+   * re-sends ring records to the next broker or counts them as maybe lost.
+   */
+  stopInput(): void {
+    if (this.#state !== "closed") this.#holdInput(DRAIN_HOLD, true);
+  }
+
+  /**
+   * A config reload changed this session's permissions: they apply from its next frame. The
+   * guard is rebuilt on the same inbox (its replies keep arriving); one-time reply grants it
+   * held are forgotten. Live subscriptions the new permissions do not allow are removed and
+   * the peer is told (an ERR that does not count against it); "block" subscriptions of a
+   * session no longer allowed to block become "drop" ones.
+   */
+  updatePermissions(permissions: Permissions | undefined): void {
+    this.#opts.permissions = permissions;
+    if (!this.#guard) return; // before HELLO: the guard is made from #opts.permissions
+    const next = this.#guard = new PermissionGuard(permissions, this.#inbox);
+    const mayBlock = permissions?.block ?? this.#opts.host;
+    for (const [sid, entry] of [...this.#subs]) {
+      if (next.canSubscribe(entry.subject)) {
+        if (entry.block && !mayBlock) entry.block = false;
+        continue;
+      }
+      this.#subs.delete(sid);
+      if (this.#ctx.router.remove(entry)) this.#forget(entry);
+      this.notice(
+        ErrorCode.PermissionDenied,
+        `subscription to "${entry.subject}" removed: the broker's configuration no longer permits it`,
+        entry.subject,
+      );
+    }
+  }
+
+  /**
+   * A config reload changed the shared limits object. Everything reads it at the time of use
+   * except the flood guard's rate (renewed here) and the frame decoder's bound, which is the
+   * stream's framing and changes at the session's next HELLO, like the limits its WELCOME
+   * announced.
+   */
+  limitsChanged(): void {
+    const limit = this.#ctx.limits.maxMsgsPerSecond;
+    if (limit === this.#floodLimit || this.#state === "closed") return;
+    this.#floodLimit = limit;
+    this.#flood.stop();
+    this.#flood = new FloodGuard(limit, (n, fatal) => this.#floodReport(n, fatal));
   }
 
   /** Start reading the port. */
@@ -623,14 +683,21 @@ export class Session implements DeliveryTarget, Holdable {
     const { identity } = this;
     this.id = `${identity}#${this.#ctx.nextSessionNumber()}`;
     this.#client = (hello.client ?? "").slice(0, CLIENT_NAME_MAX);
-    const inbox = `_INBOX.${identity}.${randomBytes(8).toString("hex")}`;
+    const inbox = this.#inbox = `_INBOX.${identity}.${randomBytes(8).toString("hex")}`;
     this.#guard = new PermissionGuard(this.#opts.permissions, inbox);
     this.#features = new Set(hello.features.filter((f) => BROKER_FEATURES.includes(f)));
     this.#state = "open";
     const stats = this.#opts.stats;
     stats.connected = true;
     stats.sessions++;
-    const shm = this.#negotiateShm(hello.shm as ShmOffer | undefined);
+    const offer = hello.shm as ShmOffer | undefined;
+    const shm = this.#negotiateShm(offer);
+    this.#ctx.log.debug("shared-memory negotiation", {
+      session: this.id,
+      offer: offer === undefined ? "none" : JSON.stringify(offer),
+      ok: shm?.ok ?? false,
+      ...(shm?.ok ? { epoch: shm.epoch, futex: shm.futex === true } : { why: shm?.reason ?? "" }),
+    });
     stats.path = shm?.ok ? "ring" : "stream";
     if (!shm?.ok) stats.wake = undefined;
     stats.pathReason = shm?.ok
