@@ -49,6 +49,9 @@ import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { Backoff, sleep } from "../util/backoff.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { loadConfig, RESERVED_VM_NAME } from "./config.ts";
+import { describePlan, planReload } from "./reload.ts";
+import { applyFileAccess, type FileAccess, modeString } from "./file_access.ts";
 import { QueueAwareRouter } from "../bridge/queue_router.ts";
 import { NatsBridge } from "../bridge/nats_bridge.ts";
 import { HostStatsPool } from "./host_stats.ts";
@@ -56,6 +59,12 @@ import { MonitorServer } from "../monitor/monitor_server.ts";
 
 /** Subject host clients request to get {@link BrokerStats}. */
 export const STATS_SUBJECT = `${SYSTEM_PREFIX}STATS`;
+/**
+ * Subject host clients request to reload the config file (`vbus reload`). The answer is
+ * `{ ok: true, changes: string[] }` or `{ ok: false, error }`. VMs cannot publish `$VBUS.`
+ * subjects, and `host.permissions.publish` can keep it from host clients too.
+ */
+export const RELOAD_SUBJECT = `${SYSTEM_PREFIX}RELOAD`;
 /** A VM session that lived this long resets the reconnect backoff. */
 const STABLE_SESSION_MS = 5000;
 /**
@@ -88,9 +97,18 @@ export interface BrokerOptions {
   shmDir?: string;
 }
 
+/** One VM's connection loop, stopped by its own signal (a reload removing it, or stop). */
+interface VmLink {
+  /** The VM's current entry (a reload may change its permissions). */
+  vm: VmConfig;
+  abort: AbortController;
+  done: Promise<void>;
+  session?: Session;
+}
+
 /** A running broker. */
 export class Broker {
-  readonly config: BrokerConfig;
+  #config: BrokerConfig;
   /** With a bridge, a router that also keeps queue groups one member wide across hosts. */
   readonly router: Router;
   #log: Logger;
@@ -108,11 +126,15 @@ export class Broker {
   #hostPool = new HostStatsPool();
   #hostStats = this.#hostPool.base;
   #monitor?: MonitorServer;
-  #links: Promise<void>[] = [];
+  #vmLinks = new Map<string, VmLink>();
+  #reloads: Promise<unknown> = Promise.resolve();
+  #reloadEntry?: RouteEntry;
+  #draining = false;
+  #serverClosed?: Promise<void>;
   #startedAt = Date.now();
   #vmShm = new Map<string, SessionShm>();
-  #mappings: { unmap(): void }[] = [];
-  #locks: { release(): void }[] = [];
+  #mappings = new Map<string, { unmap(): void }>(); // by VM name
+  #locks = new Map<string, { release(): void }>(); // by VM name
   #ffi?: Ffi;
   #hostShmCount = 0;
   #hostConnections = 0;
@@ -126,7 +148,7 @@ export class Broker {
   #runId = randomBytes(3).toString("hex");
 
   constructor(config: BrokerConfig, opts: BrokerOptions = {}) {
-    this.config = config;
+    this.#config = config;
     this.#opts = opts;
     this.#log = opts.logger ?? createLogger("broker");
     this.router = config.bridge?.nats ? new QueueAwareRouter() : new Router();
@@ -158,6 +180,7 @@ export class Broker {
       this.#makeBridges();
       this.#lockVms(ffiProblem);
       this.#addStatsService();
+      this.#reloadEntry = this.#addReloadService();
       for (const vm of this.config.vms) {
         if (vm.shm) this.#vmShm.set(vm.name, await this.#mapVmShm(vm));
       }
@@ -187,11 +210,14 @@ export class Broker {
       }
       this.#bridges = [];
       if (this.#statsEntry) this.router.remove(this.#statsEntry);
-      for (const m of this.#mappings.splice(0)) m.unmap();
-      for (const l of this.#locks.splice(0)) l.release();
+      if (this.#reloadEntry) this.router.remove(this.#reloadEntry);
+      for (const m of this.#mappings.values()) m.unmap();
+      this.#mappings.clear();
+      for (const l of this.#locks.values()) l.release();
+      this.#locks.clear();
       throw err;
     }
-    for (const vm of this.config.vms) this.#links.push(this.#runVmLink(vm));
+    for (const vm of this.config.vms) this.#startVmLink(vm);
     for (const b of this.#bridges) b.start(); // connects in the background: never waits for NATS
     this.#watchWrapper();
     this.#log.info("broker started", {
@@ -204,8 +230,12 @@ export class Broker {
    * One broker per VM: an exclusive flock on `<socket>.lock` next to each VM's socket, with
    * this broker's pid inside. The kernel drops it when the process dies, however it dies.
    */
-  #lockVms(ffiProblem: string) {
-    if (this.config.vms.length === 0) return;
+  #lockVms(
+    ffiProblem: string,
+    vms: VmConfig[] = this.config.vms,
+    into: Map<string, { release(): void }> = this.#locks,
+  ) {
+    if (vms.length === 0) return;
     const ffi = this.#ffi;
     if (!ffi) {
       this.#log.warn(
@@ -216,7 +246,7 @@ export class Broker {
       );
       return;
     }
-    for (const vm of this.config.vms) {
+    for (const vm of vms) {
       const file = `${vm.socket}.lock`;
       let lock;
       try {
@@ -236,7 +266,7 @@ export class Broker {
           `VM ${vm.name} is served by another broker (${pid}, lock ${file})`,
         );
       }
-      this.#locks.push(lock);
+      into.set(vm.name, lock);
     }
   }
 
@@ -265,16 +295,178 @@ export class Broker {
     await Promise.all(this.#bridges.splice(0).map((b) => b.stop()));
     for (const s of [...this.#sessions]) s.close("broker stopping");
     if (this.#server) {
-      await new Promise<void>((resolve) => this.#server!.close(() => resolve()));
+      await this.#closeServer();
       if (this.config.listen) await unlink(this.config.listen).catch(() => {});
     }
-    await Promise.all(this.#links);
+    for (const link of this.#vmLinks.values()) link.abort.abort();
+    await Promise.all([...this.#vmLinks.values()].map((l) => l.done));
+    this.#vmLinks.clear();
     await Promise.all([...this.#allSessions].map((s) => s.ringStopped));
-    for (const m of this.#mappings.splice(0)) m.unmap();
+    for (const m of this.#mappings.values()) m.unmap();
+    this.#mappings.clear();
     if (this.#wrapperTimer) clearInterval(this.#wrapperTimer);
-    for (const l of this.#locks.splice(0)) l.release();
+    for (const l of this.#locks.values()) l.release();
+    this.#locks.clear();
     await this.#monitor?.close(); // last: /healthz says "not running" while the broker stops
     this.#log.info("broker stopped");
+  }
+
+  /** The configuration in force (a reload replaces it). */
+  get config(): BrokerConfig {
+    return this.#config;
+  }
+
+  /**
+   * Apply a new configuration without a restart (SIGHUP, `vbus reload`): `next`, or else the
+   * file the running one came from, read again. Added VMs are connected, removed ones closed,
+   * changed permissions and limits apply to live sessions, and VMs whose entry did not change
+   * never notice (see reload.ts for what may change). Resolves with what changed; rejects,
+   * having changed nothing, when the new configuration has an error or changes what needs a
+   * restart: the running one stays. Reloads run one at a time.
+   */
+  reload(next?: BrokerConfig): Promise<string[]> {
+    const run = this.#reloads.then(() => this.#reload(next));
+    this.#reloads = run.catch(() => {});
+    return run;
+  }
+
+  async #reload(given?: BrokerConfig): Promise<string[]> {
+    if (!this.#running || this.#draining) throw new Error("the broker is not running");
+    const old = this.#config;
+    let next: BrokerConfig;
+    let plan: ReturnType<typeof planReload>;
+    try {
+      next = given ?? await loadConfig(old.source);
+      plan = planReload(old, next);
+      // What can fail comes first, so a refused reload leaves everything as it was: locks
+      // for VMs on new sockets, then file access.
+      const socketChanged = plan.relinked.filter(
+        (vm) => old.vms.find((o) => o.name === vm.name)?.socket !== vm.socket,
+      );
+      const fresh = new Map<string, { release(): void }>();
+      try {
+        this.#lockVms("FFI not loaded", [...plan.added, ...socketChanged], fresh);
+      } catch (err) {
+        for (const l of fresh.values()) l.release();
+        throw err;
+      }
+      for (const vm of socketChanged) this.#locks.get(vm.name)?.release();
+      for (const [name, lock] of fresh) this.#locks.set(name, lock);
+      if (plan.listenAccess && next.listen && next.listenAccess) {
+        this.#applyListenAccess(next.listen, next.listenAccess);
+      }
+      for (const vm of plan.shmAccess) {
+        if (vm.shm && this.#mappings.has(vm.name)) {
+          applyFileAccess(vm.shm, vm.shmAccess ?? {}, `the shm of VM ${vm.name}`);
+        }
+      }
+    } catch (err) {
+      this.#log.error("config reload refused; the running configuration stays", {
+        error: (err as Error).message,
+      });
+      throw err;
+    }
+    // Now apply: closing first (a relinked VM's new link must not meet its old session).
+    const closing = [...plan.removed, ...plan.relinked];
+    await Promise.all(
+      closing.map((vm) => this.#closeVm(vm.name, plan.removed.includes(vm))),
+    );
+    Object.assign(this.#ctx.limits, next.limits);
+    this.#config = { ...next, limits: this.#ctx.limits };
+    for (const vm of next.vms) {
+      const link = this.#vmLinks.get(vm.name);
+      if (link) link.vm = vm; // its next session gets the new entry
+    }
+    const permissions = new Map(plan.permissions.map((vm) => [vm.name, vm.permissions]));
+    for (const s of this.#sessions) {
+      if (plan.limits.length > 0) s.limitsChanged();
+      if (s.identity === RESERVED_VM_NAME) {
+        if (plan.hostPermissions) s.updatePermissions(next.hostPermissions);
+      } else if (permissions.has(s.identity)) {
+        s.updatePermissions(permissions.get(s.identity));
+      }
+    }
+    for (const vm of [...plan.relinked, ...plan.added]) {
+      if (!this.#vmStats.has(vm.name)) this.#vmStats.set(vm.name, newEndpointStats(vm.name));
+      if (vm.shm) this.#vmShm.set(vm.name, await this.#mapVmShm(vm));
+      this.#startVmLink(vm);
+    }
+    const changes = describePlan(plan);
+    this.#log.info("config reloaded", {
+      source: next.source,
+      changes: changes.join("; ") || "nothing changed",
+    });
+    return changes;
+  }
+
+  /**
+   * Stop one VM's link (a reload removed or relinked it): its session closes and its region is
+   * unmapped once idle; a removed VM's lock is released and its stats go.
+   */
+  async #closeVm(name: string, removed: boolean) {
+    const link = this.#vmLinks.get(name);
+    if (link) {
+      this.#vmLinks.delete(name);
+      link.abort.abort();
+      const session = link.session;
+      session?.close(removed ? "VM removed from the configuration" : "VM's socket or shm changed");
+      await link.done;
+      if (session) await session.ringStopped;
+    }
+    this.#mappings.get(name)?.unmap();
+    this.#mappings.delete(name);
+    this.#vmShm.delete(name);
+    if (removed) {
+      this.#locks.get(name)?.release();
+      this.#locks.delete(name);
+      this.#vmStats.delete(name);
+    }
+  }
+
+  /**
+   * Stop gracefully (SIGTERM): accept nothing new (no host connections, no VM reconnects, no
+   * bridge input, nothing more read from any session), give what is queued for each session
+   * up to `timeoutMs` (config `drainTimeoutMs`) to be handed to it, then {@link stop}.
+   * Resolves with the bytes still queued when it stopped (0: everything went out).
+   */
+  async drain(timeoutMs: number = this.config.drainTimeoutMs): Promise<{ pendingBytes: number }> {
+    if (!this.#running || this.#draining) {
+      await this.stop();
+      return { pendingBytes: 0 };
+    }
+    this.#draining = true;
+    const pending = () => {
+      let n = 0;
+      for (const s of this.#sessions) n += s.pendingOutputBytes;
+      return n;
+    };
+    this.#log.info("draining: accepting nothing new", {
+      timeoutMs,
+      sessions: this.#sessions.size,
+      pendingBytes: pending(),
+    });
+    void this.#closeServer(); // resolves once the sessions below are closed, by stop()
+    for (const link of this.#vmLinks.values()) link.abort.abort();
+    for (const s of this.#sessions) s.stopInput();
+    const deadline = Date.now() + timeoutMs;
+    while (this.#running && pending() > 0 && Date.now() < deadline) await sleep(10);
+    const left = pending();
+    if (left > 0) {
+      this.#log.warn("drain timed out: closing with messages still queued", {
+        timeoutMs,
+        pendingBytes: left,
+        hint: "raise drainTimeoutMs (and TimeoutStopSec in the systemd unit) to wait longer",
+      });
+    } else this.#log.info("drained: everything queued was handed to its session");
+    await this.stop(); // closes the sessions, then waits for the server (serverClosed)
+    return { pendingBytes: left };
+  }
+
+  /** Stop listening (once): new host connections are refused, live ones stay. */
+  #closeServer(): Promise<void> {
+    const server = this.#server;
+    if (!server) return Promise.resolve();
+    return this.#serverClosed ??= new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
   /** A snapshot of every counter. */
@@ -345,6 +537,52 @@ export class Broker {
     this.#statsEntry = entry;
   }
 
+  /** `$VBUS.RELOAD`: a host client asks for a reload and gets what changed, or why not. */
+  #addReloadService(): RouteEntry {
+    const entry: RouteEntry = {
+      sid: 0,
+      subject: RELOAD_SUBJECT,
+      queue: null,
+      max: 0,
+      delivered: 0,
+      target: {
+        deliver: (_sub, _subject, reply) => {
+          const requester = this.#ctx.publishing;
+          // Only a host client: not a bridge's message, never a VM (they cannot publish here).
+          if (reply === null || !(requester instanceof Session)) return;
+          if (requester.identity !== RESERVED_VM_NAME) return;
+          this.#log.info("reload requested", { session: requester.id });
+          this.reload().then(
+            (changes) => ({ ok: true, changes }),
+            (err) => ({ ok: false, error: (err as Error).message }),
+          ).then((answer) => {
+            if (requester.open) {
+              this.router.deliverTo(requester, reply, null, encodeValue(answer));
+            }
+          });
+        },
+      },
+    };
+    this.router.add(entry);
+    return entry;
+  }
+
+  /** Give the host socket the config's group and mode. */
+  #applyListenAccess(path: string, access: FileAccess) {
+    try {
+      applyFileAccess(path, access, "listen");
+    } catch (err) {
+      throw new VbusError(ErrorCode.Port, (err as Error).message);
+    }
+    if (access.mode !== undefined && (access.mode & 0o002) !== 0) {
+      this.#log.warn("every local user may connect to the host socket", {
+        listen: path,
+        listenMode: modeString(access.mode),
+        why: "a host client may publish anywhere unless host.permissions restricts it",
+      });
+    }
+  }
+
   async #listen(path: string) {
     await removeStaleSocket(path);
     const server = createServer((socket: Socket) => {
@@ -380,8 +618,22 @@ export class Broker {
         "error",
         (err) => reject(new VbusError(ErrorCode.Port, `cannot listen on ${path}: ${err.message}`)),
       );
-      server.listen(path, () => resolve());
+      // With a listenMode, the socket is the broker's user's alone until it gets it.
+      const umask = this.config.listenAccess ? process.umask(0o177) : undefined;
+      try {
+        server.listen(path, () => resolve());
+      } finally {
+        if (umask !== undefined) process.umask(umask);
+      }
     });
+    if (this.config.listenAccess) {
+      try {
+        this.#applyListenAccess(path, this.config.listenAccess);
+      } catch (err) {
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+        throw err;
+      }
+    }
     server.on("error", (err) => this.#log.error("host socket error", { error: err.message }));
     this.#server = server;
   }
@@ -458,10 +710,11 @@ export class Broker {
     try {
       const existing = await stat(path).catch(() => undefined);
       if (existing) {
-        const problem = backingFileProblem(path, existing);
+        const problem = backingFileProblem(path, existing, vm.shmAccess?.owner?.id);
         if (problem) return refuse(problem, "error");
         const gid = process.getgid?.() ?? 0;
-        if ((existing.mode & 0o020) !== 0 && existing.gid !== gid) {
+        const chosen = vm.shmAccess?.group?.id; // the config's shmGroup: QEMU's, on purpose
+        if ((existing.mode & 0o020) !== 0 && existing.gid !== gid && existing.gid !== chosen) {
           this.#log.warn("a VM's shared-memory file is writable by a group the broker is not in", {
             vm: vm.name,
             path,
@@ -483,7 +736,17 @@ export class Broker {
         exclusive: true,
         mode: 0o600,
       });
-      this.#mappings.push(mapping);
+      this.#mappings.set(vm.name, mapping);
+      const access = vm.shmAccess ?? {};
+      if (access.mode !== undefined || access.owner || access.group) {
+        try {
+          applyFileAccess(path, access, `the shm of VM ${vm.name}`);
+        } catch (err) {
+          this.#mappings.delete(vm.name);
+          mapping.unmap();
+          throw err;
+        }
+      }
       this.#log.info("mapped VM shared memory", { vm: vm.name, path, size: vm.shmSize });
       return { bytes: mapping.bytes, path, perSession: false };
     } catch (err) {
@@ -514,13 +777,20 @@ export class Broker {
     }
   }
 
-  /** Keep a connection to one VM's port for as long as the broker runs. */
-  async #runVmLink(vm: VmConfig): Promise<void> {
+  #startVmLink(vm: VmConfig) {
+    const link: VmLink = { vm, abort: new AbortController(), done: Promise.resolve() };
+    this.#vmLinks.set(vm.name, link);
+    link.done = this.#runVmLink(link);
+  }
+
+  /** Keep a connection to one VM's port until the broker stops or a reload removes the VM. */
+  async #runVmLink(link: VmLink): Promise<void> {
     const backoff = new Backoff(this.#opts.reconnect);
+    const { vm } = link; // socket and name never change for a link (a reload relinks instead)
     const stats = this.#vmStats.get(vm.name)!;
-    const signal = this.#abort.signal;
+    const signal = link.abort.signal;
     let lastError = "";
-    while (this.#running) {
+    while (this.#running && !signal.aborted) {
       let port: SocketPort;
       try {
         port = await connectUnix(vm.socket);
@@ -530,28 +800,40 @@ export class Broker {
           this.#log.warn("VM port not reachable, retrying", { vm: vm.name, error: msg });
         }
         lastError = msg;
-        await sleep(backoff.next(), signal);
+        const delayMs = backoff.next();
+        this.#log.debug("VM port not reachable, retry scheduled", {
+          vm: vm.name,
+          attempt: backoff.attempts,
+          delayMs,
+          error: msg,
+        });
+        await sleep(delayMs, signal);
         continue;
       }
       lastError = "";
-      if (!this.#running) {
+      if (!this.#running || signal.aborted) {
         port.destroy();
         break;
       }
       this.#log.info("connected to VM port", { vm: vm.name, socket: vm.socket });
       const connectedAt = Date.now();
       const ended = new Promise<string>((resolve) => {
-        this.#startSession(port, {
+        link.session = this.#startSession(port, {
           identity: vm.name,
           host: false,
-          permissions: vm.permissions,
+          permissions: link.vm.permissions,
           stats,
           shm: this.#vmShm.get(vm.name),
         }, resolve);
       });
       await ended;
       if (Date.now() - connectedAt > STABLE_SESSION_MS) backoff.reset();
-      if (this.#running) await sleep(backoff.next(), signal);
+      link.session = undefined;
+      if (this.#running && !signal.aborted) {
+        const delayMs = backoff.next();
+        this.#log.debug("VM session ended, reconnecting", { vm: vm.name, delayMs });
+        await sleep(delayMs, signal);
+      }
     }
   }
 }
@@ -562,12 +844,13 @@ export class Broker {
  * must not be writable by every user. Group write is how QEMU (another user) gets access; that
  * group should hold only QEMU's user, and a group the broker is not in is logged.
  */
-function backingFileProblem(path: string, st: Stats): string | undefined {
+function backingFileProblem(path: string, st: Stats, shmOwner?: number): string | undefined {
   if (!st.isFile()) return `${path} is not a regular file`;
   const uid = process.getuid?.() ?? 0;
-  if (st.uid !== uid && st.uid !== 0) {
-    return `${path} is owned by uid ${st.uid}, not by the broker's user (uid ${uid}) or root: ` +
-      `its owner could shrink it and crash the broker (SIGBUS); chown it to the broker's user`;
+  if (st.uid !== uid && st.uid !== 0 && st.uid !== shmOwner) {
+    return `${path} is owned by uid ${st.uid}, not by the broker's user (uid ${uid}), root or ` +
+      `the config's shmOwner: its owner could shrink it and crash the broker (SIGBUS); chown ` +
+      `it to the broker's user (or remove it: the broker creates it)`;
   }
   if ((st.mode & 0o002) !== 0) {
     return `${path} is writable by every user (mode ${(st.mode & 0o777).toString(8)}): anyone ` +

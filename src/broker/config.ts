@@ -15,6 +15,7 @@ import { isAbsolute, resolve } from "node:path";
 import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc-parser";
 import { validatePattern } from "../subject/subject.ts";
 import { DEFAULT_LIMITS, type Limits } from "../protocol/limits.ts";
+import { type FileAccess, parseListenAccess, parseShmAccess } from "./file_access.ts";
 import { type BridgeConfig, parseBridgeConfig } from "../bridge/bridge_config.ts";
 import { type HttpAddress, parseHttpAddress } from "../monitor/http_address.ts";
 
@@ -53,6 +54,12 @@ export interface VmConfig {
   shmSize: number;
   /** Optional restrictions; absent means the VM may publish and subscribe to anything. */
   permissions?: Permissions;
+  /**
+   * Mode, owner and group of the shared-memory file (keys `shmMode`, `shmOwner`, `shmGroup`,
+   * in the VM's entry or at the top level for every VM); empty: 0600, the broker's user.
+   * {@link validateConfig} always fills it in.
+   */
+  shmAccess?: FileAccess;
 }
 
 /** The whole broker configuration after validation, with defaults filled in. */
@@ -61,6 +68,8 @@ export interface BrokerConfig {
   source: string;
   /** Unix socket path host-local clients connect to; absent means no host socket. */
   listen?: string;
+  /** Mode and group of the host socket (keys `listenMode`, `listenGroup`); absent: umask's. */
+  listenAccess?: FileAccess;
   /**
    * Permissions of host-local clients; absent means unrestricted (and `block` allowed).
    * {@link validateConfig} always fills it in, with `block` defaulting to true.
@@ -70,6 +79,8 @@ export interface BrokerConfig {
   limits: Limits;
   /** The VMs, each with a unique name. */
   vms: VmConfig[];
+  /** How long SIGTERM waits for queued messages to reach their sessions (ms). Default 5000. */
+  drainTimeoutMs: number;
   /** Bridges to other systems (`bridge.nats`: see src/bridge/bridge_config.ts); absent: none. */
   bridge?: BridgeConfig;
   /** The monitoring endpoint (`"http": "127.0.0.1:8222"`, see src/monitor/); absent: off. */
@@ -135,7 +146,12 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
     throw new ConfigError(source, key, problem);
   };
   const root = expectObject(raw, "(root)", fail);
-  checkKeys(root, ["listen", "host", "limits", "vms", "bridge", "http"], "(root)", fail);
+  checkKeys(
+    root,
+    [...SERVICE_KEYS, "listen", "host", "limits", "vms", "bridge", "http"],
+    "(root)",
+    fail,
+  );
   // Every path the broker opens, normalised, with the key that named it first: one file must
   // never play two roles (the broker's own socket as a VM's, one VM's memory as another's).
   const paths = new Map<string, string>();
@@ -149,13 +165,21 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
       hostPermissions;
   }
   const limits = parseLimits(root.limits, fail);
+  const listenAccess = parseListenAccess(root, listen, fail);
+  const drainTimeoutMs = parseDrainTimeout(root.drainTimeoutMs, fail);
+  const shmDefaults = parseShmAccess(root, "", fail);
   if (!Array.isArray(root.vms)) fail("vms", "must be an array of VMs (it may be empty)");
   const vmsRaw = root.vms as unknown[];
   const names = new Set<string>();
   const vms = vmsRaw.map((v, i): VmConfig => {
     const at = `vms[${i}]`;
     const vm = expectObject(v, at, fail);
-    checkKeys(vm, ["name", "socket", "port", "shm", "shmSize", "permissions"], at, fail);
+    checkKeys(
+      vm,
+      ["name", "socket", "port", "shm", "shmSize", "permissions", ...SHM_KEYS],
+      at,
+      fail,
+    );
     const name = optionalString(vm.name, `${at}.name`, fail) ??
       fail(`${at}.name`, "is required");
     if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) {
@@ -190,22 +214,47 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
       shmSize = size as number;
     }
     const permissions = parsePermissions(vm.permissions, `${at}.permissions`, false, fail);
-    return { name, socket, port, shm, shmSize, permissions };
+    const shmAccess = parseShmAccess(vm, at, fail, shmDefaults);
+    return { name, socket, port, shm, shmSize, permissions, shmAccess };
   });
   const bridge = parseBridgeConfig(root.bridge, fail);
   const http = parseHttpAddress(root.http, fail);
   return {
     source,
     listen,
+    ...(listenAccess ? { listenAccess } : {}),
     hostPermissions,
     limits,
     vms,
+    drainTimeoutMs,
     ...(bridge ? { bridge } : {}),
     ...(http ? { http } : {}),
   };
 }
 
 type Fail = (key: string, problem: string) => never;
+
+/** A VM's keys of its shared-memory file's mode, owner and group (top level: defaults). */
+const SHM_KEYS = ["shmMode", "shmOwner", "shmGroup"];
+/** Top-level keys of who may use the broker's files and of its shutdown. */
+const SERVICE_KEYS = [
+  "listenMode",
+  "listenGroup",
+  "shmMode",
+  "shmOwner",
+  "shmGroup",
+  "drainTimeoutMs",
+];
+/** Default of `drainTimeoutMs`. */
+export const DEFAULT_DRAIN_TIMEOUT_MS = 5000;
+
+function parseDrainTimeout(v: unknown, fail: Fail): number {
+  if (v === undefined) return DEFAULT_DRAIN_TIMEOUT_MS;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > 3_600_000) {
+    fail("drainTimeoutMs", "must be a whole number of milliseconds between 0 and 3600000");
+  }
+  return v as number;
+}
 
 function expectObject(v: unknown, key: string, fail: Fail): Record<string, unknown> {
   if (typeof v !== "object" || v === null || Array.isArray(v)) fail(key, "must be an object");

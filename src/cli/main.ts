@@ -16,7 +16,9 @@ import { parseArgs } from "node:util";
 import { type Bus, connect } from "../client/bus.ts";
 import type { ConnectOptions } from "../client/options.ts";
 import type { Msg } from "../client/msg.ts";
-import { Broker, STATS_SUBJECT } from "../broker/broker.ts";
+import { Broker, RELOAD_SUBJECT, STATS_SUBJECT } from "../broker/broker.ts";
+import { serveBroker } from "../broker/lifecycle.ts";
+import { logSettingsFromEnv } from "../util/log.ts";
 import { loadConfig } from "../broker/config.ts";
 import { qemuArgs, shellQuote } from "../vm/qemu_args.ts";
 import { libvirtXml } from "../vm/libvirt_xml.ts";
@@ -33,6 +35,7 @@ Usage:
   vbus req SUBJECT VALUE [--timeout MS]
   vbus reply SUBJECT VALUE [--count N] [--queue Q]
   vbus stats
+  vbus reload
   vbus top [--interval MS]
   vbus qemu-args VM --config FILE
   vbus libvirt-xml VM --config FILE
@@ -57,6 +60,14 @@ Options:
   --interval MS   top: refresh every MS milliseconds (default 1000; q quits)
   --config FILE   broker configuration (JSON with comments; see README)
   -h, --help      show this help
+
+The broker reloads its config file on SIGHUP or \`vbus reload\` (which prints what changed, or
+why the new file was refused: then the old config keeps running), and drains on SIGTERM:
+nothing new is accepted, queued messages get drainTimeoutMs to go out, then it exits 0.
+With NOTIFY_SOCKET set (systemd Type=notify) it sends READY=1 once it serves.
+
+Environment: VBUS_LOG=debug|info|warn|error|silent (default info),
+VBUS_LOG_FORMAT=text|json (default text); any other value is an error.
 `;
 
 /** A usage error: printed with the usage text, exit code 2. */
@@ -87,6 +98,7 @@ const COMMANDS: Record<string, { args: string[]; options: (keyof typeof OPTIONS)
   req: { args: ["SUBJECT", "VALUE"], options: ["timeout", "header", "port", "server", "wake"] },
   reply: { args: ["SUBJECT", "VALUE"], options: ["count", "queue", "port", "server", "wake"] },
   stats: { args: [], options: ["timeout", "port", "server"] },
+  reload: { args: [], options: ["timeout", "server"] },
   top: { args: [], options: ["interval", "port", "server"] },
   "qemu-args": { args: ["VM"], options: ["config"] },
   "libvirt-xml": { args: ["VM"], options: ["config"] },
@@ -128,6 +140,12 @@ export async function main(
     if (key !== "help" && !spec.options.includes(key)) {
       return usageError(`${command} does not take --${key}`);
     }
+  }
+  try {
+    logSettingsFromEnv(); // a bad VBUS_LOG / VBUS_LOG_FORMAT stops every command at once
+  } catch (err) {
+    process.stderr.write(`vbus: ${(err as Error).message}\n`);
+    return 2;
   }
   try {
     return await run(command, args, values, out);
@@ -296,6 +314,24 @@ async function run(
       const intervalMs = positiveInt(values.interval, "interval") ?? DEFAULT_TOP_INTERVAL_MS;
       return await runTop({ intervalMs, connect: connectOptions(values) });
     }
+    case "reload": {
+      const timeout = positiveInt(values.timeout, "timeout") ?? 30_000;
+      let failed = "";
+      await withBus(command, values, async (bus) => {
+        const msg = await bus.request(RELOAD_SUBJECT, null, { timeout });
+        const answer = msg.data as { ok?: boolean; changes?: string[]; error?: string };
+        if (answer?.ok) {
+          out(answer.changes?.length ? answer.changes.join("\n") : "reloaded: nothing changed");
+        } else failed = answer?.error ?? "the broker gave no reason";
+      });
+      if (failed) {
+        process.stderr.write(
+          `vbus reload: refused, the broker keeps its running config: ${failed}\n`,
+        );
+        return 1;
+      }
+      return 0;
+    }
     case "qemu-args":
     case "libvirt-xml": {
       const vm = await findVm(values, args[0]);
@@ -323,14 +359,8 @@ async function findVm(values: Values, name: string) {
 async function runBroker(values: Values): Promise<number> {
   if (!values.config) throw new UsageError("broker needs --config FILE");
   const config = await loadConfig(values.config);
-  const broker = new Broker(config);
-  await broker.start();
-  await new Promise<void>((resolve) => {
-    process.once("SIGINT", resolve);
-    process.once("SIGTERM", resolve);
-  });
-  await broker.stop();
-  return 0;
+  // Reload on SIGHUP, drain on SIGTERM/SIGINT, READY=1 to systemd: see lifecycle.ts.
+  return await serveBroker(new Broker(config));
 }
 
 if (import.meta.main) {

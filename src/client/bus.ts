@@ -86,7 +86,7 @@ import { decodeDoorbellHead } from "../protocol/heads.ts";
 import { HeadReader } from "../protocol/fast_heads.ts";
 import { statSync } from "node:fs";
 import { createLogger, type Logger } from "../util/log.ts";
-import { connectHint } from "./hints.ts";
+import { connectHint, isPermissionDenied } from "./hints.ts";
 
 export type { ClientStats } from "./delivery_ledger.ts";
 
@@ -254,14 +254,17 @@ export class Bus implements SubscriptionOwner {
     }
     if (this.#state !== "connected") {
       const err = this.#lastError ?? new VbusError(ErrorCode.Port, "not connected");
+      const waited = this.#refused ? "" : ` within ${this.#opts.timeoutMs} ms`;
       throw new VbusError(
         ErrorCode.Port,
-        `could not connect within ${this.#opts.timeoutMs} ms: ${err.message}${connectHint(err)}`,
+        `could not connect${waited}: ${err.message}${connectHint(err)}`,
       );
     }
   }
 
   #lastError?: Error;
+  /** The first connect was refused for good (permission denied): no point waiting. */
+  #refused = false;
 
   // ---- publish / subscribe / request ------------------------------------------------------
 
@@ -675,6 +678,10 @@ export class Bus implements SubscriptionOwner {
         this.#lastError = err as Error;
         if (err instanceof VbusError && err.code === ErrorCode.BadVersion) {
           this.#shutdown(err);
+          return;
+        }
+        if (!this.#everConnected && isPermissionDenied(err as Error)) {
+          this.#refused = true;
           return;
         }
         const attempt = backoff.attempts + 1;

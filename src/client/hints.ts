@@ -13,6 +13,15 @@
  * @module
  */
 
+/**
+ * Is `err` the kernel refusing this user the broker's socket? Retrying cannot help (group
+ * membership changes at the next login), so a first connect gives up at once.
+ */
+export function isPermissionDenied(err: Error): boolean {
+  const m = /^cannot connect to \S+:(.*)$/s.exec(err.message);
+  return m !== null && /EACCES|EPERM|permission denied/i.test(m[1]);
+}
+
 /** A hint (starting with a space, in parentheses) for `err`, or "" when there is none. */
 export function connectHint(err: Error): string {
   const m = /^cannot connect to (\S+):(.*)$/s.exec(err.message);
