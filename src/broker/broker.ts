@@ -447,6 +447,9 @@ export class Broker {
     });
     void this.#closeServer(); // resolves once the sessions below are closed, by stop()
     for (const link of this.#vmLinks.values()) link.abort.abort();
+    // Bridges stop first, as in stop(): nothing more comes in from them, and what they still
+    // hold for the other side is flushed by their own stop.
+    await Promise.all(this.#bridges.splice(0).map((b) => b.stop()));
     for (const s of this.#sessions) s.stopInput();
     const deadline = Date.now() + timeoutMs;
     while (this.#running && pending() > 0 && Date.now() < deadline) await sleep(10);
