@@ -103,7 +103,7 @@ test("lifecycle: a drain that cannot finish in drainTimeoutMs still stops and ex
   writeFileSync(config, JSON.stringify({ listen, drainTimeoutMs: 300, vms: [] }));
   const broker = runCli(["broker", "--config", config], { VBUS_LOG: "info" });
   const { connect: netConnect } = await import("node:net");
-  const { encodeFrame } = await import("../src/protocol/frame.ts");
+  const { encodeFrame, FrameDecoder } = await import("../src/protocol/frame.ts");
   const { encodeValue } = await import("../src/protocol/codec.ts");
   const { Op, PROTOCOL_VERSION } = await import("../src/protocol/ops.ts");
   let publisher: Bus | undefined;
@@ -115,13 +115,24 @@ test("lifecycle: a drain that cannot finish in drainTimeoutMs still stops and ex
     await new Promise<void>((resolve, reject) =>
       socket.once("connect", resolve).once("error", reject)
     );
-    socket.pause();
+    // HELLO, SUB, PING: the PONG says the broker has the subscription; then stop reading.
+    const decoder = new FrameDecoder(1 << 20);
+    let pong = false;
+    socket.on("data", (chunk: Uint8Array) => {
+      decoder.push(chunk, (f) => {
+        if (f.op === Op.Pong && !pong) {
+          pong = true;
+          socket.pause();
+        }
+      });
+    });
     socket.write(
       encodeFrame(Op.Hello, encodeValue({ v: PROTOCOL_VERSION, features: [], nonce: 1 })),
     );
     socket.write(encodeFrame(Op.Sub, encodeValue([1, "t", null])));
+    socket.write(encodeFrame(Op.Ping, encodeValue([])));
+    await waitFor(() => pong, "the raw subscriber's PONG");
     publisher = await connect({ server: listen, timeoutMs: 5000, reconnect: false, shm: false });
-    await delay(100);
     for (let i = 0; i < 40; i++) await publisher.publish("t", new Uint8Array(60_000));
     await publisher.flush();
     const t0 = Date.now();
