@@ -15,7 +15,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, unlinkSync } from "node:fs";
 import { request } from "node:http";
-import { createServer } from "node:net";
+import { connect as netConnect, createServer } from "node:net";
 import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
@@ -23,7 +23,10 @@ import { Broker } from "../src/broker/broker.ts";
 import { ConfigError, parseConfig, validateConfig } from "../src/broker/config.ts";
 import { SimulatedVm } from "../src/sim/simulated_vm.ts";
 import { createLogger } from "../src/util/log.ts";
-import { startLab, tempDir, waitFor } from "./helpers.ts";
+import { delay, startLab, tempDir, waitFor } from "./helpers.ts";
+import { encodeFrame } from "../src/protocol/frame.ts";
+import { encodeValue } from "../src/protocol/codec.ts";
+import { Op, PROTOCOL_VERSION } from "../src/protocol/ops.ts";
 import type { HealthReport } from "../src/monitor/health.ts";
 import type { StatsDocument } from "../src/monitor/monitor_server.ts";
 import type { Sample } from "../src/monitor/rate_history.ts";
@@ -194,6 +197,43 @@ test("monitoring endpoint: /healthz, /stats with each host client on its own, /h
     assert.equal(gone.json.status, "unavailable");
     assert.match(gone.json.problems.join(";"), /host socket .*broker\.sock is gone/);
   } finally {
+    await lab.close();
+  }
+});
+
+test("/healthz is 503 while the broker drains (SIGTERM), before it stops", async () => {
+  const lab = await startStreamingLab();
+  // A subscriber that never reads: what is queued for it keeps the drain waiting.
+  const socket = netConnect(lab.listen);
+  try {
+    await new Promise<void>((resolve, reject) =>
+      socket.once("connect", resolve).once("error", reject)
+    );
+    socket.pause();
+    socket.write(
+      encodeFrame(Op.Hello, encodeValue({ v: PROTOCOL_VERSION, features: [], nonce: 1 })),
+    );
+    socket.write(encodeFrame(Op.Sub, encodeValue([1, "t", null])));
+    await waitFor(
+      () => lab.broker.stats().sessions.some((s) => s.subjects[0]?.subject === "t"),
+      "the raw subscriber subscribed",
+    );
+    for (let i = 0; i < 40; i++) await lab.hosts.collector.publish("t", new Uint8Array(60_000));
+    await lab.hosts.collector.flush();
+    assert.equal((await get(lab.url + "healthz")).status, 200);
+    const drained = lab.broker.drain(800);
+    let during: { status: number; body: string } | undefined;
+    const deadline = Date.now() + 700;
+    while (Date.now() < deadline) {
+      during = await get(lab.url + "healthz");
+      if (during.status !== 200) break;
+      await delay(20);
+    }
+    assert.equal(during?.status, 503, "unhealthy while draining");
+    assert.match(JSON.parse(during!.body).problems.join(";"), /not serving \(draining/);
+    assert.ok((await drained).pendingBytes > 0, "the drain waited for the subscriber");
+  } finally {
+    socket.destroy();
     await lab.close();
   }
 });

@@ -484,9 +484,9 @@ export class Broker {
     };
   }
 
-  /** Started and not stopping (what `/healthz` first checks). */
+  /** Started, and neither draining nor stopping (what `/healthz` first checks). */
   get running(): boolean {
-    return this.#running;
+    return this.#running && !this.#draining;
   }
 
   /** The host socket path, if the broker listens on one. */

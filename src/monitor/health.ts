@@ -1,10 +1,11 @@
 /**
  * What `/healthz` answers. Healthy means the broker can do its job for clients that come now:
- * it runs (started, not stopping), and its host socket is still the one it listens on (a socket
- * file removed or replaced under it, e.g. by a tmpfiles cleanup or a second broker's start,
- * leaves it running while no host client can connect). VMs that are not connected do not make
- * it unhealthy (a VM may be powered off), nor does a bridge that lost its server (it buffers
- * and reconnects); both are in the answer, as is how late the event loop ran timers lately.
+ * it runs (started, not draining or stopping: a load balancer or systemd watchdog should stop
+ * sending it work), and its host socket is still the one it listens on (a socket file removed
+ * or replaced under it, e.g. by a tmpfiles cleanup or a second broker's start, leaves it
+ * running while no host client can connect). VMs that are not connected do not make it
+ * unhealthy (a VM may be powered off), nor does a bridge that lost its server (it buffers and
+ * reconnects); both are in the answer, as is how late the event loop ran timers lately.
  *
  * @example
  * ```ts
@@ -19,7 +20,7 @@ import type { BrokerStats } from "../broker/stats.ts";
 
 /** What the health check needs to know about the broker. */
 export interface HealthSource {
-  /** Started and not stopping. */
+  /** Started, and neither draining nor stopping. */
   readonly running: boolean;
   /** The host socket path, if the broker listens on one. */
   readonly listen?: string;
@@ -76,7 +77,9 @@ export class HealthCheck {
   async report(): Promise<HealthReport> {
     const problems: string[] = [];
     const source = this.#source;
-    if (!source.running) problems.push("the broker is not running (stopping, or not started)");
+    if (!source.running) {
+      problems.push("the broker is not serving (draining, stopping, or not started)");
+    }
     const listen = source.listen;
     if (listen && source.running) {
       const st = await lstat(listen).catch(() => undefined);
