@@ -6,7 +6,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { join } from "node:path";
 import process from "node:process";
@@ -158,6 +158,7 @@ test("log: VBUS_LOG=debug VBUS_LOG_FORMAT=json: one JSON object per line, with t
     killQuietly(broker);
     await broker.done;
     await vm.stop();
+    rmSync(shm, { force: true });
     cleanup();
   }
 });
