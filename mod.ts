@@ -33,7 +33,7 @@ export type { StatusEvent, StatusType } from "./src/client/status.ts";
 export { ErrorCode, VbusError } from "./src/protocol/errors.ts";
 export type { Headers } from "./src/protocol/ops.ts";
 export { matches, validatePattern, validateSubject } from "./src/subject/subject.ts";
-export { Broker, type BrokerOptions, STATS_SUBJECT } from "./src/broker/broker.ts";
+export { Broker, type BrokerOptions, RELOAD_SUBJECT, STATS_SUBJECT } from "./src/broker/broker.ts";
 export {
   type BrokerConfig,
   ConfigError,
@@ -46,3 +46,4 @@ export type { BrokerStats, EndpointStats } from "./src/broker/stats.ts";
 export type { SessionStats, SubscriptionStats } from "./src/broker/session_stats.ts";
 export type { RingFill } from "./src/ring/fill.ts";
 export type { Port, PortOpener } from "./src/port/port.ts";
+export { createLogger, type Logger, type LoggerOptions, LogSettingsError } from "./src/util/log.ts";

@@ -4,7 +4,7 @@
 //
 // Stopping the process the user started must stop the CLI (above all a broker, which holds
 // its VMs' locks). Three ways it could survive, and what covers each:
-// - SIGINT/SIGTERM to this wrapper: forwarded to the child.
+// - SIGINT/SIGTERM/SIGHUP to this wrapper: forwarded to the child (SIGHUP: reload).
 // - npx/npm exec stopped: npm runs us through `sh -c`; a SIGTERM to npm kills npm and the
 //   shell but never reaches us. So under npm we watch our ancestors up to npm itself and stop
 //   the child when one of them is gone (this covers SIGKILL of npm too).
@@ -84,7 +84,7 @@ const childRunning = () => child.exitCode === null && child.signalCode === null;
 function stopChild(signal) {
   if (childRunning()) child.kill(signal);
 }
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => stopChild(sig));
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(sig, () => stopChild(sig));
 
 const ancestors = npmAncestors();
 if (ancestors.length > 0) {

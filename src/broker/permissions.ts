@@ -34,6 +34,15 @@ export class PermissionGuard {
     this.#inboxPattern = `${inboxPrefix}.>`;
   }
 
+  /**
+   * New publish and subscribe patterns (a config reload), keeping the inbox and the reply
+   * grants the session already holds: a responder may still answer what it was sent.
+   */
+  update(permissions: Permissions | undefined): void {
+    this.#publish = permissions?.publish;
+    this.#subscribe = permissions?.subscribe;
+  }
+
   /** True when the session has no publish restriction. */
   get publishUnrestricted(): boolean {
     return this.#publish === undefined;

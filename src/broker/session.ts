@@ -159,7 +159,6 @@ export class Session implements DeliveryTarget, Holdable {
   #subs = new Map<number, RouteEntry>();
   #subTokens = 0; // tokens of all live subscriptions (limits.maxSubscriptionTokens)
   #guard?: PermissionGuard;
-  #inbox = "";
   #floodLimit: number;
   #features = new Set<string>();
   #errors = 0;
@@ -284,7 +283,8 @@ export class Session implements DeliveryTarget, Holdable {
   updatePermissions(permissions: Permissions | undefined): void {
     this.#opts.permissions = permissions;
     if (!this.#guard) return; // before HELLO: the guard is made from #opts.permissions
-    const next = this.#guard = new PermissionGuard(permissions, this.#inbox);
+    const next = this.#guard;
+    next.update(permissions);
     const mayBlock = permissions?.block ?? this.#opts.host;
     for (const [sid, entry] of [...this.#subs]) {
       if (next.canSubscribe(entry.subject)) {
@@ -683,7 +683,7 @@ export class Session implements DeliveryTarget, Holdable {
     const { identity } = this;
     this.id = `${identity}#${this.#ctx.nextSessionNumber()}`;
     this.#client = (hello.client ?? "").slice(0, CLIENT_NAME_MAX);
-    const inbox = this.#inbox = `_INBOX.${identity}.${randomBytes(8).toString("hex")}`;
+    const inbox = `_INBOX.${identity}.${randomBytes(8).toString("hex")}`;
     this.#guard = new PermissionGuard(this.#opts.permissions, inbox);
     this.#features = new Set(hello.features.filter((f) => BROKER_FEATURES.includes(f)));
     this.#state = "open";
