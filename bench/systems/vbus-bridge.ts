@@ -76,7 +76,8 @@ const system: BenchSystem = {
       brokers[host] = listen;
     }
     await crossingWorks(brokers.a, brokers.b);
-    return { endpoint: brokers, stop: async () => {} };
+    // Before the brokers are killed, say what the bridges dropped (the report counts losses).
+    return { endpoint: brokers, stop: () => reportBridges(ctx, brokers) };
   },
 
   open(endpoint: Endpoint, opts: OpenOptions): Promise<Channel> {
@@ -84,6 +85,32 @@ const system: BenchSystem = {
     return ring.open({ listen: onA ? endpoint.a : endpoint.b }, opts);
   },
 };
+
+/** Log each broker's bridge counters and its host clients' drops (bounded, best effort). */
+async function reportBridges(ctx: ServerContext, brokers: Record<string, string>): Promise<void> {
+  const { connect } = await import("../../mod.ts");
+  for (const [host, listen] of Object.entries(brokers)) {
+    try {
+      const bus = await connect({ server: listen, reconnect: false, shm: false, timeoutMs: 2000 });
+      try {
+        const msg = await bus.request<{
+          bridges: Record<string, unknown>[];
+          host: { dropped: number; drops: Record<string, number> };
+        }>("$VBUS.STATS", null, { timeout: 2000 });
+        const b = msg.data.bridges[0] ?? {};
+        ctx.log(
+          `broker ${host}: bridge out ${b.msgsOut} in ${b.msgsIn} dropped ${b.dropped} ` +
+            `${JSON.stringify(b.drops)} maybeLost ${b.maybeLost} reconnects ${b.reconnects}; ` +
+            `host clients dropped ${msg.data.host.dropped} ${JSON.stringify(msg.data.host.drops)}`,
+        );
+      } finally {
+        await bus.close();
+      }
+    } catch (err) {
+      ctx.log(`broker ${host}: no stats (${(err as Error).message})`);
+    }
+  }
+}
 
 /** Resolve once a message published on broker A reaches a subscriber on broker B (bounded). */
 async function crossingWorks(a: string, b: string): Promise<void> {
