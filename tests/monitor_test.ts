@@ -444,11 +444,15 @@ test("dashboard: headless Chromium renders VMs, host clients, non-zero rates, dr
     }
     // Let the history have two samples (a second apart): the charts have rates from the start.
     const deadline = Date.now() + 5000;
+    let sampled = 0;
     while (Date.now() < deadline) {
-      const h = JSON.parse((await get(lab.url + "history")).body);
-      if (h.samples.length >= 2) break;
+      // Two samples with every host client: their rates come from the history too.
+      const h = JSON.parse((await get(lab.url + "history")).body) as { samples: Sample[] };
+      sampled = h.samples.filter((x) => Object.keys(x.sessions).length >= 3).length;
+      if (sampled >= 2) break;
       await new Promise((r) => setTimeout(r, 100));
     }
+    assert.ok(sampled >= 2, "/history samples each host client's own counters");
     const shot = join(lab.dir, "dashboard.png");
     // One run: the DOM after the page's JS ran for 2.5 s (its polls), and a screenshot.
     const dom = await chromium(bin, join(lab.dir, "chrome"), [

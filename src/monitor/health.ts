@@ -89,7 +89,8 @@ export class HealthCheck {
         );
       } else if (!st.isSocket() || (this.#socketIno !== undefined && st.ino !== this.#socketIno)) {
         problems.push(
-          `${listen} is no longer the broker's socket (replaced): host clients do not reach this broker`,
+          `${listen} is no longer the broker's socket (replaced): ` +
+            "host clients do not reach this broker",
         );
       }
     }

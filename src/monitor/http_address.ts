@@ -31,8 +31,8 @@ export const HTTP_KEY = "http";
 /** Used when the config gives only a port. */
 export const DEFAULT_HTTP_HOST = "127.0.0.1";
 
-const EXAMPLES =
-  `e.g. "127.0.0.1:8222" (this machine only), or an address to listen on such as "0.0.0.0:8222" (every interface: whoever reaches it reads VM names and subjects)`;
+const EXAMPLES = `e.g. "127.0.0.1:8222" (this machine only), or an address to listen on such as ` +
+  `"0.0.0.0:8222" (every interface: whoever reaches it reads VM names and subjects)`;
 
 /**
  * Validate the `http` config value; `fail(key, problem)` reports a problem (it throws).

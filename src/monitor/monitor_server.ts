@@ -17,7 +17,8 @@
  * @example
  * ```ts
  * import { MonitorServer } from "./monitor_server.ts";
- * // const server = new MonitorServer({ host: "127.0.0.1", port: 8222, loopback: true }, source, log);
+ * // const address = { host: "127.0.0.1", port: 8222, loopback: true };
+ * // const server = new MonitorServer(address, broker, log);
  * // const { port } = await server.start(); // GET http://127.0.0.1:8222/healthz
  * ```
  * @module

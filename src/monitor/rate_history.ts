@@ -1,8 +1,9 @@
 /**
  * The last two minutes of the broker's counters, one sample a second, so a dashboard opened
  * now draws its charts at once instead of starting empty (`/history`). Each sample keeps, per
- * VM (and `host`, all host clients together) and per bridge, the counters a rate is made from;
- * the reader takes differences. Costs one stats snapshot a second while the endpoint is on.
+ * VM (and `host`, all host clients together), per host client (by session id) and per bridge,
+ * the counters a rate is made from; the reader takes differences. Costs one stats snapshot a
+ * second while the endpoint is on.
  *
  * @example
  * ```ts
@@ -25,6 +26,8 @@ export interface Sample {
   endpoints: Record<string, number[]>;
   /** Per bridge name: the same counters. */
   bridges: Record<string, number[]>;
+  /** Per live host client (session id): its own counters. */
+  sessions: Record<string, number[]>;
 }
 
 /** Samples kept (one a second: two minutes). */
@@ -70,5 +73,10 @@ export function sampleOf(stats: BrokerStats): Sample {
   for (const e of [...stats.vms, stats.host]) endpoints[e.name] = SAMPLE_FIELDS.map((f) => e[f]);
   const bridges: Record<string, number[]> = {};
   for (const b of stats.bridges ?? []) bridges[b.name] = SAMPLE_FIELDS.map((f) => b[f]);
-  return { t: stats.uptimeMs, endpoints, bridges };
+  const sessions: Record<string, number[]> = {};
+  for (const s of stats.sessions ?? []) {
+    const own = s.stats;
+    if (own && s.id) sessions[s.id] = SAMPLE_FIELDS.map((f) => own[f]);
+  }
+  return { t: stats.uptimeMs, endpoints, bridges, sessions };
 }

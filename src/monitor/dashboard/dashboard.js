@@ -8,12 +8,17 @@
   const POLL_MS = 1000;
   /** Points kept per chart (two minutes at one a second). */
   const KEEP = 121;
+  /**
+   * Samples closer than this (on the broker's clock) are not kept, and the rate shown is over at
+   * least RATE_WINDOW_MS: a poll that lands right after the previous one (a busy browser, a
+   * history sample just taken) would otherwise show a rate over a few milliseconds.
+   */
+  const MIN_GAP_MS = 500;
+  const RATE_WINDOW_MS = 1000;
   const FIELDS = ["msgsIn", "msgsOut", "bytesIn", "bytesOut", "dropped"];
   const SVG = "http://www.w3.org/2000/svg";
   /** "vm:<name>" or "bridge:<name>" -> samples [{ t, c: [counters in FIELDS order] }]. */
   const series = new Map();
-  /** Session id -> its last sample, for host clients' rates. */
-  const sessionLast = new Map();
   /** "<where>/<reason>" -> last { t, n }, for drop rates. */
   const dropLast = new Map();
   let lastUptime = -1;
@@ -70,7 +75,7 @@
   function push(key, t, c) {
     let s = series.get(key);
     if (!s) series.set(key, s = []);
-    if (s.length && s[s.length - 1].t >= t) return;
+    if (s.length && t - s[s.length - 1].t < MIN_GAP_MS) return;
     s.push({ t, c });
     if (s.length > KEEP) s.shift();
   }
@@ -87,10 +92,15 @@
     return out;
   }
 
-  /** The latest rates of `key`, or undefined before two samples. */
+  /** Rates of `key` over its last RATE_WINDOW_MS (or all it has); undefined before 2 samples. */
   function latest(key) {
-    const r = rates(key);
-    return r.length ? r[r.length - 1].r : undefined;
+    const s = series.get(key) ?? [];
+    if (s.length < 2) return undefined;
+    const last = s[s.length - 1];
+    let i = s.length - 2;
+    while (i > 0 && last.t - s[i].t < RATE_WINDOW_MS) i--;
+    const dt = (last.t - s[i].t) / 1000;
+    return last.c.map((v, j) => Math.max(0, v - s[i].c[j]) / dt);
   }
 
   /** A small chart of messages in (and out) per second. */
@@ -257,15 +267,10 @@
   }
 
   function sessionRow(s, t) {
-    const c = s.stats ? counters(s.stats) : undefined;
-    const prev = sessionLast.get(s.id);
-    let rin = "–", rout = "–";
-    if (c && prev && t > prev.t) {
-      const dt = (t - prev.t) / 1000;
-      rin = fmtCount(Math.max(0, c[0] - prev.c[0]) / dt);
-      rout = fmtCount(Math.max(0, c[1] - prev.c[1]) / dt);
-    }
-    if (c && s.id) sessionLast.set(s.id, { t, c });
+    const key = "session:" + s.id;
+    if (s.stats && s.id) push(key, t, counters(s.stats));
+    const r = s.id ? latest(key) : undefined;
+    const rin = r ? fmtCount(r[0]) : "–", rout = r ? fmtCount(r[1]) : "–";
     const subjects = (s.subjects ?? []).slice(0, 3).map((x) => `${x.subject} (${fmtCount(x.msgs)})`)
       .join(", ");
     return el(
@@ -292,10 +297,10 @@
         if (!(n > 0)) continue;
         const key = where + "/" + reason;
         const prev = dropLast.get(key);
-        const perSec = prev && t > prev.t
+        const perSec = prev && t - prev.t >= MIN_GAP_MS
           ? fmtCount(Math.max(0, n - prev.n) / ((t - prev.t) / 1000))
           : "–";
-        dropLast.set(key, { t, n });
+        if (!prev || t - prev.t >= RATE_WINDOW_MS) dropLast.set(key, { t, n });
         rows.push(
           el(
             "tr",
@@ -319,7 +324,6 @@
     if (t < lastUptime) {
       // The broker restarted: its counters started again from zero.
       series.clear();
-      sessionLast.clear();
       dropLast.clear();
     }
     lastUptime = t;
@@ -352,8 +356,10 @@
         el("tr", {}, el("td", { colspan: 11, class: "muted" }, "No host client is connected.")),
       ]),
     );
-    for (const id of [...sessionLast.keys()]) {
-      if (!hostSessions.some((s) => s.id === id)) sessionLast.delete(id);
+    for (const key of [...series.keys()]) {
+      if (key.startsWith("session:") && !hostSessions.some((s) => key === "session:" + s.id)) {
+        series.delete(key); // that client left
+      }
     }
     const bridges = stats.bridges ?? [];
     $("bridges-section").hidden = bridges.length === 0;
@@ -382,6 +388,9 @@
         }
         for (const [name, arr] of Object.entries(sample.bridges ?? {})) {
           push("bridge:" + name, sample.t, pick(arr));
+        }
+        for (const [id, arr] of Object.entries(sample.sessions ?? {})) {
+          push("session:" + id, sample.t, pick(arr));
         }
       }
     } catch {
