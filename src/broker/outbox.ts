@@ -278,7 +278,6 @@ export class Outbox {
       maxBlockMs: this.#o.limits.maxBlockMs,
     });
     publisher.holdFor(this);
-    this.#o.stats.blocked++;
     this.#blockTimer ??= setTimeout(() => this.#blockTimedOut(), this.#o.limits.maxBlockMs);
   }
 
