@@ -22,7 +22,7 @@ import { connect as netConnect, type Socket } from "node:net";
 import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
-import { startLab, take, tempDir, waitFor } from "./helpers.ts";
+import { delay, startLab, take, tempDir, waitFor } from "./helpers.ts";
 import { connect } from "../src/client/bus.ts";
 import { FrameDecoder } from "../src/protocol/frame.ts";
 import { decodeValue, encodeValue } from "../src/protocol/codec.ts";
@@ -357,6 +357,36 @@ test("hostile host: a client of another user cannot open the broker's region; it
     );
   } finally {
     cleanup();
+    await lab.close();
+  }
+});
+
+test("hostile host: connections that never say HELLO cannot lock honest host clients out", async () => {
+  const lab = await startLab({
+    vms: [],
+    limits: { maxHostConnections: 8, helloTimeoutMs: 60_000 },
+  });
+  const idle: ReturnType<typeof rawClient>[] = [];
+  const honest = [];
+  try {
+    // A local process takes every slot and says nothing.
+    for (let i = 0; i < 8; i++) {
+      const c = rawClient(lab.listen);
+      idle.push(c);
+      await c.connected;
+    }
+    await delay(100);
+    // Honest clients still get in, one idle connection making room for each.
+    for (let i = 0; i < 3; i++) honest.push(await lab.host({ reconnect: false, timeoutMs: 3000 }));
+    const it = honest[0].subscribe<number>("served");
+    await honest[0].flush();
+    await honest[2].publish("served", 7);
+    assert.deepEqual(await take(it, 1), [7]);
+    await waitFor(() => idle.filter((c) => c.ended).length === 3, "three idle connections evicted");
+    assert.equal(lab.broker.stats().host.closed["EVICTED_BEFORE_HELLO"], 3);
+  } finally {
+    for (const c of idle) c.close();
+    for (const c of honest) await c.close();
     await lab.close();
   }
 });

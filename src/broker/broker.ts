@@ -76,6 +76,8 @@ export const WRAPPER_PID_ENV = "VBUS_WRAPPER_PID";
 const WRAPPER_CHECK_MS = 500;
 /** `stats.closed` key of host connections refused by `limits.maxHostConnections`. */
 export const TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS";
+/** `stats.closed` key of host connections closed, before their HELLO, to make room for a new one. */
+export const EVICTED_BEFORE_HELLO = "EVICTED_BEFORE_HELLO";
 
 /** Broker tuning that is not part of the config file. */
 export interface BrokerOptions {
@@ -138,6 +140,8 @@ export class Broker {
   #ffi?: Ffi;
   #hostShmCount = 0;
   #hostConnections = 0;
+  // Live host sessions, oldest first (an idle one may be evicted for a newcomer).
+  #hostSessions = new Set<Session>();
   #refusedLoggedAt = 0;
   #refusedSinceLog = 0;
   #wrapperTimer?: ReturnType<typeof setInterval>;
@@ -590,6 +594,18 @@ export class Broker {
     await removeStaleSocket(path);
     const server = createServer((socket: Socket) => {
       if (this.#hostConnections >= this.config.limits.maxHostConnections) {
+        // Idle connections must not lock honest clients out: the oldest one that has not said
+        // HELLO yet makes room. Only sessions that did are counted against the newcomer.
+        const idle = [...this.#hostSessions].find((s) => !s.open);
+        if (idle) {
+          const stats = this.#hostStats;
+          stats.closed[EVICTED_BEFORE_HELLO] = (stats.closed[EVICTED_BEFORE_HELLO] ?? 0) + 1;
+          idle.close(
+            "no HELLO yet, and a new connection needs its place (limits.maxHostConnections)",
+          );
+        }
+      }
+      if (this.#hostConnections >= this.config.limits.maxHostConnections) {
         this.#refuseHostConnection(socket);
         return;
       }
@@ -610,11 +626,13 @@ export class Broker {
         stats,
         shm,
       }, () => {
+        this.#hostSessions.delete(session);
         this.#hostConnections--;
         this.#hostPool.close(stats);
         const r = region;
         if (r) session.ringStopped.then(() => r.unmap());
       });
+      this.#hostSessions.add(session);
     });
     await new Promise<void>((resolve, reject) => {
       server.once(
