@@ -676,9 +676,12 @@ async function main(): Promise<number> {
       detail: `${totals.lostTotal} of ${totals.required} required copies`,
     },
     {
-      name: `broker RSS flat (max after warm-up <= ${RSS_FLAT_FACTOR}x the value after warm-up)`,
+      name: `broker RSS flat (max after warm-up <= ${RSS_FLAT_FACTOR}x the value after warm-up)` +
+        (quick ? " (info in --quick)" : ""),
       ok: rssRatio !== null && rssRatio <= RSS_FLAT_FACTOR,
-      fatal: true,
+      // One minute with a 15 s warm-up cannot tell a flood's transient garbage from growth: a
+      // smoke run judges correctness; flatness is judged by the long runs.
+      fatal: !quick,
       detail: `${kib(baseline)} after warm-up, max ${kib(rssMaxAfter)}: ${rssRatio ?? "–"}x`,
     },
     {
