@@ -770,6 +770,54 @@ natsTest(
 );
 
 natsTest(
+  "bridge: the NATS server an importing broker is attached to dies: it fails over and resubscribes its imports",
+  async () => {
+    await withCleanup(async (defer) => {
+      const [n1, n2] = await startCluster();
+      const A = await startHost(["a1"], { servers: [n1.url], export: ["stream.>"] });
+      defer(() => A.close());
+      // B knows only n2 and learns n1 from the cluster.
+      const B = await startHost(["b1"], { servers: [n2.url], import: ["stream.>"] });
+      defer(() => B.close());
+      await bridgesReady(A, B);
+      const a1 = await A.vm("a1"), b1 = await B.vm("b1");
+      const got = collect<number>(b1, "stream.n");
+      await b1.flush();
+      await bridgeFlushed(B);
+      await waitFor(
+        () => {
+          void a1.publish("stream.n", -1);
+          return got.got.length > 0;
+        },
+        "B's import reachable from n1",
+        10_000,
+      );
+      const reconnects = B.stats().reconnects;
+      assert.equal(B.stats().server, `127.0.0.1:${n2.port}`, "B starts on n2");
+      void n2.kill();
+      await waitFor(
+        () =>
+          B.stats().reconnects > reconnects && B.stats().connected &&
+          B.stats().server === `127.0.0.1:${n1.port}`,
+        "B failed over to n1",
+        15_000,
+      );
+      // Only an import subscribed again on n1 brings A's messages to b1 now.
+      const mark = got.got.length;
+      await waitFor(
+        () => {
+          void a1.publish("stream.n", 1_000_000);
+          return got.got.length > mark;
+        },
+        "A's messages reach b1 through the import B resubscribed on n1",
+        10_000,
+      );
+      assert.ok(got.data().slice(mark).every((v) => v === 1_000_000));
+    });
+  },
+);
+
+natsTest(
   "bridge: NATS down at broker start: local traffic is fine, exports wait up to the bound, the bridge connects later",
   async () => {
     await withCleanup(async (defer) => {
