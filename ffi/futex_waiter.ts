@@ -62,7 +62,9 @@ export class FutexWaiter {
   constructor() {
     if (typeof waitAsync !== "function") throw new Error("FutexWaiter needs Atomics.waitAsync");
     const ctl = this.#ctl;
-    this.#worker = new Worker(new URL("./futex_worker.ts", import.meta.url).href, { type: "module" });
+    this.#worker = new Worker(new URL("./futex_worker.ts", import.meta.url).href, {
+      type: "module",
+    });
     this.#worker.onerror = (e: Event) => {
       e.preventDefault?.();
       this.#failure = new Error(`futex waiter worker failed: ${(e as ErrorEvent).message ?? e}`);
@@ -79,7 +81,9 @@ export class FutexWaiter {
       const r = waitAsync(ctl, WaiterControl.READY, 0, START_TIMEOUT_MS);
       if (r.async) await r.value;
       if (this.#failure) throw this.#failure;
-      if (Atomics.load(ctl, WaiterControl.READY) !== 1) throw new Error("futex waiter worker did not start");
+      if (Atomics.load(ctl, WaiterControl.READY) !== 1) {
+        throw new Error("futex waiter worker did not start");
+      }
     })();
     this.ready.catch(() => {}); // reported by wait() as well
   }
@@ -89,7 +93,12 @@ export class FutexWaiter {
    * or `timeoutMs` passes. Resolves like `futexWait`. `view` must stay mapped until this
    * resolves.
    */
-  async wait(view: Int32Array, index: number, expected: number, timeoutMs: number): Promise<FutexWaitResult> {
+  async wait(
+    view: Int32Array,
+    index: number,
+    expected: number,
+    timeoutMs: number,
+  ): Promise<FutexWaitResult> {
     if (this.#failure) throw this.#failure;
     if (this.#closed) return "not-equal";
     if (this.#busy) throw new Error("FutexWaiter: one wait at a time");
@@ -112,7 +121,9 @@ export class FutexWaiter {
       Atomics.store(ctl, WaiterControl.REQUEST, request);
       Atomics.notify(ctl, WaiterControl.REQUEST);
       // Loop: a notify meant for the previous request can arrive late and wake this one.
-      const grace = Atomics.load(ctl, WaiterControl.READY) === 1 ? WORKER_GRACE_MS : START_TIMEOUT_MS;
+      const grace = Atomics.load(ctl, WaiterControl.READY) === 1
+        ? WORKER_GRACE_MS
+        : START_TIMEOUT_MS;
       const deadline = performance.now() + timeoutMs + grace;
       for (;;) {
         const done = Atomics.load(ctl, WaiterControl.DONE);

@@ -49,7 +49,11 @@ scope.onmessage = async (event: MessageEvent<Init>) => {
         Atomics.load(ctl, WaiterControl.EXPECTED),
         Atomics.load(ctl, WaiterControl.TIMEOUT_MS),
       );
-      result = r === "ok" ? WaiterResult.OK : r === "not-equal" ? WaiterResult.NOT_EQUAL : WaiterResult.TIMED_OUT;
+      result = r === "ok"
+        ? WaiterResult.OK
+        : r === "not-equal"
+        ? WaiterResult.NOT_EQUAL
+        : WaiterResult.TIMED_OUT;
     } catch {
       result = WaiterResult.ERROR;
     }

@@ -27,7 +27,10 @@ export function toJsonLine(value: unknown): string {
   return JSON.stringify(value, function (this: unknown, _key, v) {
     if (v instanceof Uint8Array) return { $binary: Buffer.from(v).toString("base64") };
     // Buffer's own toJSON runs before the replacer: undo that shape too.
-    if (v && typeof v === "object" && (v as { type?: string }).type === "Buffer" && Array.isArray((v as { data?: unknown }).data)) {
+    if (
+      v && typeof v === "object" && (v as { type?: string }).type === "Buffer" &&
+      Array.isArray((v as { data?: unknown }).data)
+    ) {
       return { $binary: Buffer.from((v as { data: number[] }).data).toString("base64") };
     }
     if (typeof v === "bigint") return v.toString();

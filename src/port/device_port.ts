@@ -11,8 +11,8 @@
  * ```
  * @module
  */
-import { open, type FileHandle } from "node:fs/promises";
-import { PORT_HIGH_WATER_BYTES, type Port } from "./port.ts";
+import { type FileHandle, open } from "node:fs/promises";
+import { type Port, PORT_HIGH_WATER_BYTES } from "./port.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 
 /** Directory where virtio-serial ports appear by name. */

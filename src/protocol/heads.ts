@@ -90,7 +90,15 @@ export function decodeWelcomeHead(bytes: Uint8Array): WelcomeHead {
   for (const k of ["identity", "session", "inbox"] as const) {
     if (typeof h[k] !== "string") bad(`WELCOME ${k}`);
   }
-  for (const k of ["nonce", "maxFrameBytes", "maxSubjectBytes", "maxSubscriptions", "pingIntervalMs"] as const) {
+  for (
+    const k of [
+      "nonce",
+      "maxFrameBytes",
+      "maxSubjectBytes",
+      "maxSubscriptions",
+      "pingIntervalMs",
+    ] as const
+  ) {
     if (typeof h[k] !== "number") bad(`WELCOME ${k}`);
   }
   if (!Array.isArray(h.features)) bad("WELCOME features");
@@ -144,7 +152,10 @@ export function decodeMsgHead(bytes: Uint8Array, start = 0, end = bytes.length):
 /** Decode an ERR head. */
 export function decodeErrHead(bytes: Uint8Array): ErrHead {
   const h = decodeHead(bytes, "ERR") as ErrHead;
-  if (typeof h !== "object" || h === null || typeof h.code !== "string" || typeof h.message !== "string") {
+  if (
+    typeof h !== "object" || h === null || typeof h.code !== "string" ||
+    typeof h.message !== "string"
+  ) {
     bad("ERR head");
   }
   return h;

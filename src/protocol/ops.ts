@@ -37,7 +37,19 @@ export const Op = {
   Doorbell: 10,
 } as const;
 
-const NAMES = ["", "HELLO", "WELCOME", "SUB", "UNSUB", "PUB", "MSG", "PING", "PONG", "ERR", "DOORBELL"];
+const NAMES = [
+  "",
+  "HELLO",
+  "WELCOME",
+  "SUB",
+  "UNSUB",
+  "PUB",
+  "MSG",
+  "PING",
+  "PONG",
+  "ERR",
+  "DOORBELL",
+];
 
 /** Is `op` a known operation code? */
 export function isOp(op: number): boolean {

@@ -90,7 +90,12 @@ export class Doorbell {
   private readonly ringFn: RingFn;
 
   /** `sleeper`: whose parked flag this bell watches (default "consumer"). */
-  constructor(bytes: Uint8Array, ring: RingDescriptor, ringFn: RingFn, sleeper: Sleeper = "consumer") {
+  constructor(
+    bytes: Uint8Array,
+    ring: RingDescriptor,
+    ringFn: RingFn,
+    sleeper: Sleeper = "consumer",
+  ) {
     this.word = wordsOf(bytes);
     const c = cells(ring, sleeper);
     this.seqIndex = c.seq;

@@ -238,7 +238,13 @@ export function planRegion(
   const inCap = inboundCapacity ?? largest;
   const outboundOffset = HEADER_SIZE;
   const inboundOffset = alignUp(outboundOffset + outCap, RING_ALIGNMENT);
-  const g = { regionSize, outboundOffset, outboundCapacity: outCap, inboundOffset, inboundCapacity: inCap };
+  const g = {
+    regionSize,
+    outboundOffset,
+    outboundCapacity: outCap,
+    inboundOffset,
+    inboundCapacity: inCap,
+  };
   const problem = checkGeometry(g);
   if (problem) throw new RangeError(`planRegion(${regionSize}): ${problem}`);
   return g;
@@ -256,10 +262,12 @@ export function planRegion(
 export function checkGeometry(g: RegionGeometry): string | null {
   const u32 = (n: number) => Number.isInteger(n) && n >= 0 && n <= 0xffff_ffff;
   if (!u32(g.regionSize) || g.regionSize < HEADER_SIZE) return `bad region size ${g.regionSize}`;
-  for (const [name, off, cap] of [
-    ["outbound", g.outboundOffset, g.outboundCapacity],
-    ["inbound", g.inboundOffset, g.inboundCapacity],
-  ] as const) {
+  for (
+    const [name, off, cap] of [
+      ["outbound", g.outboundOffset, g.outboundCapacity],
+      ["inbound", g.inboundOffset, g.inboundCapacity],
+    ] as const
+  ) {
     if (!isValidCapacity(cap)) return `${name} capacity ${cap} is not a power of two in range`;
     if (!u32(off) || off % RING_ALIGNMENT !== 0) return `${name} offset ${off} not page aligned`;
     if (off < HEADER_SIZE) return `${name} ring overlaps the header`;

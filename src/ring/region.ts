@@ -234,7 +234,11 @@ function readOnce(bytes: Uint8Array): { epoch: number; g: RegionGeometry } {
  * const region = attachRegion(m.bytes, "guest");
  * ```
  */
-export function attachRegion(bytes: Uint8Array, side: Side, options: { pid?: number } = {}): Region {
+export function attachRegion(
+  bytes: Uint8Array,
+  side: Side,
+  options: { pid?: number } = {},
+): Region {
   const { epoch, g } = readOnce(bytes);
   const i32 = words(bytes);
   const attached = side === "host" ? HEADER.HOST_ATTACHED : HEADER.GUEST_ATTACHED;

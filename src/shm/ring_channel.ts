@@ -46,7 +46,7 @@ import {
 } from "../protocol/frame.ts";
 import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
-import { type Region } from "../ring/region.ts";
+import type { Region } from "../ring/region.ts";
 import { RingConsumer, RingCorruptError, RingProducer } from "../ring/ring.ts";
 import { Doorbell, Parker, type SleepFn } from "../ring/doorbell.ts";
 import { RingId } from "../ring/layout.ts";

@@ -165,7 +165,8 @@ class GuestPort implements Port {
 
   drained(): Promise<void> {
     return new Promise((resolve) => {
-      const poll = () => (this.#closed || this.pending < 1024 * 1024 ? resolve() : setTimeout(poll, 1));
+      const poll =
+        () => (this.#closed || this.pending < 1024 * 1024 ? resolve() : setTimeout(poll, 1));
       poll();
     });
   }
