@@ -183,7 +183,7 @@ export class Broker {
     try {
       this.#makeBridges();
       this.#lockVms(ffiProblem);
-      this.#addStatsService();
+      this.#statsEntry = this.#addStatsService();
       this.#reloadEntry = this.#addReloadService();
       for (const vm of this.config.vms) {
         if (vm.shm) this.#vmShm.set(vm.name, await this.#mapVmShm(vm));
@@ -523,55 +523,51 @@ export class Broker {
     ];
   }
 
-  #addStatsService() {
+  /**
+   * A broker service on a `$VBUS.` subject: `answer` is called with the session that asked (a
+   * host client; VMs may not publish there) and its reply subject, and what it returns goes to
+   * that session only, whatever reply subject it named.
+   */
+  #addService(subject: string, answer: (requester: Session) => unknown): RouteEntry {
     const entry: RouteEntry = {
       sid: 0,
-      subject: STATS_SUBJECT,
-      queue: null,
-      max: 0,
-      delivered: 0,
-      target: {
-        deliver: (_sub, _subject, reply) => {
-          // The answer goes to the session that asked, whatever reply subject it named.
-          const requester = this.#ctx.publishing;
-          if (reply !== null && requester) {
-            this.router.deliverTo(requester, reply, null, encodeValue(this.stats()));
-          }
-        },
-      },
-    };
-    this.router.add(entry);
-    this.#statsEntry = entry;
-  }
-
-  /** `$VBUS.RELOAD`: a host client asks for a reload and gets what changed, or why not. */
-  #addReloadService(): RouteEntry {
-    const entry: RouteEntry = {
-      sid: 0,
-      subject: RELOAD_SUBJECT,
+      subject,
       queue: null,
       max: 0,
       delivered: 0,
       target: {
         deliver: (_sub, _subject, reply) => {
           const requester = this.#ctx.publishing;
-          // Only a host client: not a bridge's message, never a VM (they cannot publish here).
+          // Only a host client: not a bridge's message, never a VM.
           if (reply === null || !(requester instanceof Session)) return;
           if (requester.identity !== RESERVED_VM_NAME) return;
-          this.#log.info("reload requested", { session: requester.id });
-          this.reload().then(
-            (changes) => ({ ok: true, changes }),
-            (err) => ({ ok: false, error: (err as Error).message }),
-          ).then((answer) => {
-            if (requester.open) {
-              this.router.deliverTo(requester, reply, null, encodeValue(answer));
-            }
-          });
+          const send = (value: unknown) => {
+            if (requester.open) this.router.deliverTo(requester, reply, null, encodeValue(value));
+          };
+          const value = answer(requester);
+          if (value instanceof Promise) value.then(send);
+          else send(value);
         },
       },
     };
     this.router.add(entry);
     return entry;
+  }
+
+  /** `$VBUS.STATS`: every counter ({@link stats}). */
+  #addStatsService(): RouteEntry {
+    return this.#addService(STATS_SUBJECT, () => this.stats());
+  }
+
+  /** `$VBUS.RELOAD`: a host client asks for a reload and gets what changed, or why not. */
+  #addReloadService(): RouteEntry {
+    return this.#addService(RELOAD_SUBJECT, (requester) => {
+      this.#log.info("reload requested", { session: requester.id });
+      return this.reload().then(
+        (changes) => ({ ok: true, changes }),
+        (err) => ({ ok: false, error: (err as Error).message }),
+      );
+    });
   }
 
   /** Give the host socket the config's group and mode. */

@@ -65,10 +65,10 @@ export interface Frame {
 }
 
 /**
- * A frame cut from a port stream: views are made only if someone asks for them (a flood of
- * PINGs or PONGs then costs one small object per frame, nothing more).
+ * A frame located in a buffer (a port chunk or a ring record): views are made only if someone
+ * asks for them, so a flood of PINGs or PONGs costs one small object per frame, nothing more.
  */
-class StreamFrame implements Frame {
+class LazyFrame implements Frame {
   constructor(
     readonly op: number,
     readonly flags: number,
@@ -83,21 +83,6 @@ class StreamFrame implements Frame {
   }
   get payload(): Uint8Array {
     return this.buf.subarray(this.payloadStart, this.payloadEnd);
-  }
-}
-
-/** A frame found in a ring record: the head view is only made if someone asks for it. */
-class RingFrame implements Frame {
-  constructor(
-    readonly op: number,
-    readonly flags: number,
-    readonly buf: Uint8Array,
-    readonly headStart: number,
-    readonly headEnd: number,
-    readonly payload: Uint8Array,
-  ) {}
-  get head(): Uint8Array {
-    return this.buf.subarray(this.headStart, this.headEnd);
   }
 }
 
@@ -195,13 +180,14 @@ export function parseFrameAt(
   }
   const headStart = offset + FrameHeader.LENGTH;
   const payloadStart = headStart + headLength + pad;
-  return new RingFrame(
+  return new LazyFrame(
     op,
     flags,
     bytes,
     headStart,
     headStart + headLength,
-    bytes.subarray(payloadStart, payloadStart + payloadLength),
+    payloadStart,
+    payloadStart + payloadLength,
   );
 }
 
@@ -365,7 +351,7 @@ export class FrameDecoder {
         }
         const headStart = pos + FrameHeader.LENGTH;
         const payloadStart = headStart + headLength + pad;
-        const frame = new StreamFrame(
+        const frame = new LazyFrame(
           op,
           flags,
           b,
