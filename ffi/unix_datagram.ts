@@ -54,7 +54,42 @@ function libc(): Promise<DatagramLibc> {
   const file = g.Bun !== undefined ? "./unix_datagram_bun.ts" : "./unix_datagram_deno.ts";
   // A non-literal specifier: Deno's type checker does not follow it into bun:ffi.
   const url = new URL(file, import.meta.url).href;
-  return loaded ??= import(url).then((m) => m.datagramLibc as DatagramLibc);
+  return loaded ??= import(url).then((m) =>
+    wrapSymbols(m.datagramSymbols as DatagramSymbols, m.readErrno as () => number)
+  );
+}
+
+/** The libc symbols as each runtime's FFI returns them (sizes as bigints, lengths as numbers). */
+export interface DatagramSymbols {
+  socket(domain: number, type: number, protocol: number): number;
+  sendto(
+    fd: number,
+    buf: Uint8Array,
+    n: bigint,
+    flags: number,
+    addr: Uint8Array,
+    len: number,
+  ): number | bigint;
+  bind(fd: number, addr: Uint8Array, len: number): number;
+  recv(fd: number, buf: Uint8Array, n: bigint, flags: number): number | bigint;
+  close(fd: number): number;
+  clock_gettime(clock: number, ts: BigInt64Array): number;
+  // deno-lint-ignore no-explicit-any
+  __errno_location(): any;
+}
+
+/** The calls, with libc's conventions (-1 and errno on failure), the same for both runtimes. */
+function wrapSymbols(s: DatagramSymbols, errno: () => number): DatagramLibc {
+  return {
+    socket: (domain, type, protocol) => s.socket(domain, type, protocol),
+    sendto: (fd, buf, flags, addr) =>
+      Number(s.sendto(fd, buf, BigInt(buf.length), flags, addr, addr.length)),
+    bind: (fd, addr) => s.bind(fd, addr, addr.length),
+    recv: (fd, buf, flags) => Number(s.recv(fd, buf, BigInt(buf.length), flags)),
+    close: (fd) => s.close(fd),
+    clockGettime: (clock, ts) => s.clock_gettime(clock, ts),
+    errno,
+  };
 }
 
 /** A `struct sockaddr_un` for `path` (`@name`: abstract namespace), exactly as long as needed. */

@@ -10,7 +10,7 @@
  */
 // @ts-ignore: bun:ffi only exists under Bun; Deno never loads this file.
 import { dlopen, read } from "bun:ffi";
-import type { DatagramLibc } from "./unix_datagram.ts";
+import type { DatagramSymbols } from "./unix_datagram.ts";
 
 const libc = dlopen("libc.so.6", {
   socket: { args: ["i32", "i32", "i32"], returns: "i32" },
@@ -24,17 +24,11 @@ const libc = dlopen("libc.so.6", {
 // deno-lint-ignore no-explicit-any
 const s = libc.symbols as any;
 
-/** The calls, with libc's conventions (-1 and errno on failure). */
-export const datagramLibc: DatagramLibc = {
-  socket: (domain, type, protocol) => s.socket(domain, type, protocol),
-  sendto: (fd, buf, flags, addr) =>
-    Number(s.sendto(fd, buf, BigInt(buf.length), flags, addr, addr.length)),
-  bind: (fd, addr) => s.bind(fd, addr, addr.length),
-  recv: (fd, buf, flags) => Number(s.recv(fd, buf, BigInt(buf.length), flags)),
-  close: (fd) => s.close(fd),
-  clockGettime: (clock, ts) => s.clock_gettime(clock, ts),
-  errno: () => {
-    const p = s.__errno_location();
-    return p ? read.i32(p, 0) : 0;
-  },
-};
+/** The raw libc symbols (the shared wrapper is in unix_datagram.ts). */
+export const datagramSymbols: DatagramSymbols = s;
+
+/** errno of this thread. */
+export function readErrno(): number {
+  const p = s.__errno_location();
+  return p ? read.i32(p, 0) : 0;
+}

@@ -8,7 +8,7 @@
  * ```
  * @module
  */
-import type { DatagramLibc } from "./unix_datagram.ts";
+import type { DatagramSymbols } from "./unix_datagram.ts";
 
 const libc = Deno.dlopen("libc.so.6", {
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
@@ -21,17 +21,11 @@ const libc = Deno.dlopen("libc.so.6", {
 });
 const s = libc.symbols;
 
-/** The calls, with libc's conventions (-1 and errno on failure). */
-export const datagramLibc: DatagramLibc = {
-  socket: (domain, type, protocol) => s.socket(domain, type, protocol),
-  sendto: (fd, buf, flags, addr) =>
-    Number(s.sendto(fd, buf, BigInt(buf.length), flags, addr, addr.length)),
-  bind: (fd, addr) => s.bind(fd, addr, addr.length),
-  recv: (fd, buf, flags) => Number(s.recv(fd, buf, BigInt(buf.length), flags)),
-  close: (fd) => s.close(fd),
-  clockGettime: (clock, ts) => s.clock_gettime(clock, ts),
-  errno: () => {
-    const p = s.__errno_location();
-    return p ? new Deno.UnsafePointerView(p).getInt32(0) : 0;
-  },
-};
+/** The raw libc symbols (the shared wrapper is in unix_datagram.ts). */
+export const datagramSymbols: DatagramSymbols = s;
+
+/** errno of this thread. */
+export function readErrno(): number {
+  const p = s.__errno_location();
+  return p ? new Deno.UnsafePointerView(p).getInt32(0) : 0;
+}
