@@ -4,12 +4,10 @@
 // nats-server on 127.0.0.1 (random port, the same settings as the `nats` system). Both brokers
 // export and import "bench" and "bench.>" (loop prevention keeps each message to one crossing):
 // pub and req clients connect to A, sub and rep clients to B.
-import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import type { BenchSystem, Channel, Endpoint, OpenOptions, ServerContext } from "../lib/system.ts";
 import { vbusSystem } from "./_vbus.ts";
-
-const BIN = process.env.NATS_SERVER ?? "nats-server";
+import { natsServerInfo, natsServerProblem, startNatsServer } from "./_nats_server.ts";
 const ring = vbusSystem("vbus-bridge", true);
 
 const system: BenchSystem = {
@@ -19,34 +17,12 @@ const system: BenchSystem = {
   peer: false,
   nativeValues: true,
 
-  check() {
-    const r = spawnSync(BIN, ["--version"], { encoding: "utf8" });
-    return Promise.resolve(
-      r.status === 0 ? null : `${BIN} not found (apt-get install -y nats-server)`,
-    );
-  },
-
-  info() {
-    const r = spawnSync(BIN, ["--version"], { encoding: "utf8" });
-    return Promise.resolve({ server: (r.stdout || r.stderr || "").trim() });
-  },
+  check: natsServerProblem,
+  info: natsServerInfo,
 
   async start(ctx: ServerContext) {
-    const port = await ctx.freePort();
-    const conf = `${ctx.tmpDir}/nats.conf`;
-    writeFileSync(
-      conf,
-      [
-        `listen: "127.0.0.1:${port}"`,
-        `max_payload: 8MB`,
-        `max_pending: 1GB`,
-        `write_deadline: "30s"`,
-        `no_sys_acc: true`,
-        "",
-      ].join("\n"),
-    );
-    const nats = ctx.spawn("nats-server", BIN, ["-c", conf]);
-    await ctx.waitForPort(port, 15000, nats);
+    // Stopped with the case's other processes by the harness.
+    const { port } = await startNatsServer(ctx);
     const brokers: Record<string, string> = {};
     for (const host of ["a", "b"]) {
       const listen = `${ctx.tmpDir}/vbus-${host}.sock`;
