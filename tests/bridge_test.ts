@@ -17,7 +17,7 @@ import process from "node:process";
 import { connect as natsConnect, nkeys } from "@nats-io/transport-node";
 import { Broker } from "../src/broker/broker.ts";
 import { type Permissions, validateConfig } from "../src/broker/config.ts";
-import type { NatsBridge } from "../src/bridge/nats_bridge.ts";
+import type { Bridge } from "../src/bridge/bridge.ts";
 import { ORIGIN_HEADER } from "../src/bridge/nats_headers.ts";
 import { intersect, SubjectMapping } from "../src/bridge/subject_map.ts";
 import type { BridgeStats } from "../src/bridge/bridge_stats.ts";
@@ -205,7 +205,7 @@ const quiet = createLogger("test-broker", "silent");
 
 interface Host {
   broker: Broker;
-  bridge: NatsBridge;
+  bridge: Bridge;
   stats(): BridgeStats;
   /** A guest client on one of the host's VMs. */
   vm(name: string): Promise<Bus>;

@@ -47,6 +47,7 @@ import type { Limits } from "../protocol/limits.ts";
 import { type Headers, STATUS_HEADER, STATUS_NO_RESPONDERS } from "../protocol/ops.ts";
 import { headersSize } from "../protocol/heads.ts";
 import { validateSubject } from "../subject/subject.ts";
+import type { Bridge } from "./bridge.ts";
 import type { NatsBridgeConfig } from "./bridge_config.ts";
 import { BridgeDrop, type BridgeStats, newBridgeStats } from "./bridge_stats.ts";
 import {
@@ -103,7 +104,7 @@ interface QueueSub {
 }
 
 /** See the module doc. */
-export class NatsBridge {
+export class NatsBridge implements Bridge {
   /** Value of {@link ORIGIN_HEADER} on everything this bridge sends. */
   readonly origin: string;
   #o: NatsBridgeOptions;

@@ -54,6 +54,7 @@ import { describePlan, planReload } from "./reload.ts";
 import { applyFileAccess, type FileAccess, modeString } from "./file_access.ts";
 import { QueueAwareRouter } from "../bridge/queue_router.ts";
 import { NatsBridge } from "../bridge/nats_bridge.ts";
+import type { Bridge } from "../bridge/bridge.ts";
 import { HostStatsPool } from "./host_stats.ts";
 import { MonitorServer } from "../monitor/monitor_server.ts";
 
@@ -81,6 +82,7 @@ export const EVICTED_BEFORE_HELLO = "EVICTED_BEFORE_HELLO";
 
 /** Broker tuning that is not part of the config file. */
 export interface BrokerOptions {
+  /** Where the broker logs; default `createLogger("broker")` (level and format from the env). */
   logger?: Logger;
   /** How often the broker PINGs each session. Default 10 s. */
   pingIntervalMs?: number;
@@ -112,7 +114,7 @@ interface VmLink {
 export class Broker {
   #config: BrokerConfig;
   /** With a bridge, a router that also keeps queue groups one member wide across hosts. */
-  readonly router: Router;
+  readonly #router: Router;
   #log: Logger;
   #ctx: SessionContext;
   #opts: BrokerOptions;
@@ -151,13 +153,14 @@ export class Broker {
   // Distinguishes session ids across broker restarts.
   #runId = randomBytes(3).toString("hex");
 
+  /** A broker for a validated config (`parseConfig`, `loadConfig`); `start()` runs it. */
   constructor(config: BrokerConfig, opts: BrokerOptions = {}) {
     this.#config = config;
     this.#opts = opts;
     this.#log = opts.logger ?? createLogger("broker");
-    this.router = config.bridge?.nats ? new QueueAwareRouter() : new Router();
+    this.#router = config.bridge?.nats ? new QueueAwareRouter() : new Router();
     this.#ctx = {
-      router: this.router,
+      router: this.#router,
       limits: config.limits,
       log: this.#log,
       pingIntervalMs: opts.pingIntervalMs ?? 10_000,
@@ -213,8 +216,8 @@ export class Broker {
         if (this.config.listen) await unlink(this.config.listen).catch(() => {});
       }
       this.#bridges = [];
-      if (this.#statsEntry) this.router.remove(this.#statsEntry);
-      if (this.#reloadEntry) this.router.remove(this.#reloadEntry);
+      if (this.#statsEntry) this.#router.remove(this.#statsEntry);
+      if (this.#reloadEntry) this.#router.remove(this.#reloadEntry);
       for (const m of this.#mappings.values()) m.unmap();
       this.#mappings.clear();
       for (const l of this.#locks.values()) l.release();
@@ -504,7 +507,7 @@ export class Broker {
   }
 
   /** The running bridges (e.g. to wait until NATS has their subscriptions: `flush()`). */
-  get bridges(): readonly NatsBridge[] {
+  get bridges(): readonly Bridge[] {
     return this.#bridges;
   }
 
@@ -515,7 +518,7 @@ export class Broker {
     this.#bridges = [
       new NatsBridge({
         config: nats,
-        router: this.router as QueueAwareRouter,
+        router: this.#router as QueueAwareRouter,
         limits: this.config.limits,
         log: this.#log,
         publisher: () => this.#ctx.publishing,
@@ -542,7 +545,7 @@ export class Broker {
           if (reply === null || !(requester instanceof Session)) return;
           if (requester.identity !== RESERVED_VM_NAME) return;
           const send = (value: unknown) => {
-            if (requester.open) this.router.deliverTo(requester, reply, null, encodeValue(value));
+            if (requester.open) this.#router.deliverTo(requester, reply, null, encodeValue(value));
           };
           const value = answer(requester);
           if (value instanceof Promise) value.then(send);
@@ -550,7 +553,7 @@ export class Broker {
         },
       },
     };
-    this.router.add(entry);
+    this.#router.add(entry);
     return entry;
   }
 
