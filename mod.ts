@@ -47,3 +47,18 @@ export type { SessionStats, SubscriptionStats } from "./src/broker/session_stats
 export type { RingFill } from "./src/ring/fill.ts";
 export type { Port, PortOpener } from "./src/port/port.ts";
 export { createLogger, type Logger, type LoggerOptions, LogSettingsError } from "./src/util/log.ts";
+export type { ErrorCodeValue } from "./src/protocol/errors.ts";
+export type { LogFormat, LogLevel } from "./src/util/log.ts";
+export type { FileAccess, NamedId } from "./src/broker/file_access.ts";
+export type { Limits } from "./src/protocol/limits.ts";
+export type { HttpAddress } from "./src/monitor/http_address.ts";
+export type { Bridge } from "./src/bridge/bridge.ts";
+export type { BridgeStats } from "./src/bridge/bridge_stats.ts";
+export type {
+  BridgeConfig,
+  NatsAuth,
+  NatsBridgeConfig,
+  NatsBridgeLimits,
+  NatsTls,
+} from "./src/bridge/bridge_config.ts";
+export type { SubjectRule } from "./src/bridge/subject_map.ts";

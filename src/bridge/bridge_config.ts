@@ -42,8 +42,11 @@ export type NatsAuth =
 
 /** TLS towards NATS (files are read when the bridge starts). */
 export interface NatsTls {
+  /** PEM file of the certificate authorities to trust for the server's certificate. */
   caFile?: string;
+  /** PEM file of the bridge's client certificate (mutual TLS; with `keyFile`). */
   certFile?: string;
+  /** PEM file of the client certificate's private key. */
   keyFile?: string;
   /** TLS before the NATS INFO (the server must have `handshake_first`). */
   handshakeFirst?: boolean;
@@ -77,17 +80,21 @@ export interface NatsBridgeConfig {
   import: SubjectRule[];
   /** Connection name shown by the NATS server's monitoring; absent: `vbus-<hostname>`. */
   name?: string;
+  /** How the bridge authenticates; absent: no credentials. */
   auth?: NatsAuth;
+  /** TLS towards NATS; absent: no options of the bridge's own (the NATS client's defaults). */
   tls?: NatsTls;
   /** Prefix of the bridge's reply subjects on NATS (NATS permissions may need it). */
   inboxPrefix: string;
   /** Delay before reconnect attempts: doubles from `initialMs` to `maxMs` while NATS is away. */
   reconnect: { initialMs: number; maxMs: number };
+  /** Bounds of what the bridge keeps (defaults: {@link DEFAULT_BRIDGE_LIMITS}). */
   limits: NatsBridgeLimits;
 }
 
 /** The `bridge` key. */
 export interface BridgeConfig {
+  /** The bridge to a NATS system (`bridge.nats`); absent: none. */
   nats?: NatsBridgeConfig;
 }
 

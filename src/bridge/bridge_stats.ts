@@ -33,18 +33,21 @@ export interface BridgeStats {
   disconnects: number;
   /** The last connection error, or null. */
   lastError: string | null;
-  /** Messages and payload bytes handed to NATS (exports and replies to remote requesters). */
+  /** Messages handed to NATS (exports and replies to remote requesters). */
   msgsOut: number;
+  /** Payload bytes of those messages. */
   bytesOut: number;
   /**
-   * Messages and payload bytes taken in from NATS (imports and answers to local requesters),
-   * delivered or dropped; not the copies it ignores (its own, other clients' reply inboxes seen
-   * by a wildcard import, queue-group copies already served on their origin host).
+   * Messages taken in from NATS (imports and answers to local requesters), delivered or
+   * dropped; not the copies it ignores (its own, other clients' reply inboxes seen by a
+   * wildcard import, queue-group copies already served on their origin host).
    */
   msgsIn: number;
+  /** Payload bytes of those messages. */
   bytesIn: number;
   /** Exports waiting in the buffer now (NATS away or behind). */
   buffered: number;
+  /** Bytes of those exports (payloads, subjects and headers). */
   bufferedBytes: number;
   /** Messages not carried (sum of `drops`). */
   dropped: number;

@@ -29,7 +29,9 @@ import {
 
 /** One mapping rule: a local pattern and the NATS pattern it corresponds to. */
 export interface SubjectRule {
+  /** Pattern of subjects on this broker. */
   local: string;
+  /** The corresponding pattern on NATS (the same wildcards in the same order). */
   remote: string;
 }
 

@@ -89,9 +89,13 @@ export interface BrokerConfig {
 
 /** A configuration problem: names the file, the key path and what is wrong. */
 export class ConfigError extends Error {
+  /** The message is `<file>: <key>: <problem>`. */
   constructor(
+    /** The config file (or `"<inline>"`). */
     readonly file: string,
+    /** Path of the offending key, e.g. `vms[0].shmSize`. */
     readonly key: string,
+    /** What is wrong with it. */
     readonly problem: string,
   ) {
     super(`${file}: ${key}: ${problem}`);

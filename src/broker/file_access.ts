@@ -23,14 +23,19 @@ import process from "node:process";
 
 /** A user or group: the name it was given by (for messages) and its numeric id. */
 export interface NamedId {
+  /** The name as the config gave it (the id as a string when given as a number). */
   name: string;
+  /** The numeric uid or gid. */
   id: number;
 }
 
 /** Mode, owner and group a file should have; what is absent is left as created. */
 export interface FileAccess {
+  /** Permission bits (e.g. `0o660`). */
   mode?: number;
+  /** Owning user. */
   owner?: NamedId;
+  /** Owning group. */
   group?: NamedId;
 }
 

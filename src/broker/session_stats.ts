@@ -22,8 +22,11 @@ export const CLIENT_NAME_MAX = 96;
 
 /** One subscription of a session. */
 export interface SubscriptionStats {
+  /** The session's id of the subscription (its SUB frame's). */
   sid: number;
+  /** The subscribed pattern (wildcards allowed). */
   subject: string;
+  /** Queue group, or null for a plain subscription. */
   queue: string | null;
   /** Messages the router handed to it since it was made (delivered or then dropped). */
   msgs: number;
@@ -51,8 +54,9 @@ export interface SessionStats {
   subscriptions: number;
   /** The busiest {@link SUBJECTS_LISTED} of them, most messages first. */
   subjects: SubscriptionStats[];
-  /** Messages waiting for room in its inbound ring, and the memory they hold. */
+  /** Messages waiting for room in its inbound ring. */
   backlogMsgs: number;
+  /** Memory those waiting messages hold. */
   backlogBytes: number;
   /** Bytes handed to its port and not yet taken by the kernel. */
   portPendingBytes: number;

@@ -16,6 +16,7 @@ import type { SessionStats } from "./session_stats.ts";
 
 /** Counters for one VM, or for all host clients together. */
 export interface EndpointStats {
+  /** The VM's name, or "host" for the host clients. */
   name: string;
   /** A session is live on this endpoint now. */
   connected: boolean;
@@ -25,9 +26,13 @@ export interface EndpointStats {
   path: "stream" | "ring" | "none";
   /** Why the fast path is not used, when it is not. */
   pathReason?: string;
+  /** Messages published by this endpoint (into the broker). */
   msgsIn: number;
+  /** Payload bytes of those messages. */
   bytesIn: number;
+  /** Messages delivered to this endpoint. */
   msgsOut: number;
+  /** Payload bytes of those messages. */
   bytesOut: number;
   /** Messages that came in through the shared-memory ring. */
   ringMsgsIn: number;
@@ -97,9 +102,13 @@ export function newEndpointStats(name: string): EndpointStats {
 
 /** Snapshot of the whole broker. */
 export interface BrokerStats {
+  /** When the broker started (ISO time). */
   startedAt: string;
+  /** Milliseconds since then. */
   uptimeMs: number;
+  /** One per configured VM, in config order. */
   vms: EndpointStats[];
+  /** The host clients together (live ones and those that left). */
   host: EndpointStats;
   /** One per configured bridge (e.g. `bridge.nats`); empty without. */
   bridges: BridgeStats[];

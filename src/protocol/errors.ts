@@ -65,9 +65,12 @@ export type ErrorCodeValue = typeof ErrorCode[keyof typeof ErrorCode];
  * ```
  */
 export class VbusError extends Error {
+  /** An error with `code` (one of {@link ErrorCode}, or a code a newer broker sent). */
   constructor(
+    /** What went wrong, as a stable code: compare it with {@link ErrorCode}'s values. */
     readonly code: ErrorCodeValue | string,
     message: string,
+    /** The subject the error concerns, when it concerns one. */
     readonly subject?: string,
   ) {
     super(message);

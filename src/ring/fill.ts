@@ -17,7 +17,9 @@ import type { RingDescriptor } from "./ring.ts";
 
 /** Bytes written to a ring and not yet consumed, and its size. */
 export interface RingFill {
+  /** Bytes written and not yet consumed (clamped to `[0, capacityBytes]`). */
   usedBytes: number;
+  /** The ring's data size. */
   capacityBytes: number;
 }
 

@@ -126,7 +126,9 @@ interface Waker {
 
 /** Counters of one channel. */
 export interface RingChannelStats {
+  /** Frames read from the inbound ring. */
   framesIn: number;
+  /** Frames written to the outbound ring. */
   framesOut: number;
   /** Doorbells this side rang (peer was parked), as frames or futex wakes. */
   doorbellsRung: number;

@@ -40,15 +40,21 @@ const RANK: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3, s
  * Any object with these four methods works (`console` too).
  */
 export interface Logger {
+  /** Detail for finding a problem (logged at level `debug` only). */
   debug(msg: string, fields?: Record<string, unknown>): void;
+  /** Something normal worth a line (a VM connected, a config reloaded). */
   info(msg: string, fields?: Record<string, unknown>): void;
+  /** Something wrong that the process works around (a refused connection, a fallback). */
   warn(msg: string, fields?: Record<string, unknown>): void;
+  /** Something failed. */
   error(msg: string, fields?: Record<string, unknown>): void;
 }
 
 /** How {@link createLogger} is set up; what is absent comes from the environment. */
 export interface LoggerOptions {
+  /** Least severe level logged. Default: `VBUS_LOG`, else `info`. */
   level?: LogLevel;
+  /** How lines look. Default: `VBUS_LOG_FORMAT`, else `text`. */
   format?: LogFormat;
   /** Where lines go (without the newline). Default: stderr. */
   write?: (line: string) => void;
@@ -56,6 +62,7 @@ export interface LoggerOptions {
 
 /** A bad `VBUS_LOG` / `VBUS_LOG_FORMAT` value (or option): the message says what is allowed. */
 export class LogSettingsError extends Error {
+  /** `message` says what was given and what is allowed. */
   constructor(message: string) {
     super(message);
     this.name = "LogSettingsError";
