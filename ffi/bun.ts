@@ -135,7 +135,8 @@ function futexWake(view: Int32Array, index: number, count: number): number {
 }
 
 function addressOf(view: ArrayBufferView): number {
-  return Number(ptr(view));
+  // Every ArrayBufferView is a typed array or a DataView, which is what bun:ffi's ptr() takes.
+  return Number(ptr(view as NodeJS.TypedArray | DataView));
 }
 
 function bufferAt(address: number, byteLength: number): ArrayBuffer {
