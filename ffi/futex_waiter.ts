@@ -46,6 +46,17 @@ const waitAsync = (Atomics as any).waitAsync as (
   t?: number,
 ) => AsyncWait;
 
+/**
+ * The worker's module: beside this file, except in a `bun build --compile` executable, where
+ * every bundled module's `import.meta.url` is the executable's own (`file:///$bunfs/root/vbus`)
+ * and the worker, an entry point of its own (scripts/compile.mjs), keeps its project path.
+ */
+function workerModuleUrl(): string {
+  const inBunExecutable = import.meta.url.startsWith("file:///$bunfs/");
+  const path = inBunExecutable ? "./ffi/futex_worker.ts" : "./futex_worker.ts";
+  return new URL(path, import.meta.url).href;
+}
+
 /** Sleeps in FUTEX_WAIT off the JS thread; see the module doc. */
 export class FutexWaiter {
   /** Resolves once the worker listens (rejects if it cannot start). */
@@ -62,9 +73,7 @@ export class FutexWaiter {
   constructor() {
     if (typeof waitAsync !== "function") throw new Error("FutexWaiter needs Atomics.waitAsync");
     const ctl = this.#ctl;
-    this.#worker = new Worker(new URL("./futex_worker.ts", import.meta.url).href, {
-      type: "module",
-    });
+    this.#worker = new Worker(workerModuleUrl(), { type: "module" });
     this.#worker.onerror = (e: Event) => {
       e.preventDefault?.();
       this.#failure = new Error(`futex waiter worker failed: ${(e as ErrorEvent).message ?? e}`);

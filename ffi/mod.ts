@@ -2,7 +2,9 @@
  * The only runtime-specific surface of vbus: shared memory mapping, sealed regions, file locks,
  * futex parking and ivshmem discovery. At load time this module detects Deno (`globalThis.Deno`) or Bun
  * (`globalThis.Bun`) and dynamically imports `./deno.ts` or `./bun.ts`; neither runtime ever
- * loads the other's module. Deno needs `--allow-ffi` (and `--allow-read` for `findIvshmem`).
+ * loads the other's module. Both imports are literal, so a bundler (`npm run compile`, i.e.
+ * `bun build --compile`) embeds both and the single executable keeps its fast path. Deno needs
+ * `--allow-ffi` (and `--allow-read` for `findIvshmem`).
  *
  * @example
  * ```ts
@@ -47,9 +49,11 @@ function detectRuntime(): "deno" | "bun" {
  */
 export const runtime: "deno" | "bun" = detectRuntime();
 
-// A non-literal specifier: Deno's type checker does not follow it into bun.ts (bun:ffi).
-const backendUrl = new URL(runtime === "deno" ? "./deno.ts" : "./bun.ts", import.meta.url).href;
-const backend: FfiBackend = (await import(backendUrl)).backend;
+// One literal specifier per runtime, so that bundlers (`bun build --compile`, `deno compile`)
+// see both backends and embed them; only the running runtime's branch is ever evaluated.
+const backend: FfiBackend = runtime === "deno"
+  ? (await import("./deno.ts")).backend
+  : (await import("./bun.ts")).backend;
 
 /**
  * True when {@link futexWait} sleeps off the JS thread (Deno, `nonblocking` FFI). False under

@@ -51,10 +51,11 @@ let loaded: Promise<DatagramLibc> | undefined;
 
 function libc(): Promise<DatagramLibc> {
   const g = globalThis as Record<string, unknown>;
-  const file = g.Bun !== undefined ? "./unix_datagram_bun.ts" : "./unix_datagram_deno.ts";
-  // A non-literal specifier: Deno's type checker does not follow it into bun:ffi.
-  const url = new URL(file, import.meta.url).href;
-  return loaded ??= import(url).then((m) =>
+  // Literal specifiers, so that bundlers (`bun build --compile`) embed both adapters.
+  const adapter = g.Bun !== undefined
+    ? import("./unix_datagram_bun.ts")
+    : import("./unix_datagram_deno.ts");
+  return loaded ??= adapter.then((m) =>
     wrapSymbols(m.datagramSymbols as DatagramSymbols, m.readErrno as () => number)
   );
 }
