@@ -232,7 +232,7 @@ async function stats(): Promise<BrokerStats> {
 }
 
 async function openHost(shm: boolean): Promise<Bus> {
-  const b = await connect({ server: config.listen!, name: "gbench-host", shm, timeoutMs: 10_000, reconnect: false });
+  const b = await connect({ server: config.listen!, name: "gbench-host", shm, timeout: 10_000, reconnect: false });
   b.subscribe<Uint8Array>("gbench.hecho", { callback: (_e, m) => void m.respond(m.data.slice()).catch(() => {}) });
   await b.flush();
   return b;

@@ -199,7 +199,7 @@ async function runAttack(attack: Attack, seconds: number, runtime: Runtime): Pro
     for (const dev of peerDevs.values()) await dev.nextPeer(1, 30_000);
     for (const dev of rawDevs.values()) await dev.connected(30_000);
     await within(legit.ready, 60_000, "the victims to connect and warm up");
-    statsBus = await connect({ server: listen, shm: false, reconnect: false, timeoutMs: 10_000 });
+    statsBus = await connect({ server: listen, shm: false, reconnect: false, timeout: 10_000 });
     const stats = async (timeoutMs = 5000) =>
       (await statsBus!.request<BrokerStats>("$VBUS.STATS", null, { timeout: timeoutMs })).data;
     const before = await stats();

@@ -34,7 +34,7 @@ else await host();
 /** vm2's program (runs inside the guest, under Deno): math service + sensor watcher. */
 async function guestVm2() {
   const runtime = "Deno" in globalThis ? "Deno" : "Bun";
-  const bus = await connect({ name: "math", timeoutMs: 60_000 });
+  const bus = await connect({ name: "math", timeout: 60_000 });
   console.log(`${runtime} connected as "${bus.info?.identity}" on ${bus.info?.port}`);
   serveAdd(bus);
   bus.subscribe<Reading>("sensors.vm1.temp", {

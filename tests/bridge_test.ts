@@ -256,12 +256,12 @@ async function startHost(
     stats: () => broker.stats().bridges[0],
     vm: async (name) => {
       const vm = sims.get(name)!;
-      const bus = await connect({ transport: () => vm.open(), timeoutMs: 5000 });
+      const bus = await connect({ transport: () => vm.open(), timeout: 5000 });
       clients.push(bus);
       return bus;
     },
     host: async () => {
-      const bus = await connect({ server: listen, timeoutMs: 5000, shm: false });
+      const bus = await connect({ server: listen, timeout: 5000, shm: false });
       clients.push(bus);
       return bus;
     },

@@ -349,12 +349,12 @@ test("crash resend: a guest that hangs up on a frozen broker leaves its ring to 
     const guest = await connect({
       transport: () => vm.open(),
       shm,
-      pingIntervalMs: 100,
-      reconnectDelayMs: 20,
-      reconnectMaxDelayMs: 100,
-      timeoutMs: 20_000,
+      pingInterval: 100,
+      reconnectDelay: 20,
+      reconnectMaxDelay: 100,
+      timeout: 20_000,
     });
-    const host = await connect({ server: listen, timeoutMs: 20_000 });
+    const host = await connect({ server: listen, timeout: 20_000 });
     buses.push(guest, host);
     assert.equal(guest.dataPath, "ring");
     const received: number[] = [];

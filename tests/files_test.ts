@@ -167,7 +167,7 @@ test("files: shmMode, shmOwner and shmGroup: the broker creates the VM's file so
     assert.ok(canOpenRw(STRANGER, group.gid, shm), "a member of shmGroup (QEMU) opens it rw");
     assert.ok(!canOpenRw(STRANGER, STRANGER, shm), "a stranger cannot open it");
     await waitFor(() => vm.hostConnected, "broker linked to vm1");
-    const guest = await connect({ transport: () => vm.open(), shm, timeoutMs: 5000 });
+    const guest = await connect({ transport: () => vm.open(), shm, timeout: 5000 });
     assert.equal(guest.dataPath, "ring");
     await guest.close();
     await broker.stop();

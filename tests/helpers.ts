@@ -84,7 +84,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
       name: v.name,
       vm,
       shm: v.shm,
-      connect: (o = {}) => connect({ transport: () => vm.open(), timeoutMs: 5000, shm: v.shm, ...o }),
+      connect: (o = {}) => connect({ transport: () => vm.open(), timeout: 5000, shm: v.shm, ...o }),
     };
   }
   const brokerOpts: BrokerOptions = {
@@ -104,7 +104,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
       return broker;
     },
     host: async (o = {}) => {
-      const bus = await connect({ server: listen, timeoutMs: 5000, ...o });
+      const bus = await connect({ server: listen, timeout: 5000, ...o });
       clients.push(bus);
       return bus;
     },

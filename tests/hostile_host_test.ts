@@ -167,8 +167,8 @@ function socketFds(pid: number): number {
 test("hostile host: a client that shrinks its region cannot crash the broker (no SIGBUS)", async () => {
   const broker = await brokerProcess({});
   const attacker = rawClient(broker.listen);
-  const pub = await connect({ server: broker.listen, timeoutMs: 5000, reconnect: false });
-  const sub = await connect({ server: broker.listen, timeoutMs: 5000, reconnect: false });
+  const pub = await connect({ server: broker.listen, timeout: 5000, reconnect: false });
+  const sub = await connect({ server: broker.listen, timeout: 5000, reconnect: false });
   let truncated = "not tried";
   try {
     await attacker.connected;
@@ -290,7 +290,7 @@ test("hostile host: beyond limits.maxHostConnections a connection gets one ERR a
     // A slot freed by a client that leaves is available again.
     await clients.shift()!.close();
     await waitFor(() => lab.broker.stats().host.sessions >= 8, "sessions counted");
-    const again = await lab.host({ reconnect: false, timeoutMs: 3000 });
+    const again = await lab.host({ reconnect: false, timeout: 3000 });
     clients.push(again);
     assert.equal(again.info?.identity, "host");
   } finally {
@@ -377,7 +377,7 @@ test("hostile host: connections that never say HELLO cannot lock honest host cli
     }
     await delay(100);
     // Honest clients still get in, one idle connection making room for each.
-    for (let i = 0; i < 3; i++) honest.push(await lab.host({ reconnect: false, timeoutMs: 3000 }));
+    for (let i = 0; i < 3; i++) honest.push(await lab.host({ reconnect: false, timeout: 3000 }));
     const it = honest[0].subscribe<number>("served");
     await honest[0].flush();
     await honest[2].publish("served", 7);

@@ -144,13 +144,13 @@ test("hostile ring: scribbling the consumer position while the broker holds a ba
   let attacker: Awaited<ReturnType<typeof rawRingGuest>> | undefined;
   try {
     await waitFor(() => vms.every((v) => v.hostConnected), "broker linked to both VMs", 20_000);
-    host = await connect({ server: listen, timeoutMs: 5000 });
+    host = await connect({ server: listen, timeout: 5000 });
     const hostSub = collector(host, SUBJECT);
     await host.flush();
     attacker = await rawRingGuest(() => vms[0].open(), bad.shm, SHM_SIZE);
     attacker.peer.send(Op.Sub, [1, SUBJECT, null]);
     await attacker.peer.ping();
-    pub = await connect({ transport: () => vms[1].open(), shm: good.shm, timeoutMs: 5000 });
+    pub = await connect({ transport: () => vms[1].open(), shm: good.shm, timeout: 5000 });
     assert.equal(pub.dataPath, "ring");
 
     // The attacker never reads: its 1 MiB inbound ring fills and the rest waits in the broker.

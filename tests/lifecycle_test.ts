@@ -44,7 +44,7 @@ test("lifecycle: SIGTERM while a slow subscriber has a backlog: all of it is del
     subscriber = await connect({
       transport: () => vm.open(),
       shm,
-      timeoutMs: 5000,
+      timeout: 5000,
       reconnect: false,
     });
     assert.equal(subscriber.dataPath, "ring");
@@ -58,7 +58,7 @@ test("lifecycle: SIGTERM while a slow subscriber has a backlog: all of it is del
       },
     });
     await subscriber.flush();
-    publisher = await connect({ server: listen, timeoutMs: 5000, reconnect: false });
+    publisher = await connect({ server: listen, timeout: 5000, reconnect: false });
     for (let i = 0; i < N; i++) await publisher.publish("work", { i, pad: PAYLOAD });
     await publisher.flush(); // all N are in the broker now
     const atSigterm = got.length;
@@ -70,7 +70,7 @@ test("lifecycle: SIGTERM while a slow subscriber has a backlog: all of it is del
     const t0 = Date.now();
     await waitFor(() => /draining: accepting nothing new/.test(broker.stderr()), "draining", 5000);
     await assert.rejects(
-      connect({ server: listen, timeoutMs: 300, reconnect: false }),
+      connect({ server: listen, timeout: 300, reconnect: false }),
       /could not connect/,
       "a new host client is refused while the broker drains",
     );
@@ -131,7 +131,7 @@ test("lifecycle: a drain that cannot finish in drainTimeoutMs still stops and ex
     socket.write(encodeFrame(Op.Sub, encodeValue([1, "t", null])));
     socket.write(encodeFrame(Op.Ping, encodeValue([])));
     await waitFor(() => pong, "the raw subscriber's PONG");
-    publisher = await connect({ server: listen, timeoutMs: 5000, reconnect: false, shm: false });
+    publisher = await connect({ server: listen, timeout: 5000, reconnect: false, shm: false });
     for (let i = 0; i < 40; i++) await publisher.publish("t", new Uint8Array(60_000));
     await publisher.flush();
     const t0 = Date.now();
@@ -177,7 +177,7 @@ test("lifecycle: READY=1 on NOTIFY_SOCKET once the broker serves; RELOADING=1 th
     assert.ok(ready.listening, "READY=1 came once the host socket listened");
     assert.match(ready.text, /^STATUS=serving 0 VM\(s\)$/m);
     assert.match(ready.text, new RegExp(`^MAINPID=${broker.pid}$`, "m"));
-    const client = await connect({ server: listen, timeoutMs: 2000 });
+    const client = await connect({ server: listen, timeout: 2000 });
     await client.close();
 
     heard.length = 0;

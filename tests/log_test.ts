@@ -135,7 +135,7 @@ test("log: VBUS_LOG=debug VBUS_LOG_FORMAT=json: one JSON object per line, with t
     );
     await vm.start();
     await waitFor(() => vm.hostConnected, "broker connected to vm1", 10_000);
-    const guest = await connect({ transport: () => vm.open(), shm, timeoutMs: 5000 });
+    const guest = await connect({ transport: () => vm.open(), shm, timeout: 5000 });
     assert.equal(guest.dataPath, "ring");
     await guest.close();
     await waitFor(
@@ -213,7 +213,7 @@ test("log: debug lines on the broker's drop decisions, none at info", async () =
 test("log: connect({ logger }) gets the client's lines: connected, disconnected and retries at debug", async () => {
   const lab = await startLab({ vms: [] });
   const { log, lines } = capture();
-  const bus = await connect({ server: lab.listen, logger: log, shm: false, reconnectDelayMs: 20 });
+  const bus = await connect({ server: lab.listen, logger: log, shm: false, reconnectDelay: 20 });
   try {
     await lab.broker.stop();
     await waitFor(() => lines.some((l) => l.msg === "disconnected"), "a disconnected line");
@@ -239,10 +239,10 @@ test("log: a bad VBUS_LOG makes connect() fail with the choices; with a logger i
   try {
     await withEnv({ VBUS_LOG: "chatty" }, async () => {
       await assert.rejects(
-        connect({ server: lab.listen, timeoutMs: 2000 }),
+        connect({ server: lab.listen, timeout: 2000 }),
         /VBUS_LOG="chatty" is not a log level: use one of debug, info, warn, error, silent/,
       );
-      const bus = await connect({ server: lab.listen, logger: capture().log, timeoutMs: 2000 });
+      const bus = await connect({ server: lab.listen, logger: capture().log, timeout: 2000 });
       await bus.close();
     });
   } finally {
@@ -254,7 +254,7 @@ test("log: a client that finds no broker is told what to do", async () => {
   const { dir, cleanup } = tempDir();
   try {
     await assert.rejects(
-      connect({ server: join(dir, "none.sock"), timeoutMs: 300, logger: capture().log }),
+      connect({ server: join(dir, "none.sock"), timeout: 300, logger: capture().log }),
       /no broker listens on .*none\.sock: start one with `vbus broker --config FILE`/,
     );
   } finally {

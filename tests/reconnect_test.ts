@@ -8,7 +8,7 @@ test("reconnect: broker restart; guests and host clients reconnect and resubscri
   const lab = await startLab();
   const pub = await lab.vms.vm1.connect();
   const subGuest = await lab.vms.vm2.connect();
-  const host = await lab.host({ reconnectDelayMs: 20 });
+  const host = await lab.host({ reconnectDelay: 20 });
   try {
     const events: StatusEvent[] = [];
     subGuest.on("disconnected", (e) => events.push(e));
@@ -43,7 +43,7 @@ test("reconnect: broker restart; guests and host clients reconnect and resubscri
 
 test("reconnect: a VM port that disappears and comes back gets a fresh session; the others never stop", async () => {
   const lab = await startLab();
-  const flaky = await lab.vms.vm1.connect({ reconnectDelayMs: 20, reconnectMaxDelayMs: 100 });
+  const flaky = await lab.vms.vm1.connect({ reconnectDelay: 20, reconnectMaxDelay: 100 });
   const steady = await lab.vms.vm2.connect();
   const host = await lab.host();
   try {
@@ -71,7 +71,7 @@ test("reconnect: a VM port that disappears and comes back gets a fresh session; 
 
 test("reconnect: publishes while disconnected are buffered up to the bound, then rejected", async () => {
   const lab = await startLab({ vms: ["vm1"] });
-  const guest = await lab.vms.vm1.connect({ reconnectBufferBytes: 2000, reconnectDelayMs: 20 });
+  const guest = await lab.vms.vm1.connect({ reconnectBufferBytes: 2000, reconnectDelay: 20 });
   const host = await lab.host();
   try {
     const sub = host.subscribe<number>("buffered");
@@ -108,7 +108,7 @@ test("reconnect: publishes while disconnected are buffered up to the bound, then
 
 test("reconnect: a flush pending when the port drops rejects instead of lying", async () => {
   const lab = await startLab({ vms: ["vm1"] });
-  const guest = await lab.vms.vm1.connect({ reconnectDelayMs: 20 });
+  const guest = await lab.vms.vm1.connect({ reconnectDelay: 20 });
   try {
     // Stop the VM in the same turn as the flush: its PONG can never arrive.
     const flushing = guest.flush();
@@ -136,7 +136,7 @@ test("reconnect: no reconnect when disabled; connect() fails clearly when nothin
     assert.match(String(err?.message), /disconnected/);
     assert.ok(guest.isClosed);
     await assert.rejects(
-      lab.vms.vm1.connect({ timeoutMs: 300 }),
+      lab.vms.vm1.connect({ timeout: 300 }),
       (e: VbusError) => e.code === ErrorCode.Port && /could not connect within 300 ms/.test(e.message),
     );
   } finally {
@@ -166,7 +166,7 @@ test("reconnect: a guest process restarting on a live port starts a fresh sessio
 
 test("reconnect: a request made while disconnected is answered after the reconnect (reply goes to the new inbox)", async () => {
   const lab = await startLab({ vms: ["vm1"] });
-  const host = await lab.host({ reconnectDelayMs: 20, reconnectMaxDelayMs: 100 });
+  const host = await lab.host({ reconnectDelay: 20, reconnectMaxDelay: 100 });
   try {
     // The service lives on the same connection, so it is resubscribed before the request is sent.
     host.subscribe<number>("svc.double", { callback: (_e, m) => void m.respond(m.data * 2) });

@@ -60,7 +60,7 @@ test("reload: under streaming VMs, add vm4, remove vm3, change vm2's permissions
     await host.flush();
     const vm1 = await lab.vms.vm1.connect();
     const vm2 = await lab.vms.vm2.connect();
-    const vm3 = await lab.vms.vm3.connect({ reconnectDelayMs: 50 });
+    const vm3 = await lab.vms.vm3.connect({ reconnectDelay: 50 });
     clients.push(vm1, vm2, vm3);
     assert.equal(vm1.dataPath, "ring");
     // vm1 also receives a numbered stream from the host while the reload happens.
@@ -157,7 +157,7 @@ test("reload: under streaming VMs, add vm4, remove vm3, change vm2's permissions
     await waitFor(() => !lab.vms.vm3.vm.hostConnected, "vm3's port closed");
     assert.ok(ev3.some((e) => e.type === "disconnected"));
     await waitFor(() => extra.hostConnected, "broker connected to vm4");
-    const vm4 = await connect({ transport: () => extra.open(), timeoutMs: 5000 });
+    const vm4 = await connect({ transport: () => extra.open(), timeout: 5000 });
     clients.push(vm4);
     const hello = host.subscribe("hello.vm4", { max: 1 });
     await host.flush();
@@ -256,8 +256,8 @@ test("reload: SIGHUP and `vbus reload` on a broker process; bad configs are refu
   let host: Bus | undefined;
   try {
     await waitFor(() => vm1.hostConnected, "broker connected to vm1", 15_000);
-    guest = await connect({ transport: () => vm1.open(), shm, timeoutMs: 5000 });
-    host = await connect({ server: listen, timeoutMs: 5000 });
+    guest = await connect({ transport: () => vm1.open(), shm, timeout: 5000 });
+    host = await connect({ server: listen, timeout: 5000 });
     const session = guest.info!.session;
     const guestEvents = events(guest);
     const got: number[] = [];

@@ -187,7 +187,7 @@ test("shm: each session gets a new epoch; records left from an earlier session a
 
 test("shm: a guest that corrupts its ring gets its session reset; other VMs keep flowing; it recovers", async () => {
   const lab = await startLab({ shm: true });
-  const bad = await lab.vms.vm1.connect({ reconnectDelayMs: 20 });
+  const bad = await lab.vms.vm1.connect({ reconnectDelay: 20 });
   const good = await lab.vms.vm2.connect();
   const host = await lab.host();
   const bytes = mapSharedSync(lab.vms.vm1.shm!, 4 * 1024 * 1024).bytes;
@@ -456,7 +456,7 @@ test("shm: close() right after publishing on the ring loses nothing the broker c
     // Enough to leave records in the outbound ring when the last publish resolves.
     const N = 60_000;
     for (let round = 0; round < 3; round++) {
-      const guest = await connect({ server: lab.listen, timeoutMs: 5000 });
+      const guest = await connect({ server: lab.listen, timeout: 5000 });
       assert.equal(guest.dataPath, "ring");
       const sent: Promise<void>[] = [];
       for (let i = 0; i < N; i++) sent.push(guest.publish("last.words", round * N + i));

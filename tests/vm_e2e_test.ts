@@ -295,8 +295,8 @@ async function bootWorld(opts: { shm: boolean; tag: string }): Promise<World> {
         ? connect({
           server: config.listen!,
           name: "e2e-host",
-          timeoutMs: 5000,
-          reconnectMaxDelayMs: 300,
+          timeout: 5000,
+          reconnectMaxDelay: 300,
         })
         : undefined,
   );

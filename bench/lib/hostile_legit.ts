@@ -270,7 +270,7 @@ async function main(config: LegitConfig) {
 
   await waitUntil(() => sims.every((s) => s.hostConnected), 60_000, "the broker to link the VMs");
   const service = new Client(
-    await connect({ server: config.listen, name: "hostile-bench-service", timeoutMs: 30_000 }),
+    await connect({ server: config.listen, name: "hostile-bench-service", timeout: 30_000 }),
     "svc",
   );
   const victims: Client[] = [];
@@ -279,7 +279,7 @@ async function main(config: LegitConfig) {
       transport: () => sims[i].open(),
       shm: v.shm ?? false,
       name: `victim ${v.name}`,
-      timeoutMs: 30_000,
+      timeout: 30_000,
     });
     victims.push(new Client(bus, v.name));
   }

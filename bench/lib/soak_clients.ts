@@ -201,9 +201,9 @@ export class SoakClient {
     const s = this.spec;
     const base: ConnectOptions = {
       name: `soak ${s.name}`,
-      timeoutMs: 30_000,
-      reconnectDelayMs: s.role === "auditor" ? 10 : 50,
-      reconnectMaxDelayMs: s.role === "auditor" ? 50 : 1000,
+      timeout: 30_000,
+      reconnectDelay: s.role === "auditor" ? 10 : 50,
+      reconnectMaxDelay: s.role === "auditor" ? 50 : 1000,
     };
     let opts: ConnectOptions;
     if (s.kind === "vm") {

@@ -67,7 +67,7 @@ async function reportBridges(ctx: ServerContext, brokers: Record<string, string>
   const { connect } = await import("../../mod.ts");
   for (const [host, listen] of Object.entries(brokers)) {
     try {
-      const bus = await connect({ server: listen, reconnect: false, shm: false, timeoutMs: 2000 });
+      const bus = await connect({ server: listen, reconnect: false, shm: false, timeout: 2000 });
       try {
         const msg = await bus.request<{
           bridges: Record<string, unknown>[];

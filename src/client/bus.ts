@@ -60,6 +60,7 @@ import {
   CONNECT_DEFAULTS,
   type ConnectOptions,
   type PublishOptions,
+  RENAMED_OPTIONS,
   type RequestOptions,
   resolveEndpoint,
   type SubscribeOptions,
@@ -189,6 +190,11 @@ export class Bus implements SubscriptionOwner {
 
   /** @internal Use {@link connect}. */
   constructor(opts: ConnectOptions = {}) {
+    for (const [old, now] of Object.entries(RENAMED_OPTIONS)) {
+      if (old in opts) {
+        throw new TypeError(`connect option "${old}" is now "${now}" (milliseconds, as in nats.js)`);
+      }
+    }
     const { port: _p, server: _s, transport, shm, wake, logger, ...rest } = opts;
     // Made per connection, not at import: a bad VBUS_LOG is reported by connect() itself.
     this.#log = logger ?? createLogger("vbus-client");
@@ -243,10 +249,10 @@ export class Bus implements SubscriptionOwner {
     return this.#state === "closed";
   }
 
-  /** @internal First connection, bounded by `timeoutMs`. */
+  /** @internal First connection, bounded by `timeout`. */
   async start(): Promise<void> {
     await this.#prepareShm();
-    const timeout = setTimeout(() => this.#abort.abort(), this.#opts.timeoutMs);
+    const timeout = setTimeout(() => this.#abort.abort(), this.#opts.timeout);
     try {
       await this.#connectLoop();
     } finally {
@@ -254,7 +260,7 @@ export class Bus implements SubscriptionOwner {
     }
     if (this.#state !== "connected") {
       const err = this.#lastError ?? new VbusError(ErrorCode.Port, "not connected");
-      const waited = this.#refused ? "" : ` within ${this.#opts.timeoutMs} ms`;
+      const waited = this.#refused ? "" : ` within ${this.#opts.timeout} ms`;
       throw new VbusError(
         ErrorCode.Port,
         `could not connect${waited}: ${err.message}${connectHint(err)}`,
@@ -509,7 +515,7 @@ export class Bus implements SubscriptionOwner {
     }
     this.#ensureInbox();
     const token = this.#requests.nextToken();
-    const timeout = opts.timeout ?? this.#opts.requestTimeoutMs;
+    const timeout = opts.timeout ?? this.#opts.requestTimeout;
     return new Promise<Msg<T>>((resolve, reject) => {
       this.#requests.add(token, subject, timeout, resolve as (m: Msg<unknown>) => void, reject);
       const send = () =>
@@ -661,8 +667,8 @@ export class Bus implements SubscriptionOwner {
 
   async #connectLoop(): Promise<void> {
     const backoff = new Backoff({
-      initialMs: this.#opts.reconnectDelayMs,
-      maxMs: this.#opts.reconnectMaxDelayMs,
+      initialMs: this.#opts.reconnectDelay,
+      maxMs: this.#opts.reconnectMaxDelay,
     });
     const signal = this.#abort.signal;
     while (this.#state !== "closed" && !signal.aborted) {
@@ -701,7 +707,7 @@ export class Bus implements SubscriptionOwner {
           delayMs,
           error: (err as Error).message,
         });
-        if (this.#everConnected) this.#emit({ type: "reconnecting", attempt, delayMs });
+        if (this.#everConnected) this.#emit({ type: "reconnecting", attempt, delay: delayMs });
         await sleep(delayMs, signal);
       }
     }
@@ -716,7 +722,7 @@ export class Bus implements SubscriptionOwner {
       const timer = setTimeout(() => {
         port.close();
         fail(new VbusError(ErrorCode.Port, `no WELCOME from the broker on ${port.description}`));
-      }, this.#opts.timeoutMs);
+      }, this.#opts.timeout);
       const onAbort = () => port.close();
       this.#abort.signal.addEventListener("abort", onAbort, { once: true });
       const fail = (err: Error) => {
@@ -1179,7 +1185,7 @@ export class Bus implements SubscriptionOwner {
       }
       this.#pingsOut++;
       this.#ping({ resolve: () => this.#pingsOut = 0, reject: () => {}, portMark: 0, ringMark: 0 });
-    }, this.#opts.pingIntervalMs);
+    }, this.#opts.pingInterval);
     (this.#pingTimer as { unref?: () => void }).unref?.();
   }
 
@@ -1280,7 +1286,7 @@ function runtimeName(): string {
 /**
  * Connect to the broker. In a guest this opens `/dev/virtio-ports/org.vbus.0` (or `port`,
  * or `VBUS_PORT`); on the host pass `server` (or set `VBUS_SERVER`) to use the broker's socket.
- * Resolves once the session is established; rejects after `timeoutMs`.
+ * Resolves once the session is established; rejects after `timeout`.
  *
  * @example
  * ```ts

@@ -46,18 +46,27 @@ export interface ConnectOptions {
   reconnect?: boolean;
   /** Give up after this many failed attempts in a row; -1 = never. Default -1. */
   maxReconnectAttempts?: number;
-  /** First reconnect delay; doubles up to `reconnectMaxDelayMs`. Default 50 ms. */
-  reconnectDelayMs?: number;
-  /** Largest reconnect delay. Default 2000 ms. */
-  reconnectMaxDelayMs?: number;
+  /** First reconnect delay in milliseconds; doubles up to `reconnectMaxDelay`. Default 50. */
+  reconnectDelay?: number;
+  /** Largest reconnect delay in milliseconds. Default 2000. */
+  reconnectMaxDelay?: number;
   /** Bytes of publishes buffered while disconnected; beyond, publish rejects. Default 8 MiB. */
   reconnectBufferBytes?: number;
-  /** How long `connect()` waits for the first session. Default 10 000 ms. */
-  timeoutMs?: number;
-  /** Client PING interval; a session missing 3 PONGs is reconnected. Default 10 000 ms. */
-  pingIntervalMs?: number;
-  /** Default timeout of `request()`. Default 5000 ms. */
-  requestTimeoutMs?: number;
+  /**
+   * Milliseconds `connect()` waits for the first session (as nats.js's `timeout`). Default
+   * 10 000. A permanent error (permission denied, no such device) fails at once instead.
+   */
+  timeout?: number;
+  /** Client PING interval in milliseconds; a session missing 3 PONGs is reconnected. Default 10 000. */
+  pingInterval?: number;
+  /** Default timeout of `request()` in milliseconds. Default 5000. */
+  requestTimeout?: number;
+  /**
+   * Do not deliver this connection's own publishes to its own subscriptions (as nats.js's
+   * `noEcho`). The broker must support it (the `no-echo` feature): `connect()` fails if it
+   * does not. Default false.
+   */
+  noEcho?: boolean;
   /**
    * Where the client logs (data path decisions, futex fallbacks; at debug level connect
    * attempts, sessions and disconnects): any object with `debug`, `info`, `warn` and `error`
@@ -99,7 +108,7 @@ export interface SubscribeOptions<T = unknown> {
 
 /** Options of `request()`. */
 export interface RequestOptions {
-  /** Milliseconds to wait for the reply. Default: the connection's `requestTimeoutMs`. */
+  /** Milliseconds to wait for the reply. Default: the connection's `requestTimeout`. */
   timeout?: number;
   /** Headers sent with the request. */
   headers?: Headers;
@@ -109,13 +118,26 @@ export interface RequestOptions {
 export const CONNECT_DEFAULTS = {
   reconnect: true,
   maxReconnectAttempts: -1,
-  reconnectDelayMs: 50,
-  reconnectMaxDelayMs: 2000,
+  reconnectDelay: 50,
+  reconnectMaxDelay: 2000,
   reconnectBufferBytes: 8 * 1024 * 1024,
-  timeoutMs: 10_000,
-  pingIntervalMs: 10_000,
-  requestTimeoutMs: 5000,
+  timeout: 10_000,
+  pingInterval: 10_000,
+  requestTimeout: 5000,
+  noEcho: false,
 } as const;
+
+/**
+ * Connect options that were renamed, with their new names: durations are milliseconds named
+ * without a unit, as in nats.js. `connect()` refuses an old name rather than ignore it.
+ */
+export const RENAMED_OPTIONS: Readonly<Record<string, string>> = {
+  timeoutMs: "timeout",
+  pingIntervalMs: "pingInterval",
+  requestTimeoutMs: "requestTimeout",
+  reconnectDelayMs: "reconnectDelay",
+  reconnectMaxDelayMs: "reconnectMaxDelay",
+};
 
 /** Default subscription queue bound. */
 export const DEFAULT_MAX_PENDING = 65_536;

@@ -36,7 +36,7 @@ export type StatusEvent =
     /** Publishes recovered from the outbound ring (the broker never read them), re-sent first. */
     resending: number;
   }
-  | { type: "reconnecting"; attempt: number; delayMs: number }
+  | { type: "reconnecting"; attempt: number; /** Milliseconds until this attempt. */ delay: number }
   | {
     type: "reconnected";
     session: string;
