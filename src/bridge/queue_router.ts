@@ -33,7 +33,7 @@
  * ```
  * @module
  */
-import { type RouteEntry, Router } from "../broker/router.ts";
+import { type DeliveryTarget, type RouteEntry, Router } from "../broker/router.ts";
 import type { Headers } from "../protocol/ops.ts";
 import { Sublist } from "../subject/sublist.ts";
 
@@ -165,11 +165,20 @@ export class QueueAwareRouter extends Router {
     payload: Uint8Array,
     volatile = false,
     pubTail?: Uint8Array,
+    exclude?: DeliveryTarget,
   ): number {
-    let delivered = super.publish(subject, reply, headers, payload, volatile, pubTail);
+    let delivered = super.publish(subject, reply, headers, payload, volatile, pubTail, exclude);
     let cost = super.lastMatchCost;
     if (this.#members.size > 0) {
-      delivered += this.#queues.publish(subject, reply, headers, payload, volatile, pubTail);
+      delivered += this.#queues.publish(
+        subject,
+        reply,
+        headers,
+        payload,
+        volatile,
+        pubTail,
+        exclude,
+      );
       cost += this.#queues.lastMatchCost;
     }
     this.#cost = cost;

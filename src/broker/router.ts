@@ -93,7 +93,8 @@ export class Router {
 
   /**
    * Deliver a message to every matching plain subscription and one member of each matching
-   * queue group. Returns how many subscriptions it was handed to.
+   * queue group. Returns how many subscriptions it was handed to. Subscriptions of `exclude`
+   * (a publisher that asked for no echo) are passed over, as if they did not match.
    */
   publish(
     subject: string,
@@ -102,14 +103,16 @@ export class Router {
     payload: Uint8Array,
     volatile = false,
     pubTail?: Uint8Array,
+    exclude?: DeliveryTarget,
   ): number {
-    const matched = this.#subs.match(subject);
+    const all = this.#subs.match(subject);
     // The matched list is walked about twice (a check for auto-unsubscribes, then deliveries).
-    this.#lastCost = this.#subs.lastMatchCost + 2 * matched.length;
+    this.#lastCost = this.#subs.lastMatchCost + 2 * all.length;
     try {
+      const matched = exclude && all.length > 0 ? all.filter((e) => e.target !== exclude) : all;
       return this.#publish(matched, subject, reply, headers, payload, volatile, pubTail);
     } finally {
-      this.#subs.release(matched);
+      this.#subs.release(all);
     }
   }
 

@@ -67,7 +67,11 @@ import { ringFill } from "../ring/fill.ts";
 
 export { FLOOD_CLOSE_SECONDS };
 /** Features this broker offers; a session uses those its client also announced. */
-export const BROKER_FEATURES: readonly string[] = [Feature.Headers, Feature.NoResponders];
+export const BROKER_FEATURES: readonly string[] = [
+  Feature.Headers,
+  Feature.NoResponders,
+  Feature.NoEcho,
+];
 /** Subjects under this prefix belong to the broker itself. */
 export const SYSTEM_PREFIX = "$VBUS.";
 /** Unanswered broker PINGs after which a session is considered dead. */
@@ -934,7 +938,8 @@ export class Session implements DeliveryTarget, Holdable {
     this.#ctx.publishing = this;
     let delivered: number;
     try {
-      delivered = router.publish(subject, reply, headers, payload, volatile, pubTail);
+      const exclude = this.#features.has(Feature.NoEcho) ? this : undefined;
+      delivered = router.publish(subject, reply, headers, payload, volatile, pubTail, exclude);
     } finally {
       this.#ctx.publishing = undefined;
     }

@@ -69,6 +69,8 @@ export const Feature = {
   NoResponders: "no-responders",
   /** Shared-memory rings for PUB/MSG (fast path). */
   SharedMemory: "shm",
+  /** The session's own publishes are not delivered to its own subscriptions (nats `no_echo`). */
+  NoEcho: "no-echo",
 } as const;
 
 /** Message headers: string keys to string values. */
