@@ -83,6 +83,7 @@ import {
 } from "../shm/negotiation.ts";
 import { type FutexWakeups, RingChannel, type RingChannelStats } from "../shm/ring_channel.ts";
 import { attachRegion } from "../ring/region.ts";
+import { findVbusIvshmem } from "../shm/find_ivshmem.ts";
 import { decodeDoorbellHead } from "../protocol/heads.ts";
 import { HeadReader } from "../protocol/fast_heads.ts";
 import { statSync } from "node:fs";
@@ -819,8 +820,8 @@ export class Bus implements SubscriptionOwner {
         if (path) {
           size = statSync(path).size;
         } else {
-          const dev = this.#ffi.findIvshmem();
-          if (!dev) throw new Error("no ivshmem device (PCI 1af4:1110) in /sys/bus/pci/devices");
+          // The vbus one by its region signature, or VBUS_IVSHMEM: see find_ivshmem.ts.
+          const dev = findVbusIvshmem({ map: this.#ffi.mapSharedSync });
           path = dev.path;
           size = dev.size;
         }
