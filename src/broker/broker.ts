@@ -57,6 +57,7 @@ import { NatsBridge } from "../bridge/nats_bridge.ts";
 import type { Bridge } from "../bridge/bridge.ts";
 import { HostStatsPool } from "./host_stats.ts";
 import { MonitorServer } from "../monitor/monitor_server.ts";
+import { stampRegionSignature } from "../shm/region_signature.ts";
 
 /** Subject host clients request to get {@link BrokerStats}. */
 export const STATS_SUBJECT = `${SYSTEM_PREFIX}STATS`;
@@ -767,6 +768,8 @@ export class Broker {
           throw err;
         }
       }
+      // Signed now, so a guest with several ivshmem devices finds this one before any session.
+      stampRegionSignature(mapping.bytes);
       this.#log.info("mapped VM shared memory", { vm: vm.name, path, size: vm.shmSize });
       return { bytes: mapping.bytes, path, perSession: false };
     } catch (err) {
