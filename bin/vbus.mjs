@@ -1,6 +1,10 @@
 #!/usr/bin/env node
-// `npx vbus` entry point: Node cannot run the TypeScript CLI itself, so this starts it under
-// Bun (default) or Deno (VBUS_RUNTIME=deno), both installed from npm with the package.
+// `npx vbus` entry point: Node cannot run vbus itself (it needs Deno's or Bun's FFI), so this
+// starts the CLI under Bun or Deno: VBUS_RUNTIME=bun|deno picks one, else Bun if found, else
+// Deno. Each is looked for next to vbus (this checkout's node_modules, or the node_modules vbus
+// is installed in: `npm install vbus bun`), then on PATH. In a checkout the CLI runs from its
+// TypeScript source (src/cli/main.ts); the installed package has only the build (dist/, see
+// scripts/build.mjs), which Deno can run from node_modules.
 //
 // Stopping the process the user started must stop the CLI (above all a broker, which holds
 // its VMs' locks). Three ways it could survive, and what covers each:
@@ -11,25 +15,62 @@
 // - this wrapper killed (SIGKILL included): the child is told our pid (VBUS_WRAPPER_PID) and
 //   the broker stops itself when its parent is no longer this process.
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const runtime = process.env.VBUS_RUNTIME ?? "bun";
-if (runtime !== "bun" && runtime !== "deno") {
-  console.error(`vbus: VBUS_RUNTIME must be "bun" or "deno", got "${runtime}"`);
+const RUNTIMES = ["bun", "deno"];
+const wanted = process.env.VBUS_RUNTIME;
+if (wanted !== undefined && !RUNTIMES.includes(wanted)) {
+  console.error(`vbus: VBUS_RUNTIME must be "bun" or "deno", got "${wanted}"`);
   process.exit(2);
 }
 const require = createRequire(import.meta.url);
+
+function isExecutableFile(path) {
+  try {
+    accessSync(path, constants.X_OK);
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** The runtime's executable: beside vbus first, then on PATH; null when it is nowhere. */
 function binary(name) {
   const candidates = [join(root, "node_modules", ".bin", name)];
   try {
+    // The npm packages `bun` and `deno` put their executable at these paths.
     const pkg = dirname(require.resolve(`${name}/package.json`));
     candidates.push(join(pkg, name === "bun" ? "bin/bun.exe" : "deno"));
-  } catch { /* not resolvable from here */ }
-  return candidates.find((p) => existsSync(p)) ?? name; // else rely on PATH
+  } catch { /* not installed where this file can resolve it */ }
+  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
+    if (dir) candidates.push(join(dir, name));
+  }
+  return candidates.find(isExecutableFile) ?? null;
+}
+
+const runtime = wanted ?? RUNTIMES.find((name) => binary(name) !== null);
+const executable = runtime === undefined ? null : binary(runtime);
+if (executable === null) {
+  const which = wanted === undefined
+    ? "Bun or Deno, and found neither"
+    : `${wanted} (VBUS_RUNTIME), and did not find it`;
+  console.error(
+    `vbus: needs ${which} in node_modules or on PATH.\n` +
+      "  Install one beside vbus: npm install bun   (or: npm install deno)",
+  );
+  process.exit(127);
+}
+
+const source = join(root, "src", "cli", "main.ts");
+const built = join(root, "dist", "src", "cli", "main.js");
+const cli = existsSync(source) ? source : built;
+if (!existsSync(cli)) {
+  console.error(`vbus: ${built} is missing: run \`npm run build\` first`);
+  process.exit(1);
 }
 
 /** ppid, state and start time of a process from /proc, or null when it is gone. */
@@ -72,11 +113,13 @@ function npmAncestors() {
   return chain.slice(0, 1); // npm not found: watch the direct parent only
 }
 
-const cli = join(root, "src", "cli", "main.ts");
+// Deno: the checkout's deno.json; the installed build needs none (Deno resolves the packages
+// of a file under node_modules from there) and must not write to the user's lock file.
+const denoConfig = cli === source ? [`--config=${join(root, "deno.json")}`] : ["--no-lock"];
 const args = runtime === "bun"
   ? [cli, ...process.argv.slice(2)]
-  : ["run", "-A", "--quiet", `--config=${join(root, "deno.json")}`, cli, ...process.argv.slice(2)];
-const child = spawn(binary(runtime), args, {
+  : ["run", "-A", "--quiet", ...denoConfig, cli, ...process.argv.slice(2)];
+const child = spawn(executable, args, {
   stdio: "inherit",
   env: { ...process.env, VBUS_WRAPPER_PID: String(process.pid) },
 });
