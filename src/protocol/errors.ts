@@ -40,6 +40,8 @@ export const ErrorCode = {
   NoResponders: "NO_RESPONDERS",
   /** A request got no reply in time. */
   Timeout: "TIMEOUT",
+  /** A request was given up by its `AbortSignal` (client side only; its `name` is "AbortError"). */
+  Aborted: "ABORTED",
   /** The connection is closed (by `close()` or after too many errors). */
   Closed: "CLOSED",
   /** The port is disconnected and the reconnect buffer is full. */
