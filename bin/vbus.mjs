@@ -58,9 +58,11 @@ if (executable === null) {
   const which = wanted === undefined
     ? "Bun or Deno, and found neither"
     : `${wanted} (VBUS_RUNTIME), and did not find it`;
+  const install = wanted === undefined
+    ? "npm install bun   (or: npm install deno)"
+    : `npm install ${wanted}`;
   console.error(
-    `vbus: needs ${which} in node_modules or on PATH.\n` +
-      "  Install one beside vbus: npm install bun   (or: npm install deno)",
+    `vbus: needs ${which} in node_modules or on PATH.\n  Install it beside vbus: ${install}`,
   );
   process.exit(127);
 }
