@@ -124,6 +124,9 @@ type Fail = (key: string, problem: string) => never;
  *
  * @example
  * ```ts
+ * const fail = (key: string, problem: string): never => {
+ *   throw new Error(`${key}: ${problem}`);
+ * };
  * parseBridgeConfig(undefined, fail); // undefined
  * ```
  */

@@ -47,6 +47,9 @@ type Fail = (key: string, problem: string) => never;
  *
  * @example
  * ```ts
+ * const fail = (key: string, problem: string): never => {
+ *   throw new Error(`${key}: ${problem}`);
+ * };
  * parseMode("0640", "shmMode", fail); // 0o640
  * ```
  */
@@ -102,6 +105,9 @@ function resolve(v: unknown, key: string, kind: "user" | "group", fail: Fail): N
  *
  * @example
  * ```ts
+ * const fail = (key: string, problem: string): never => {
+ *   throw new Error(`${key}: ${problem}`);
+ * };
  * resolveUser("root", "shmOwner", fail); // { name: "root", id: 0 }
  * ```
  */
@@ -114,6 +120,9 @@ export function resolveUser(v: unknown, key: string, fail: Fail): NamedId {
  *
  * @example
  * ```ts
+ * const fail = (key: string, problem: string): never => {
+ *   throw new Error(`${key}: ${problem}`);
+ * };
  * resolveGroup("kvm", "shmGroup", fail); // { name: "kvm", id: 993 } on a typical Debian host
  * ```
  */
@@ -129,6 +138,9 @@ export function resolveGroup(v: unknown, key: string, fail: Fail): NamedId {
  *
  * @example
  * ```ts
+ * const fail = (key: string, problem: string): never => {
+ *   throw new Error(`${key}: ${problem}`);
+ * };
  * parseShmAccess({ shmMode: "0660", shmGroup: "kvm" }, "", fail); // { mode: 0o660, group: {...} }
  * ```
  */
@@ -210,6 +222,9 @@ export function modeString(mode: number): string {
  *
  * @example
  * ```ts
+ * const fail = (key: string, problem: string): never => {
+ *   throw new Error(`${key}: ${problem}`);
+ * };
  * parseListenAccess({ listenMode: "0660", listenGroup: "vbus" }, "/run/vbus/broker.sock", fail);
  * ```
  */

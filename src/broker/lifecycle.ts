@@ -34,7 +34,8 @@ export const NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET";
  *
  * @example
  * ```ts
- * const notifier = new SystemdNotifier(log);
+ * import { createLogger } from "../util/log.ts";
+ * const notifier = new SystemdNotifier(createLogger("broker"));
  * await notifier.send("READY=1", "STATUS=serving 3 VMs");
  * ```
  */
@@ -113,6 +114,10 @@ export interface ServeOptions {
  *
  * @example
  * ```ts
+ * import process from "node:process";
+ * import { Broker } from "./broker.ts";
+ * import { loadConfig } from "./config.ts";
+ * const config = await loadConfig("/etc/vbus/broker.jsonc");
  * process.exitCode = await serveBroker(new Broker(config));
  * ```
  */

@@ -81,7 +81,12 @@ const same = (a: unknown, b: unknown) => canonical(a) === canonical(b);
  * @throws {ConfigError} naming the first key that cannot change without a restart.
  * @example
  * ```ts
- * const plan = planReload(broker.config, await loadConfig("/etc/vbus/broker.jsonc"));
+ * import type { Broker } from "./broker.ts";
+ * import { loadConfig } from "./config.ts";
+ * async function check(broker: Broker) {
+ *   const plan = planReload(broker.config, await loadConfig("/etc/vbus/broker.jsonc"));
+ *   console.log(describePlan(plan));
+ * }
  * ```
  */
 export function planReload(old: BrokerConfig, next: BrokerConfig): ReloadPlan {
@@ -134,7 +139,10 @@ export function planReload(old: BrokerConfig, next: BrokerConfig): ReloadPlan {
  *
  * @example
  * ```ts
- * describePlan(plan); // ["added vm3", "removed vm2", "vm1: permissions", "limits: maxPendingBytes"]
+ * import { parseConfig } from "./config.ts";
+ * const old = parseConfig('{ "vms": [{ "name": "vm1", "socket": "/run/vm1.sock" }] }');
+ * const next = parseConfig('{ "vms": [{ "name": "vm2", "socket": "/run/vm2.sock" }] }');
+ * describePlan(planReload(old, next)); // ["added vm2", "removed vm1"]
  * ```
  */
 export function describePlan(plan: ReloadPlan): string[] {

@@ -91,6 +91,7 @@ class LazyFrame implements Frame {
  *
  * @example
  * ```ts
+ * import { Op } from "./ops.ts";
  * const buf = new Uint8Array(FrameHeader.LENGTH);
  * writeFrameHeader(buf, 0, Op.Ping, 0, 1, 0);
  * ```
@@ -116,6 +117,7 @@ export function writeFrameHeader(
  *
  * @example
  * ```ts
+ * import { Op } from "./ops.ts";
  * const frame = encodeFrame(Op.Pong, new Uint8Array([0x90]));
  * ```
  */
@@ -139,6 +141,7 @@ export function encodeFrame(
  *
  * @example
  * ```ts
+ * import { Op } from "./ops.ts";
  * const f = encodeFrame(Op.Ping, new Uint8Array([0x90]));
  * parseFrameAt(f, 0, f.length, 1024).op; // Op.Ping
  * ```

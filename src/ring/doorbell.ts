@@ -20,10 +20,17 @@
  * @example
  * ```ts
  * import { futexWait, futexWake } from "../../ffi/mod.ts";
+ * import { initRegion } from "./region.ts";
+ * import { RingConsumer, RingProducer } from "./ring.ts";
+ * // Both ends in one process, for the example; normally the producer is the peer.
+ * const { bytes, outbound: ring } = initRegion(new Uint8Array(1 << 16));
+ * const producer = new RingProducer(bytes, ring);
+ * const consumer = new RingConsumer(bytes, ring);
  * const bell = new Doorbell(bytes, ring, (w, i) => futexWake(w, i, 1));
- * producer.tryWrite(msg) && bell.notify();
  * const parker = new Parker(bytes, ring, futexWait);
- * await parker.waitForData(() => consumer.hasData());
+ * producer.tryWrite(new Uint8Array([1]));
+ * bell.notify(); // false: the consumer is not parked, so nothing to wake
+ * await parker.waitForData(() => consumer.hasData()); // true at once: the record is there
  * // back-pressure, the other way round: the producer parks until the consumer frees space
  * const spaceBell = new Doorbell(bytes, ring, (w, i) => futexWake(w, i, 1), "producer");
  * const spaceParker = new Parker(bytes, ring, futexWait, { sleeper: "producer" });
@@ -70,10 +77,15 @@ function wordsOf(bytes: Uint8Array): Int32Array {
  *
  * @example
  * ```ts
- * const bell = new Doorbell(region.bytes, region.tx, () => port.write(DOORBELL_FRAME));
- * for (const m of batch) producer.tryWrite(m);
- * bell.notify();
- * console.log(bell.rings);
+ * import { initRegion } from "./region.ts";
+ * import { RingProducer } from "./ring.ts";
+ * const region = initRegion(new Uint8Array(1 << 16));
+ * const producer = new RingProducer(region.bytes, region.tx);
+ * // across a VM boundary, the ring function sends a DOORBELL frame on the port
+ * const bell = new Doorbell(region.bytes, region.tx, () => console.log("wake the guest"));
+ * for (const m of [new Uint8Array([1]), new Uint8Array([2])]) producer.tryWrite(m);
+ * bell.notify(); // false: the guest's reader is not parked
+ * console.log(bell.rings); // 0
  * ```
  */
 export class Doorbell {
@@ -134,9 +146,15 @@ export interface ParkOptions {
  *
  * @example
  * ```ts
+ * import { futexWait } from "../../ffi/mod.ts";
+ * import { initRegion } from "./region.ts";
+ * import { RingConsumer } from "./ring.ts";
+ * const region = initRegion(new Uint8Array(1 << 16));
+ * const consumer = new RingConsumer(region.bytes, region.rx);
  * const parker = new Parker(region.bytes, region.rx, futexWait, { sliceMs: 20 });
- * for (;;) {
- *   if (consumer.poll(handler, 256) === 0) await parker.waitForData(() => consumer.hasData());
+ * const handler = (_bytes: Uint8Array, _offset: number, length: number) => console.log(length);
+ * while (consumer.poll(handler, 256) === 0) {
+ *   if (!(await parker.waitForData(() => consumer.hasData(), 100))) break; // 100 ms of nothing
  * }
  * ```
  */

@@ -15,10 +15,13 @@
  *
  * @example
  * ```ts
- * import { attachRegion, initRegion } from "./region.ts";
- * const host = initRegion(mapping.bytes);            // host, at start or after a fault
- * const guest = attachRegion(guestMapping.bytes, "guest");
- * if (guest.epochChanged()) { const again = resyncRegion(guest); }
+ * import { attachRegion, initRegion, resyncRegion } from "./region.ts";
+ * const shared = new Uint8Array(1 << 16); // in real use: the ivshmem BAR or /dev/shm file
+ * const host = initRegion(shared); // host, at start or after a fault
+ * let guest = attachRegion(shared, "guest");
+ * initRegion(shared); // the host resets: a new epoch
+ * if (guest.epochChanged()) guest = resyncRegion(guest) ?? guest;
+ * console.log(host.epoch, guest.epoch); // 1 2
  * ```
  * @module
  */
@@ -55,8 +58,11 @@ export type RegionErrorReason =
  *
  * @example
  * ```ts
- * try { attachRegion(bytes, "guest"); }
- * catch (e) { if (e instanceof RegionError && e.reason === "not-ready") retryLater(); }
+ * try {
+ *   attachRegion(new Uint8Array(1 << 16), "guest"); // all zeros: never initialised
+ * } catch (e) {
+ *   if (e instanceof RegionError) console.log(e.reason); // "bad-magic"
+ * }
  * ```
  */
 export class RegionError extends Error {
@@ -143,8 +149,8 @@ function makeRegion(bytes: Uint8Array, side: Side, epoch: number, g: RegionGeome
  *
  * @example
  * ```ts
- * const region = initRegion(mapping.bytes, { outboundCapacity: 1 << 20 });
- * console.log(region.epoch);
+ * const region = initRegion(new Uint8Array(1 << 22), { outboundCapacity: 1 << 20 });
+ * console.log(region.epoch, region.outbound.capacity); // 1 1048576
  * ```
  */
 export function initRegion(bytes: Uint8Array, options: InitOptions = {}): Region {
@@ -229,9 +235,12 @@ function readOnce(bytes: Uint8Array): { epoch: number; g: RegionGeometry } {
  * @throws {RegionError} when the header is missing, incompatible, or changing.
  * @example
  * ```ts
+ * import { findIvshmem, mapShared } from "../../ffi/mod.ts";
  * const dev = findIvshmem();
- * const m = await mapShared(dev!.path, dev!.size);
- * const region = attachRegion(m.bytes, "guest");
+ * if (dev) {
+ *   const m = await mapShared(dev.path, dev.size);
+ *   const region = attachRegion(m.bytes, "guest");
+ * }
  * ```
  */
 export function attachRegion(
@@ -257,6 +266,9 @@ export function attachRegion(
  *
  * @example
  * ```ts
+ * const shared = new Uint8Array(1 << 16);
+ * initRegion(shared);
+ * let region = attachRegion(shared, "guest");
  * if (region.epochChanged()) region = resyncRegion(region) ?? region;
  * ```
  */

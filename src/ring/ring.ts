@@ -65,8 +65,14 @@ export type RingCorruptReason =
  *
  * @example
  * ```ts
- * try { consumer.poll(handler); }
- * catch (e) { if (e instanceof RingCorruptError) console.error(e.reason, e.position); }
+ * import { initRegion } from "./region.ts";
+ * const region = initRegion(new Uint8Array(1 << 16));
+ * const consumer = new RingConsumer(region.bytes, region.outbound);
+ * try {
+ *   consumer.poll((bytes, offset, length) => console.log(bytes.subarray(offset, offset + length)));
+ * } catch (e) {
+ *   if (e instanceof RingCorruptError) console.error(e.reason, e.position);
+ * }
  * ```
  */
 export class RingCorruptError extends Error {
@@ -159,6 +165,8 @@ class RingBase {
  *
  * @example
  * ```ts
+ * import { initRegion } from "./region.ts";
+ * const region = initRegion(new Uint8Array(1 << 16));
  * const p = new RingProducer(region.bytes, region.outbound);
  * if (!p.tryWrite(new TextEncoder().encode("hi"))) console.log("full, retry later");
  * ```
@@ -307,8 +315,11 @@ export class RingProducer extends RingBase {
  *
  * @example
  * ```ts
+ * import { initRegion } from "./region.ts";
+ * const region = initRegion(new Uint8Array(1 << 16));
+ * new RingProducer(region.bytes, region.outbound).tryWrite(new Uint8Array([1, 2, 3]));
  * const c = new RingConsumer(region.bytes, region.outbound);
- * const n = c.poll((bytes, off, len, type) => handle(bytes.subarray(off, off + len)), 256);
+ * const n = c.poll((bytes, off, len) => console.log(bytes.subarray(off, off + len)), 256); // 1
  * ```
  */
 export class RingConsumer extends RingBase {

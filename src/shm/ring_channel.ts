@@ -17,14 +17,26 @@
  *
  * @example
  * ```ts
- * // Broker side, after negotiating the region in HELLO/WELCOME:
- * const channel = new RingChannel(region, {
- *   ringDoorbell: (ring, kind) => writer.frame(Op.Doorbell, encodeValue([ring, kind])),
- *   onFrame: (frame) => session.handleRingFrame(frame),
- *   onCorrupt: (err) => session.close(`ring corrupt: ${err.message}`),
- *   maxFrameBytes: limits.maxFrameBytes,
+ * import { attachRegion, initRegion } from "../ring/region.ts";
+ * import type { Frame } from "../protocol/frame.ts";
+ * import { Op } from "../protocol/ops.ts";
+ * // Both ends in one process, for the example. Normally each end is a session of its own
+ * // and `ringDoorbell` sends a DOORBELL frame on the port, whose receiver calls onDoorbell.
+ * const shared = new Uint8Array(1 << 16);
+ * const host = initRegion(shared);
+ * const guest = attachRegion(shared, "guest");
+ * const options = (side: string, peer: () => RingChannel) => ({
+ *   ringDoorbell: (ring: number, kind: number) => peer().onDoorbell(ring, kind),
+ *   onFrame: (frame: Frame) => console.log(side, "got op", frame.op),
+ *   onCorrupt: (err: Error) => console.error(`ring corrupt: ${err.message}`),
+ *   maxFrameBytes: 1 << 20,
  * });
- * channel.start();
+ * const hostEnd: RingChannel = new RingChannel(host, options("host", () => guestEnd));
+ * const guestEnd: RingChannel = new RingChannel(guest, options("guest", () => hostEnd));
+ * hostEnd.start();
+ * guestEnd.tryWriteFrame(Op.Ping, new Uint8Array([0x90])); // host got op 7, soon
+ * await new Promise((resolve) => setTimeout(resolve, 50));
+ * await Promise.all([hostEnd.stop(), guestEnd.stop()]);
  * ```
  * @module
  */

@@ -5,7 +5,11 @@
  * @example
  * ```ts
  * import { yieldToEventLoop } from "./event_loop.ts";
- * for (const batch of batches) { handle(batch); await yieldToEventLoop(); }
+ * const batches = [[1, 2], [3, 4]];
+ * for (const batch of batches) {
+ *   console.log(batch); // a turn's work
+ *   await yieldToEventLoop(); // timers and I/O run before the next batch
+ * }
  * ```
  * @module
  */

@@ -8,7 +8,7 @@
  *
  * @example
  * ```ts
- * import { qemuArgs } from "./src/vm/qemu_args.ts";
+ * import { qemuArgs } from "./qemu_args.ts";
  * const args = qemuArgs({
  *   name: "vm1", socket: "/run/vbus/vm1.sock", port: "org.vbus.0",
  *   shm: "/dev/shm/vbus-vm1", shmSize: 16 * 1024 * 1024,
@@ -167,6 +167,7 @@ export function qemuArgs(vm: VmDeviceConfig): string[] {
  *
  * @example
  * ```ts
+ * const vm = { name: "vm1", socket: "/run/vbus/vm1.sock", port: "org.vbus.0", shmSize: 1 << 24 };
  * console.log(["qemu-system-x86_64", ...qemuArgs(vm)].map(shellQuote).join(" \\\n  "));
  * ```
  */
