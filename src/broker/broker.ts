@@ -59,12 +59,37 @@ import { HostStatsPool } from "./host_stats.ts";
 import { MonitorServer } from "../monitor/monitor_server.ts";
 import { stampRegionSignature } from "../shm/region_signature.ts";
 
-/** Subject host clients request to get {@link BrokerStats}. */
+/**
+ * Subject host clients request to get {@link BrokerStats} (what `vbus stats` prints). VMs
+ * cannot request it: `$VBUS.` subjects are the host's.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "../client/bus.ts";
+ * import { STATS_SUBJECT } from "./broker.ts";
+ * import type { BrokerStats } from "./stats.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * const { data } = await bus.request<BrokerStats>(STATS_SUBJECT);
+ * for (const vm of data.vms) console.log(vm.name, vm.connected, vm.path);
+ * await bus.close();
+ * ```
+ */
 export const STATS_SUBJECT = `${SYSTEM_PREFIX}STATS`;
 /**
  * Subject host clients request to reload the config file (`vbus reload`). The answer is
  * `{ ok: true, changes: string[] }` or `{ ok: false, error }`. VMs cannot publish `$VBUS.`
  * subjects, and `host.permissions.publish` can keep it from host clients too.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "../client/bus.ts";
+ * import { RELOAD_SUBJECT } from "./broker.ts";
+ * type ReloadAnswer = { ok: true; changes: string[] } | { ok: false; error: string };
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * const { data } = await bus.request<ReloadAnswer>(RELOAD_SUBJECT);
+ * console.log(data.ok ? data.changes : data.error); // e.g. ["added vm3"]
+ * await bus.close();
+ * ```
  */
 export const RELOAD_SUBJECT = `${SYSTEM_PREFIX}RELOAD`;
 /** A VM session that lived this long resets the reconnect backoff. */
@@ -81,7 +106,21 @@ export const TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS";
 /** `stats.closed` key of host connections closed, before their HELLO, to make room for a new one. */
 export const EVICTED_BEFORE_HELLO = "EVICTED_BEFORE_HELLO";
 
-/** Broker tuning that is not part of the config file. */
+/**
+ * Broker tuning that is not part of the config file.
+ *
+ * @example
+ * ```ts
+ * import { Broker } from "./broker.ts";
+ * import { parseConfig } from "./config.ts";
+ * import { createLogger } from "../util/log.ts";
+ * const broker = new Broker(parseConfig('{ "listen": "/tmp/vbus-example.sock", "vms": [] }'), {
+ *   logger: createLogger("broker", { level: "warn" }),
+ *   pingIntervalMs: 5_000,
+ *   reconnect: { initialMs: 100, maxMs: 5_000 },
+ * });
+ * ```
+ */
 export interface BrokerOptions {
   /** Where the broker logs; default `createLogger("broker")` (level and format from the env). */
   logger?: Logger;
@@ -111,7 +150,20 @@ interface VmLink {
   session?: Session;
 }
 
-/** A running broker. */
+/**
+ * A broker: `start()` serves the config's VMs and host socket until `stop()` (or `drain()`).
+ * See the module doc for what it does.
+ *
+ * @example
+ * ```ts
+ * import { Broker } from "./broker.ts";
+ * import { parseConfig } from "./config.ts";
+ * const broker = new Broker(parseConfig('{ "listen": "/tmp/vbus-example.sock", "vms": [] }'));
+ * await broker.start(); // host clients can connect to /tmp/vbus-example.sock now
+ * console.log(broker.running, broker.stats().host.connected); // true false
+ * await broker.stop();
+ * ```
+ */
 export class Broker {
   #config: BrokerConfig;
   /** With a bridge, a router that also keeps queue groups one member wide across hosts. */
