@@ -195,7 +195,7 @@ import { join } from "node:path";
 import process from "node:process";
 
 const listen = join(process.argv[2], "broker.sock");
-const broker = new Broker(parseConfig(JSON.stringify({ listen, vms: [] })), {
+const broker = new Broker(parseConfig(JSON.stringify({ listen, http: "127.0.0.1:0", vms: [] })), {
   logger: createLogger("consumer", "silent"),
 });
 await broker.start();
@@ -215,11 +215,16 @@ await sub.flush();
 for (const n of [1, 2, 3]) await pub.publish("greet.x", { n });
 await three;
 const answer = await pub.request<number>("math.double", 21);
+const http = \`http://127.0.0.1:\${broker.monitorAddress!.port}\`;
+const stats = await (await fetch(\`\${http}/stats\`)).json();
+const dashboard = await (await fetch(\`\${http}/\`)).text();
 console.log(JSON.stringify({
   got,
   answer: answer.data,
   paths: [sub.dataPath, pub.dataPath],
   futex: sub.ringStats?.futex !== undefined,
+  version: stats.broker.version,
+  dashboard: dashboard.includes("<html"),
 }));
 await pub.close();
 await sub.close();
@@ -241,6 +246,12 @@ function runConsumer(p: Packed, name: string, argv: string[]) {
   // futex worker (a `new URL(...)` module, not an import) loaded from dist/ too.
   assert.deepEqual(result.paths, ["ring", "ring"]);
   assert.equal(result.futex, true, "the futex waiter did not start from the installed package");
+  // Files read next to the modules: the version (dist/package.json) and the dashboard's assets.
+  assert.equal(
+    result.version,
+    JSON.parse(readFileSync(join(repo, "package.json"), "utf8")).version,
+  );
+  assert.equal(result.dashboard, true, "the dashboard's index.html was not served");
 }
 
 test("package: Bun imports the installed library and runs pub/sub and a request through a broker", {
