@@ -14,7 +14,17 @@
  */
 import type { BridgeStats } from "./bridge_stats.ts";
 
-/** A running bridge, as `Broker.bridges` lists it. */
+/**
+ * A running bridge, as `Broker.bridges` lists it.
+ *
+ * @example
+ * ```ts
+ * import type { Broker } from "../broker/broker.ts";
+ * function bridgesAway(broker: Broker): string[] {
+ *   return broker.bridges.filter((b) => !b.connected).map((b) => b.stats().name);
+ * }
+ * ```
+ */
 export interface Bridge {
   /** Value of the origin header on everything this bridge sends (loop prevention). */
   readonly origin: string;

@@ -31,7 +31,16 @@
 import { isAbsolute, resolve } from "node:path";
 import { intersect, ruleProblem, type SubjectRule } from "./subject_map.ts";
 
-/** How the bridge proves who it is to NATS (the official client's authenticators). */
+/**
+ * How the bridge proves who it is to NATS (the official client's authenticators).
+ *
+ * @example
+ * ```ts
+ * import type { NatsAuth } from "./bridge_config.ts";
+ * const byCreds: NatsAuth = { credsFile: "/etc/vbus/hostA.creds" }; // as `nsc` writes them
+ * const byUser: NatsAuth = { user: "vbus", pass: "secret" };
+ * ```
+ */
 export type NatsAuth =
   | { user: string; pass?: string }
   | { token: string }
@@ -40,7 +49,19 @@ export type NatsAuth =
   /** A `.creds` file (user JWT and nkey seed), as `nsc` writes them. */
   | { credsFile: string };
 
-/** TLS towards NATS (files are read when the bridge starts). */
+/**
+ * TLS towards NATS (files are read when the bridge starts).
+ *
+ * @example
+ * ```ts
+ * import type { NatsTls } from "./bridge_config.ts";
+ * const mutual: NatsTls = {
+ *   caFile: "/etc/vbus/ca.pem",
+ *   certFile: "/etc/vbus/hostA.pem",
+ *   keyFile: "/etc/vbus/hostA.key",
+ * };
+ * ```
+ */
 export interface NatsTls {
   /** PEM file of the certificate authorities to trust for the server's certificate. */
   caFile?: string;
@@ -52,7 +73,15 @@ export interface NatsTls {
   handshakeFirst?: boolean;
 }
 
-/** Bounds of what the bridge keeps for NATS. */
+/**
+ * Bounds of what the bridge keeps for NATS.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_BRIDGE_LIMITS, type NatsBridgeLimits } from "./bridge_config.ts";
+ * const tight: NatsBridgeLimits = { ...DEFAULT_BRIDGE_LIMITS, bufferMessages: 1_000 };
+ * ```
+ */
 export interface NatsBridgeLimits {
   /** Exports waiting while NATS is away or behind, at most this many; then the oldest go. */
   bufferMessages: number;
@@ -70,7 +99,19 @@ export interface NatsBridgeLimits {
   maxReplies: number;
 }
 
-/** One bridge to a NATS system. */
+/**
+ * One bridge to a NATS system.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "../broker/config.ts";
+ * const config = parseConfig(`{ "vms": [], "bridge": { "nats": {
+ *   "servers": ["nats://10.0.0.1:4222"], "export": ["sensors.>"], "import": ["cmd.>"]
+ * } } }`);
+ * const nats = config.bridge?.nats;
+ * console.log(nats?.limits.bufferMessages); // 10000 (the default)
+ * ```
+ */
 export interface NatsBridgeConfig {
   /** NATS servers (`nats://host:port`, `tls://host:port` or `host:port`); the client fails over. */
   servers: string[];
@@ -92,7 +133,18 @@ export interface NatsBridgeConfig {
   limits: NatsBridgeLimits;
 }
 
-/** The `bridge` key. */
+/**
+ * The `bridge` key.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "../broker/config.ts";
+ * const withBridge = parseConfig(`{ "vms": [], "bridge": { "nats": {
+ *   "servers": ["nats://127.0.0.1:4222"], "export": ["a.>"], "import": []
+ * } } }`);
+ * console.log(withBridge.bridge?.nats?.export); // [{ local: "a.>", remote: "a.>" }]
+ * ```
+ */
 export interface BridgeConfig {
   /** The bridge to a NATS system (`bridge.nats`); absent: none. */
   nats?: NatsBridgeConfig;

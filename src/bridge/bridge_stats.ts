@@ -11,7 +11,18 @@
  * @module
  */
 
-/** Counters for one bridge. */
+/**
+ * Counters for one bridge.
+ *
+ * @example
+ * ```ts
+ * import type { BridgeStats } from "./bridge_stats.ts";
+ * function health(b: BridgeStats): string {
+ *   if (!b.connected) return `${b.name}: away (${b.lastError}), ${b.buffered} buffered`;
+ *   return `${b.name}: ${b.server}, ${b.msgsOut} out, ${b.msgsIn} in, ${b.dropped} dropped`;
+ * }
+ * ```
+ */
 export interface BridgeStats {
   /** Kind of bridge ("nats"). */
   name: string;

@@ -27,7 +27,17 @@ import {
   WILDCARD_REST,
 } from "../subject/subject.ts";
 
-/** One mapping rule: a local pattern and the NATS pattern it corresponds to. */
+/**
+ * One mapping rule: a local pattern and the NATS pattern it corresponds to.
+ *
+ * @example
+ * ```ts
+ * import { ruleProblem, type SubjectRule } from "./subject_map.ts";
+ * const rule: SubjectRule = { local: "svc.*.>", remote: "hostA.svc.*.>" };
+ * console.log(ruleProblem(rule)); // undefined: it maps both ways
+ * console.log(ruleProblem({ local: "svc.>", remote: "svc.*" })); // … the same wildcards …
+ * ```
+ */
 export interface SubjectRule {
   /** Pattern of subjects on this broker. */
   local: string;

@@ -24,7 +24,19 @@ export { DEFAULT_PORT_NAME };
 /** Default size of a VM's shared-memory region (ivshmem wants a power of two). */
 export const DEFAULT_SHM_SIZE = 16 * 1024 * 1024;
 
-/** Subject patterns a session may publish to and subscribe to. Absent means "anything". */
+/**
+ * Subject patterns a session may publish to and subscribe to. Absent means "anything".
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "./config.ts";
+ * const config = parseConfig(`{ "vms": [{
+ *   "name": "vm1", "socket": "/run/vbus/vm1.sock",
+ *   "permissions": { "publish": ["sensors.vm1.>"], "subscribe": ["cmd.vm1.>", "_INBOX.>"] }
+ * }] }`);
+ * console.log(config.vms[0].permissions?.publish); // ["sensors.vm1.>"]
+ * ```
+ */
 export interface Permissions {
   /** Patterns the session may publish to (wildcards allowed). */
   publish?: string[];
@@ -40,7 +52,18 @@ export interface Permissions {
 /** The name no VM may have (any case): host-local clients appear under it. */
 export const RESERVED_VM_NAME = "host";
 
-/** One VM as the broker knows it. Its identity is the port it arrives on. */
+/**
+ * One VM as the broker knows it. Its identity is the port it arrives on.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "./config.ts";
+ * const [vm] = parseConfig(`{ "vms": [
+ *   { "name": "vm1", "socket": "/run/vbus/vm1.sock", "shm": "/dev/shm/vbus-vm1" }
+ * ] }`).vms;
+ * console.log(vm.port, vm.shmSize); // "org.vbus.0" 16777216 (the defaults)
+ * ```
+ */
 export interface VmConfig {
   /** Unique name; also the identity of every session arriving on this VM's port. */
   name: string;
@@ -62,7 +85,20 @@ export interface VmConfig {
   shmAccess?: FileAccess;
 }
 
-/** The whole broker configuration after validation, with defaults filled in. */
+/**
+ * The whole broker configuration after validation, with defaults filled in.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "./config.ts";
+ * const config = parseConfig(`{
+ *   "listen": "/run/vbus/broker.sock",
+ *   "limits": { "maxFrameBytes": 1048576 },
+ *   "vms": [{ "name": "vm1", "socket": "/run/vbus/vm1.sock" }]
+ * }`);
+ * console.log(config.limits.maxFrameBytes, config.drainTimeoutMs); // 1048576 5000
+ * ```
+ */
 export interface BrokerConfig {
   /** File the configuration came from (for messages), or `"<inline>"`. */
   source: string;
@@ -87,7 +123,19 @@ export interface BrokerConfig {
   http?: HttpAddress;
 }
 
-/** A configuration problem: names the file, the key path and what is wrong. */
+/**
+ * A configuration problem: names the file, the key path and what is wrong.
+ *
+ * @example
+ * ```ts
+ * import { ConfigError, parseConfig } from "./config.ts";
+ * try {
+ *   parseConfig('{ "vms": [{ "name": "vm1" }] }', "broker.jsonc");
+ * } catch (err) {
+ *   if (err instanceof ConfigError) console.log(err.key); // "vms[0].socket"
+ * }
+ * ```
+ */
 export class ConfigError extends Error {
   /** The message is `<file>: <key>: <problem>`. */
   constructor(

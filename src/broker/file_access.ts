@@ -21,7 +21,18 @@
 import { chmodSync, chownSync, readFileSync } from "node:fs";
 import process from "node:process";
 
-/** A user or group: the name it was given by (for messages) and its numeric id. */
+/**
+ * A user or group: the name it was given by (for messages) and its numeric id.
+ *
+ * @example
+ * ```ts
+ * import { resolveUser } from "./file_access.ts";
+ * const fail = (key: string, problem: string): never => {
+ *   throw new Error(`${key}: ${problem}`);
+ * };
+ * const root = resolveUser(0, "shmOwner", fail); // { name: "root", id: 0 }
+ * ```
+ */
 export interface NamedId {
   /** The name as the config gave it (the id as a string when given as a number). */
   name: string;
@@ -29,7 +40,18 @@ export interface NamedId {
   id: number;
 }
 
-/** Mode, owner and group a file should have; what is absent is left as created. */
+/**
+ * Mode, owner and group a file should have; what is absent is left as created.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "./config.ts";
+ * const config = parseConfig(`{ "shmMode": "0660", "vms": [
+ *   { "name": "vm1", "socket": "/run/vbus/vm1.sock", "shm": "/dev/shm/vbus-vm1" }
+ * ] }`);
+ * console.log(config.vms[0].shmAccess?.mode?.toString(8)); // "660"
+ * ```
+ */
 export interface FileAccess {
   /** Permission bits (e.g. `0o660`). */
   mode?: number;

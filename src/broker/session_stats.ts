@@ -20,7 +20,16 @@ export const SUBJECTS_LISTED = 32;
 /** Longest client description kept from a HELLO (it is the peer's free text). */
 export const CLIENT_NAME_MAX = 96;
 
-/** One subscription of a session. */
+/**
+ * One subscription of a session.
+ *
+ * @example
+ * ```ts
+ * import type { SubscriptionStats } from "./session_stats.ts";
+ * const line = (s: SubscriptionStats) =>
+ *   `${s.subject}${s.queue ? ` (queue ${s.queue})` : ""}: ${s.msgs} msgs`;
+ * ```
+ */
 export interface SubscriptionStats {
   /** The session's id of the subscription (its SUB frame's). */
   sid: number;
@@ -34,7 +43,23 @@ export interface SubscriptionStats {
   block: boolean;
 }
 
-/** One live session; see the module doc. */
+/**
+ * One live session; see the module doc.
+ *
+ * @example
+ * ```ts
+ * import type { SessionStats } from "./session_stats.ts";
+ * function fullestRing(sessions: SessionStats[]): string | undefined {
+ *   let best: { id: string; fill: number } | undefined;
+ *   for (const s of sessions) {
+ *     if (!s.rings) continue; // not on the ring path
+ *     const fill = s.rings.inbound.usedBytes / s.rings.inbound.capacityBytes;
+ *     if (!best || fill > best.fill) best = { id: s.id, fill };
+ *   }
+ *   return best?.id;
+ * }
+ * ```
+ */
 export interface SessionStats {
   /** Session id (`vm1#<run>.<n>`); empty before its HELLO. */
   id: string;

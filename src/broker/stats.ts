@@ -14,7 +14,18 @@
 import type { BridgeStats } from "../bridge/bridge_stats.ts";
 import type { SessionStats } from "./session_stats.ts";
 
-/** Counters for one VM, or for all host clients together. */
+/**
+ * Counters for one VM, or for all host clients together.
+ *
+ * @example
+ * ```ts
+ * import type { EndpointStats } from "./stats.ts";
+ * function report(vm: EndpointStats): string {
+ *   const drops = Object.entries(vm.drops).map(([why, n]) => `${why}=${n}`).join(" ");
+ *   return `${vm.name}: ${vm.path}, ${vm.msgsIn} in, ${vm.msgsOut} out, dropped ${drops || 0}`;
+ * }
+ * ```
+ */
 export interface EndpointStats {
   /** The VM's name, or "host" for the host clients. */
   name: string;
@@ -100,7 +111,17 @@ export function newEndpointStats(name: string): EndpointStats {
   };
 }
 
-/** Snapshot of the whole broker. */
+/**
+ * Snapshot of the whole broker (`Broker.stats()`, the `$VBUS.STATS` answer).
+ *
+ * @example
+ * ```ts
+ * import type { BrokerStats } from "./stats.ts";
+ * function disconnectedVms(stats: BrokerStats): string[] {
+ *   return stats.vms.filter((vm) => !vm.connected).map((vm) => vm.name);
+ * }
+ * ```
+ */
 export interface BrokerStats {
   /** When the broker started (ISO time). */
   startedAt: string;

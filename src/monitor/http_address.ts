@@ -16,7 +16,16 @@
  */
 import { isIP } from "node:net";
 
-/** Where the monitoring endpoint listens. */
+/**
+ * Where the monitoring endpoint listens.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "../broker/config.ts";
+ * const config = parseConfig('{ "http": 8222, "vms": [] }');
+ * console.log(config.http); // { host: "127.0.0.1", port: 8222, loopback: true }
+ * ```
+ */
 export interface HttpAddress {
   /** IP address to bind (IPv6 without brackets). */
   host: string;

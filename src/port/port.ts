@@ -13,7 +13,19 @@
  * @module
  */
 
-/** An open byte stream. */
+/**
+ * An open byte stream.
+ *
+ * @example
+ * ```ts
+ * import type { Port } from "./port.ts";
+ * import { connectUnix } from "./socket_port.ts";
+ * const port: Port = await connectUnix("/run/vbus/vm1.sock"); // a QEMU chardev socket
+ * port.start((chunk) => console.log(chunk.length, "bytes"), (err) => console.log("closed", err));
+ * if (!port.write(new Uint8Array([1, 2, 3]))) await port.drained();
+ * port.close();
+ * ```
+ */
 export interface Port {
   /** Where the bytes go, for logs and errors (e.g. "/dev/virtio-ports/org.vbus.0"). */
   readonly description: string;
@@ -39,7 +51,19 @@ export interface Port {
   close(): void;
 }
 
-/** Opens a fresh port; called again for every reconnect. */
+/**
+ * Opens a fresh port; called again for every reconnect. `connect({ transport })` takes one,
+ * e.g. to reach a broker through something other than the default device or socket.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "../client/bus.ts";
+ * import type { PortOpener } from "./port.ts";
+ * import { connectUnix } from "./socket_port.ts";
+ * const viaSocket: PortOpener = () => connectUnix("/run/vbus/broker.sock");
+ * const bus = await connect({ transport: viaSocket });
+ * ```
+ */
 export type PortOpener = () => Promise<Port>;
 
 /** Bytes queued before {@link Port.write} returns false. */

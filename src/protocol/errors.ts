@@ -14,7 +14,21 @@
  * @module
  */
 
-/** Stable error codes, shared by the client API and the wire protocol. */
+/**
+ * Stable error codes, shared by the client API and the wire protocol.
+ *
+ * @example
+ * ```ts
+ * import { ErrorCode, VbusError } from "./errors.ts";
+ * function explain(err: unknown): string {
+ *   if (!(err instanceof VbusError)) return "not a vbus error";
+ *   if (err.code === ErrorCode.PermissionDenied) return `not allowed: ${err.subject}`;
+ *   if (err.code === ErrorCode.NoResponders) return "nobody answers that subject";
+ *   return err.message;
+ * }
+ * console.log(explain(new VbusError(ErrorCode.NoResponders, "no responders")));
+ * ```
+ */
 export const ErrorCode = {
   /** The bytes on the port are not a valid frame (bad magic, op, or msgpack head). */
   BadFrame: "BAD_FRAME",
@@ -54,7 +68,16 @@ export const ErrorCode = {
   SessionClosed: "SESSION_CLOSED",
 } as const;
 
-/** One of {@link ErrorCode}'s values. */
+/**
+ * One of {@link ErrorCode}'s values.
+ *
+ * @example
+ * ```ts
+ * import { ErrorCode, type ErrorCodeValue } from "./errors.ts";
+ * const retryable: ErrorCodeValue[] = [ErrorCode.Timeout, ErrorCode.BufferFull];
+ * console.log(retryable.includes(ErrorCode.Timeout)); // true
+ * ```
+ */
 export type ErrorCodeValue = typeof ErrorCode[keyof typeof ErrorCode];
 
 /**

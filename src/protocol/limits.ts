@@ -10,7 +10,16 @@
  * @module
  */
 
-/** Protocol limits. All sizes are in bytes. */
+/**
+ * Protocol limits. All sizes are in bytes.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_LIMITS, type Limits } from "./limits.ts";
+ * const small: Limits = { ...DEFAULT_LIMITS, maxFrameBytes: 64 * 1024, maxSubscriptions: 256 };
+ * console.log(small.maxFrameBytes < DEFAULT_LIMITS.maxFrameBytes); // true
+ * ```
+ */
 export interface Limits {
   /** Largest frame (header + head + payload) either side may send. */
   maxFrameBytes: number;

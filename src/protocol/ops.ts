@@ -73,7 +73,16 @@ export const Feature = {
   NoEcho: "no-echo",
 } as const;
 
-/** Message headers: string keys to string values. */
+/**
+ * Message headers: string keys to string values.
+ *
+ * @example
+ * ```ts
+ * import type { Headers } from "./ops.ts";
+ * const headers: Headers = { "trace-id": "4bf92f35", "content-type": "application/json" };
+ * console.log(headers["trace-id"]);
+ * ```
+ */
 export type Headers = Record<string, string>;
 
 /** Header the broker sets on a status message (e.g. no responders). */

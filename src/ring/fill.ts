@@ -15,7 +15,16 @@
  */
 import type { RingDescriptor } from "./ring.ts";
 
-/** Bytes written to a ring and not yet consumed, and its size. */
+/**
+ * Bytes written to a ring and not yet consumed, and its size.
+ *
+ * @example
+ * ```ts
+ * import type { RingFill } from "./fill.ts";
+ * const percent = (f: RingFill) => Math.round((100 * f.usedBytes) / f.capacityBytes);
+ * console.log(percent({ usedBytes: 1024, capacityBytes: 4096 })); // 25
+ * ```
+ */
 export interface RingFill {
   /** Bytes written and not yet consumed (clamped to `[0, capacityBytes]`). */
   usedBytes: number;

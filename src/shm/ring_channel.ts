@@ -136,7 +136,16 @@ interface Waker {
   done(): void;
 }
 
-/** Counters of one channel. */
+/**
+ * Counters of one channel (a client's `Bus.ringStats`).
+ *
+ * @example
+ * ```ts
+ * import type { RingChannelStats } from "./ring_channel.ts";
+ * // Doorbells per frame sent: near 0 on a busy stream, up to 1 when every frame wakes the peer.
+ * const wakeRatio = (s: RingChannelStats) => s.doorbellsRung / Math.max(1, s.framesOut);
+ * ```
+ */
 export interface RingChannelStats {
   /** Frames read from the inbound ring. */
   framesIn: number;

@@ -24,9 +24,28 @@
  */
 import process from "node:process";
 
-/** Log levels, least to most severe (`silent` logs nothing). */
+/**
+ * Log levels, least to most severe (`silent` logs nothing).
+ *
+ * @example
+ * ```ts
+ * import { createLogger, type LogLevel } from "./log.ts";
+ * const level: LogLevel = "warn";
+ * createLogger("bridge", { level }).info("not shown: below warn");
+ * ```
+ */
 export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
-/** How lines look: `text` for people, `json` for log collectors. */
+/**
+ * How lines look: `text` for people, `json` for log collectors.
+ *
+ * @example
+ * ```ts
+ * import { createLogger, type LogFormat } from "./log.ts";
+ * const format: LogFormat = "json";
+ * // {"time":"…","level":"info","component":"broker","msg":"started","vms":2}
+ * createLogger("broker", { format }).info("started", { vms: 2 });
+ * ```
+ */
 export type LogFormat = "text" | "json";
 
 /** Every level, least to most severe. */
@@ -38,6 +57,19 @@ const RANK: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3, s
 /**
  * A logger bound to a component: what the broker uses and what `connect({ logger })` takes.
  * Any object with these four methods works (`console` too).
+ *
+ * @example
+ * ```ts
+ * import type { Logger } from "./log.ts";
+ * const lines: string[] = [];
+ * const collect: Logger = {
+ *   debug: () => {},
+ *   info: (msg, fields) => lines.push(`${msg} ${JSON.stringify(fields ?? {})}`),
+ *   warn: (msg) => lines.push(`warning: ${msg}`),
+ *   error: (msg) => lines.push(`error: ${msg}`),
+ * };
+ * const alsoFine: Logger = console;
+ * ```
  */
 export interface Logger {
   /** Detail for finding a problem (logged at level `debug` only). */
@@ -50,7 +82,18 @@ export interface Logger {
   error(msg: string, fields?: Record<string, unknown>): void;
 }
 
-/** How {@link createLogger} is set up; what is absent comes from the environment. */
+/**
+ * How {@link createLogger} is set up; what is absent comes from the environment.
+ *
+ * @example
+ * ```ts
+ * import { createLogger, type LoggerOptions } from "./log.ts";
+ * const lines: string[] = [];
+ * const options: LoggerOptions = { level: "debug", format: "json", write: (l) => lines.push(l) };
+ * createLogger("test", options).debug("captured");
+ * console.log(JSON.parse(lines[0]).msg); // "captured"
+ * ```
+ */
 export interface LoggerOptions {
   /** Least severe level logged. Default: `VBUS_LOG`, else `info`. */
   level?: LogLevel;
@@ -60,7 +103,20 @@ export interface LoggerOptions {
   write?: (line: string) => void;
 }
 
-/** A bad `VBUS_LOG` / `VBUS_LOG_FORMAT` value (or option): the message says what is allowed. */
+/**
+ * A bad `VBUS_LOG` / `VBUS_LOG_FORMAT` value (or option): the message says what is allowed.
+ *
+ * @example
+ * ```ts
+ * import { createLogger, type LogLevel, LogSettingsError } from "./log.ts";
+ * try {
+ *   createLogger("broker", { level: "verbose" as LogLevel });
+ * } catch (err) {
+ *   // level="verbose" is not a log level: use one of debug, info, warn, error, silent
+ *   if (err instanceof LogSettingsError) console.log(err.message);
+ * }
+ * ```
+ */
 export class LogSettingsError extends Error {
   /** `message` says what was given and what is allowed. */
   constructor(message: string) {
