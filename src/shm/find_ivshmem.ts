@@ -172,6 +172,7 @@ function probe(dir: string, address: string, map: MapFunction): IvshmemCandidate
  *
  * @example
  * ```ts
+ * import { mapSharedSync } from "../../ffi/mod.ts";
  * for (const c of listIvshmem({ map: mapSharedSync })) console.log(c.address, c.content);
  * ```
  */
@@ -216,6 +217,7 @@ function envAddress(): string | undefined {
  *
  * @example
  * ```ts
+ * import { mapSharedSync } from "../../ffi/mod.ts";
  * const dev = findVbusIvshmem({ map: mapSharedSync, address: "0000:00:05.0" });
  * ```
  */

@@ -49,6 +49,7 @@ export function hasRegionSignature(bytes: Uint8Array): boolean {
  *
  * @example
  * ```ts
+ * import { mapSharedSync } from "../../ffi/mod.ts";
  * const mapping = mapSharedSync("/dev/shm/vbus-vm1", 16 << 20, { create: true });
  * stampRegionSignature(mapping.bytes);
  * ```
