@@ -1,7 +1,9 @@
 #!/bin/busybox sh
 # /init of the vbus lab initramfs (built by lab/setup.sh; booted by lab/vm.ts).
 #
-# 1. load the virtio + 9p modules (modules/order, modules.dep order)
+# 1. load the virtio + 9p modules (modules/order, modules.dep order); with VBUS_NET_ADDR in the
+#    config also virtio_net (modules/net.order) and eth0 (static address, default route, lo up);
+#    with VBUS_VSOCK=1 the virtio vsock transport (modules/vsock.order)
 # 2. mount the host root read-only over 9p (tag "hostroot") on /newroot
 # 3. mount the per-boot run directory (writable 9p, tag "vbusrun"), path from vbus.run=<path>;
 #    it holds: config (shell variables), binds (host paths to re-expose, one per line),
@@ -53,9 +55,35 @@ VBUS_TIMEOUT=60
 VBUS_CWD=/
 VBUS_PORTS=""
 VBUS_DEADLINE=""
+VBUS_NET_ADDR=""
+VBUS_NET_GW=""
+VBUS_VSOCK=""
 if [ -n "$RUN" ]; then
   mount -t 9p -o "$P9" vbusrun /vbusrun || fail "cannot mount 9p tag vbusrun (run directory $RUN)"
   [ -f /vbusrun/config ] && . /vbusrun/config
+fi
+
+ip link set lo up 2>/dev/null
+# The NIC (lab/net.ts): QEMU user networking with restrict=on; static address, no DHCP/DNS.
+if [ -n "$VBUS_NET_ADDR" ]; then
+  for m in $(cat /modules/net.order); do
+    insmod "/modules/$m" || fail "insmod $m failed"
+  done
+  t=0
+  while [ ! -e /sys/class/net/eth0 ]; do
+    t=$((t + 1))
+    [ "$t" -ge 100 ] && fail "no eth0 5 s after loading virtio_net (is the network option's -device given?)"
+    usleep 50000
+  done
+  ip addr add "$VBUS_NET_ADDR" dev eth0 || fail "ip addr add $VBUS_NET_ADDR dev eth0 failed"
+  ip link set eth0 up || fail "ip link set eth0 up failed"
+  ip route add default via "$VBUS_NET_GW" dev eth0 || fail "ip route add default via $VBUS_NET_GW failed"
+  echo "VBUS-NET eth0 $VBUS_NET_ADDR via $VBUS_NET_GW"
+fi
+if [ "$VBUS_VSOCK" = 1 ]; then
+  for m in $(cat /modules/vsock.order); do
+    insmod "/modules/$m" || fail "insmod $m failed"
+  done
 fi
 
 # Stage read-only binds now: host paths under /tmp, /run, /dev/shm vanish once the tmpfs go on.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # vbus micro-VM lab setup: installs what the lab needs (only if missing) and builds
 #   lab/build/vmlinux          uncompressed guest kernel (PVH entry, boots with qboot in ~4 s under TCG)
-#   lab/build/initramfs.cpio.gz busybox-static + virtio/9p modules + lab/guest-init.sh as /init
+#   lab/build/initramfs.cpio.gz busybox-static + virtio/9p modules (+ virtio_net, vsock: loaded on
+#                              request) + lab/guest-init.sh as /init
 #   lab/build/stamp            what was built from what (lab/vm.ts compares it to decide staleness)
 # Idempotent: a second run with nothing changed only checks and exits.
 # Usage: sudo bash lab/setup.sh [--force]
@@ -113,7 +114,11 @@ found=$(extract_vmlinux "/boot/vmlinuz-$KVER" "$WORK/vmlinux") ||
 say "  stream at byte ${found% *}, decompressed with ${found#* } ($(du -h "$WORK/vmlinux" | cut -f1))"
 
 # ---------------------------------------------------------------- initramfs
+# Three load lists: the base set /init always loads, and the network and vsock sets it loads only
+# when the boot asks for them (lab/net.ts). Each list holds only what the lists before it lack.
 WANT_MODULES=(virtio_pci virtio_console 9pnet_virtio 9p)
+NET_MODULES=(virtio_net)
+VSOCK_MODULES=(vmw_vsock_virtio_transport)
 declare -A SEEN=()
 ORDER=()
 dep_of() { # prints the dependency list of module path $1 (relative to MODDIR)
@@ -131,11 +136,21 @@ visit() { # depth-first: dependencies first (modules.dep lists them with the dee
   for ((i = ${#deps[@]} - 1; i >= 0; i--)); do visit "${deps[$i]}"; done
   ORDER+=("$p")
 }
-for m in "${WANT_MODULES[@]}"; do
-  p=$(path_of "$m")
-  [[ -n "$p" ]] || die "module $m not found in $MODDIR/modules.dep"
-  visit "$p"
-done
+resolve_list() { # module names -> ORDER (paths, load order), skipping what earlier lists have
+  local m p
+  ORDER=()
+  for m in "$@"; do
+    p=$(path_of "$m")
+    [[ -n "$p" ]] || die "module $m not found in $MODDIR/modules.dep"
+    visit "$p"
+  done
+}
+resolve_list "${WANT_MODULES[@]}"
+BASE_ORDER=("${ORDER[@]}")
+resolve_list "${NET_MODULES[@]}"
+NET_ORDER=("${ORDER[@]}")
+resolve_list "${VSOCK_MODULES[@]}"
+VSOCK_ORDER=("${ORDER[@]}")
 
 ROOT="$WORK/root"
 mkdir -p "$ROOT"/{bin,sbin,proc,sys,dev,tmp,run,newroot,vbusrun,modules,etc}
@@ -143,8 +158,8 @@ cp "$BUSYBOX" "$ROOT/bin/busybox"
 cp "$LAB_DIR/guest-init.sh" "$ROOT/init"
 chmod 755 "$ROOT/init" "$ROOT/bin/busybox"
 SIG_MAGIC='~Module signature appended~'
-: >"$ROOT/modules/order"
-for p in "${ORDER[@]}"; do
+add_module() { # copy module path $1 into the initramfs (decompressed, unsigned), append to list $2
+  local p=$1 list=$2 name src f size siglen
   name=$(basename "$p")
   src="$MODDIR/$p"
   case "$name" in
@@ -165,9 +180,16 @@ for p in "${ORDER[@]}"; do
       truncate -s $((size - 28 - 12 - siglen)) "$f"
     fi
   fi
-  echo "$name" >>"$ROOT/modules/order"
-done
+  echo "$name" >>"$ROOT/modules/$list"
+}
+: >"$ROOT/modules/order"
+: >"$ROOT/modules/net.order"
+: >"$ROOT/modules/vsock.order"
+for p in "${BASE_ORDER[@]}"; do add_module "$p" order; done
+for p in "${NET_ORDER[@]}"; do add_module "$p" net.order; done
+for p in "${VSOCK_ORDER[@]}"; do add_module "$p" vsock.order; done
 say "  modules (load order): $(tr '\n' ' ' <"$ROOT/modules/order")"
+say "  network modules: $(tr '\n' ' ' <"$ROOT/modules/net.order"); vsock modules: $(tr '\n' ' ' <"$ROOT/modules/vsock.order")"
 
 (cd "$ROOT" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$WORK/initramfs.cpio.gz"
 mv "$WORK/vmlinux" "$BUILD/vmlinux"

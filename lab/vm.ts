@@ -36,6 +36,16 @@ import { release, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { qemuOptValue, shellQuote } from "../src/vm/qemu_args.ts";
+import {
+  type GuestNetwork,
+  guestNetworkConfig,
+  networkArgs,
+  refuseForeignNetwork,
+  vsockArgs,
+  vsockProblem,
+} from "./net.ts";
+
+export type { GuestForward, GuestNetwork, HostForward } from "./net.ts";
 
 /** Root of the checkout this file belongs to (derived from import.meta.url, never hardcoded). */
 export const PROJECT_ROOT: string = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -292,6 +302,12 @@ export interface BootOptions {
   /** virtio-serial port names /init waits for before running the script (default: every
    * `name=` of a `virtserialport` in deviceArgs). */
   waitPorts?: string[];
+  /** A confined virtio-net NIC (lab/net.ts: QEMU user networking, `restrict=on`, forwards to
+   * host 127.0.0.1 only); eth0 is up with 10.0.2.15/24 before the script runs. Default: no NIC. */
+  network?: GuestNetwork;
+  /** A virtio-vsock device with this guest CID (needs the host's /dev/vhost-vsock; bootGuest
+   * throws {@link LabUnavailableError} without it). */
+  vsock?: { cid: number };
 }
 
 /** Outcome of a boot. */
@@ -393,6 +409,13 @@ function startGuest(lab: LabInfo, accelerator: "kvm" | "tcg", opts: BootOptions)
   if (!Array.isArray(opts.deviceArgs) || opts.deviceArgs.some((a) => typeof a !== "string")) {
     throw new Error("bootGuest: deviceArgs must be an array of strings (e.g. qemuArgs(vm))");
   }
+  refuseForeignNetwork(opts.deviceArgs);
+  const netArgs = opts.network ? networkArgs(opts.network) : [];
+  if (opts.vsock) {
+    const why = vsockProblem();
+    if (why) throw new LabUnavailableError(`bootGuest: vsock requested, but ${why}`);
+  }
+  const vsock = opts.vsock ? vsockArgs(opts.vsock.cid) : [];
   if (typeof opts.script !== "string") throw new Error("bootGuest: script must be a string");
   if (!Number.isFinite(opts.timeoutMs) || opts.timeoutMs < 1000) {
     throw new Error(`bootGuest: timeoutMs ${opts.timeoutMs} must be at least 1000`);
@@ -425,6 +448,10 @@ function startGuest(lab: LabInfo, accelerator: "kvm" | "tcg", opts: BootOptions)
       `VBUS_DEADLINE=${deadline}`,
       `VBUS_CWD=${shellQuote(cwd)}`,
       `VBUS_PORTS=${shellQuote(waitPorts.join(" "))}`,
+      ...Object.entries(opts.network ? guestNetworkConfig() : {}).map(([k, v]) =>
+        `${k}=${shellQuote(v)}`
+      ),
+      ...(opts.vsock ? ["VBUS_VSOCK=1"] : []),
       "",
     ].join("\n"),
   );
@@ -472,6 +499,8 @@ function startGuest(lab: LabInfo, accelerator: "kvm" | "tcg", opts: BootOptions)
       "-virtfs",
       `local,path=${qemuOptValue(w)},mount_tag=vbusw${i},security_model=none,multidevs=remap`,
     ]),
+    ...netArgs,
+    ...vsock,
     ...opts.deviceArgs,
   ];
   writeFileSync(join(runDir, "qemu.cmd"), [lab.qemu, ...args].map(shellQuote).join(" ") + "\n");
