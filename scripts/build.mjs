@@ -15,7 +15,15 @@
 // 5. dist/package.json keeps `"type": "module"` and the version for code that reads
 //    "../../package.json" relative to itself (process_info.ts), one level deeper in dist/.
 import { spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -68,8 +76,8 @@ let rewritten = 0;
 for (const file of walk(dist).filter((f) => f.endsWith(".js") || f.endsWith(".d.ts"))) {
   const text = readFileSync(file, "utf8");
   const source = join(root, relative(dist, dirname(file)));
-  // tsc keeps ".ts" in declarations; ".js" there is what every consumer's TypeScript resolves
-  // (to the .d.ts beside it) without allowImportingTsExtensions.
+  // tsc keeps ".ts" in declarations; ".js" (resolved to the .d.ts beside it) is the form every
+  // consumer's TypeScript version and setting understands.
   const emittedAs = file.endsWith(".d.ts") ? ".d.ts" : ".js";
   const out = text.replace(relativeTs, (_all, quote, stem) => {
     // A path that is not a source file next to this one (a doc comment's example written
@@ -84,7 +92,11 @@ for (const file of walk(dist).filter((f) => f.endsWith(".js") || f.endsWith(".d.
   if (out !== text) writeFileSync(file, out);
 }
 if (missing.length) {
-  fail(`referenced but not emitted (add them to tsconfig.build.json "include"):\n  ${missing.join("\n  ")}`);
+  fail(
+    `referenced but not emitted (add them to tsconfig.build.json "include"):\n  ${
+      missing.join("\n  ")
+    }`,
+  );
 }
 
 // 4. Assets beside the sources.
@@ -100,7 +112,8 @@ for (const dir of SOURCE_DIRS) {
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 writeFileSync(
   join(dist, "package.json"),
-  JSON.stringify({ name: pkg.name, version: pkg.version, type: "module", private: true }, null, 2) + "\n",
+  JSON.stringify({ name: pkg.name, version: pkg.version, type: "module", private: true }, null, 2) +
+    "\n",
 );
 
 const emitted = walk(dist);

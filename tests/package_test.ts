@@ -305,6 +305,52 @@ test(
   },
 );
 
+test(
+  "package: tsc, strict and without skipLibCheck, type-checks a consumer against the .d.ts (with @types/node)",
+  { timeout: TIMEOUT },
+  async () => {
+    const p = await installed();
+    // The .d.ts use node: types (sockets, file handles), as @types/bun users have anyway.
+    const typesNode =
+      JSON.parse(readFileSync(join(repo, "package.json"), "utf8")).devDependencies["@types/node"];
+    const dir = join(temp, "tsc-consumer");
+    mkdirSync(dir);
+    writeFileSync(
+      join(dir, "package.json"),
+      JSON.stringify({ name: "tsc-consumer", private: true, type: "module" }),
+    );
+    ok(
+      run(NPM, [
+        "install",
+        "--prefer-offline",
+        "--no-audit",
+        "--no-fund",
+        p.tarball,
+        `@types/node@${typesNode}`,
+      ], { cwd: dir }),
+      "npm install of the tarball and @types/node",
+    );
+    writeFileSync(join(dir, "typed.ts"), TYPED);
+    writeFileSync(
+      join(dir, "tsconfig.json"),
+      JSON.stringify({
+        compilerOptions: {
+          module: "nodenext",
+          target: "es2022",
+          strict: true,
+          noEmit: true,
+          types: ["node"],
+        },
+        files: ["typed.ts"],
+      }),
+    );
+    ok(
+      run(join(repo, "node_modules", ".bin", "tsc"), ["-p", dir], { cwd: dir }),
+      "tsc of a correct consumer",
+    );
+  },
+);
+
 /** A broker with a `math.double` responder, until SIGTERM; prints "ready" then "got N" per request. */
 const SERVE = `
 import { Broker, connect, createLogger, parseConfig } from "vbus";
