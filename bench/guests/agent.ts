@@ -5,6 +5,11 @@
  * Every result it replies with is also appended as a JSON line to `OUT/ME.jsonl`
  * (`VBUS_GBENCH_OUT`, a writable 9p share), so nothing depends on the slow serial console.
  *
+ * The same agent also drives the TCP/IP systems vbus is compared with (bench/guests/net_clients.ts:
+ * NATS and raw TCP over the guest's virtio-net NIC, AF_VSOCK): ops that move data take
+ * `system` ("vbus", the default, or "nats" / "tcp" / "vsock") and, for those, `endpoint` (where
+ * to connect: the VM's guestfwd address and port, or a vsock CID and port). Control stays on vbus.
+ *
  * Ops (request `gbench.ctl.ME` with `{ op, ... }`):
  * - `ping` -> `{ me, runtime, version, session, path }` (`path` = this client's data path)
  * - `reconnect { shm }` -> replies, then closes the bus and connects again with `shm` (true:
@@ -22,6 +27,9 @@
  *   bytes; replies latency percentiles in µs (warm-up excluded: the first `warmup` round trips,
  *   at most a fifth of `seconds`); with `flushOnly: true` it times `bus.flush()` instead (a
  *   PING/PONG with the broker alone: the guest's own share of a round trip)
+ * - `echo { id, system, endpoint, subject }` -> answers every message on `subject` with a copy
+ *   (NATS, tcp, vsock; vbus always answers on `gbench.echo.ME`); `unecho { id }` stops it
+ * - `cpu` -> `{ cpuUs }`: this process's CPU time so far (user + system, µs, `process.cpuUsage`)
  * - `exit` -> replies, closes, exits 0
  * Serves `gbench.echo.ME`: answers every request with (a copy of) its binary payload.
  *
@@ -31,6 +39,14 @@
 import { appendFileSync } from "node:fs";
 import process from "node:process";
 import { type Bus, connect, type Msg } from "../../mod.ts";
+import { quietly } from "./cases.ts";
+import {
+  closeNats,
+  type NetChannel,
+  type NetEndpoint,
+  type NetSystem,
+  openNet,
+} from "./net_clients.ts";
 
 const runtime = "Deno" in globalThis ? "deno" : "bun";
 const version = runtime === "deno"
@@ -74,40 +90,73 @@ interface Counter {
   badSize: number;
   tFirst: number;
   tLast: number;
-  unsubscribe: () => void;
+  unsubscribe: () => void | Promise<void>;
 }
 const counters = new Map<string, Counter>();
+/** Repliers of TCP/IP systems started by `echo`, by id. */
+const echoes = new Map<string, NetChannel>();
 
 function pct(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
-async function runPub(cmd: {
-  id: string;
-  subject: string;
-  size: number;
-  count: number;
-  seconds: number;
-  batch: number;
-  reportTo?: { subject: string; body: Record<string, unknown>; timeoutMs: number };
-}) {
+/** Which system an op uses, and where its TCP/IP clients connect. */
+interface Via {
+  system?: "vbus" | NetSystem;
+  endpoint?: NetEndpoint;
+}
+
+/** A publishing channel: vbus (`publish()` promises, awaited by flush) or a TCP/IP system's. */
+async function pubChannel(via: Via, subject: string, fail: (e: unknown) => void) {
+  if (!via.system || via.system === "vbus") {
+    return {
+      publish: (p: Uint8Array) => void bus.publish(subject, p).catch(fail),
+      flush: () => bus.flush(),
+      close: () => Promise.resolve(),
+    };
+  }
+  return await openNet(via.system, endpointOf(via), { pub: subject, name: `gbench-${me}` });
+}
+
+function endpointOf(via: Via): NetEndpoint {
+  if (!via.endpoint) throw new Error(`system ${via.system} needs an endpoint`);
+  return via.endpoint;
+}
+
+async function runPub(
+  cmd: Via & {
+    id: string;
+    subject: string;
+    size: number;
+    count: number;
+    seconds: number;
+    batch: number;
+    reportTo?: { subject: string; body: Record<string, unknown>; timeoutMs: number };
+  },
+) {
   const p = payload(cmd.size);
   let failure: unknown;
   const fail = (e: unknown) => (failure ??= e);
+  const ch = await pubChannel(cmd, cmd.subject, fail);
   const start = now();
   const deadline = start + cmd.seconds * 1000;
   let sent = 0;
   let pending: Promise<void> | undefined;
-  while (sent < cmd.count && now() < deadline && failure === undefined) {
-    const n = Math.min(cmd.batch, cmd.count - sent);
-    for (let i = 0; i < n; i++) bus.publish(cmd.subject, p).catch(fail);
-    sent += n;
-    const f = bus.flush();
-    if (pending) await pending; // one batch in flight while the next is queued
-    pending = f;
+  try {
+    while (sent < cmd.count && now() < deadline && failure === undefined) {
+      const n = Math.min(cmd.batch, cmd.count - sent);
+      for (let i = 0; i < n; i++) ch.publish(p);
+      sent += n;
+      const f = ch.flush();
+      f.catch(fail);
+      if (pending) await pending; // one batch in flight while the next is queued
+      pending = f;
+    }
+    if (pending) await pending;
+  } finally {
+    await ch.close().catch(fail);
   }
-  if (pending) await pending;
   const tFlushed = now();
   if (failure !== undefined) throw failure;
   let report: unknown;
@@ -122,20 +171,30 @@ async function runPub(cmd: {
   return { sent, t0: start, tFlushed, tReport, report };
 }
 
-async function runRr(cmd: {
-  id: string;
-  subject: string;
-  size: number;
-  count: number;
-  seconds: number;
-  warmup: number;
-  /** Time `bus.flush()` (a PING/PONG with the broker only) instead of requests. */
-  flushOnly?: boolean;
-}) {
+async function runRr(
+  cmd: Via & {
+    id: string;
+    subject: string;
+    size: number;
+    count: number;
+    seconds: number;
+    warmup: number;
+    /** Time `bus.flush()` (a PING/PONG with the broker only) instead of requests. */
+    flushOnly?: boolean;
+  },
+) {
   const p = payload(cmd.size);
   const lat: number[] = [];
   let badSize = 0;
   let timeouts = 0;
+  const net = cmd.system && cmd.system !== "vbus"
+    ? await openNet(cmd.system, endpointOf(cmd), {
+      pub: cmd.subject,
+      // tcp/vsock: the relay routes the answers back on `<subject>.rep` (NATS uses inboxes)
+      sub: cmd.system === "nats" ? undefined : `${cmd.subject}.rep`,
+      name: `gbench-${me}`,
+    })
+    : undefined;
   const start = now();
   const deadline = start + cmd.seconds * 1000;
   // Warm-up: the first `warmup` round trips, but at most a fifth of the time bound.
@@ -148,6 +207,9 @@ async function runRr(cmd: {
     try {
       if (cmd.flushOnly) {
         await bus.flush();
+      } else if (net) {
+        const a = await net.request(p, 2000);
+        if (a.length !== cmd.size) badSize++;
       } else {
         const r = await bus.request<Uint8Array>(cmd.subject, p, { timeout: 2000 });
         if (!(r.data instanceof Uint8Array) || r.data.length !== cmd.size) badSize++;
@@ -161,6 +223,7 @@ async function runRr(cmd: {
     done++;
   }
   const tEnd = now();
+  await net?.close().catch(() => {});
   const s = lat.slice().sort((a, b) => a - b);
   const mean = s.reduce((a, b) => a + b, 0) / (s.length || 1);
   return {
@@ -196,7 +259,7 @@ async function report(cmd: { id: string; expect: number; idleMs: number; maxMs: 
       lastChange = now();
     } else if (now() - lastChange > cmd.idleMs) break;
   }
-  c.unsubscribe();
+  await c.unsubscribe();
   counters.delete(cmd.id);
   return {
     ok: true,
@@ -211,7 +274,7 @@ async function report(cmd: { id: string; expect: number; idleMs: number; maxMs: 
 
 async function handle(msg: Msg<{ op: string; [k: string]: unknown }>) {
   const cmd = msg.data;
-  const reply = (v: unknown) => msg.respond(v).catch(() => {});
+  const reply = (v: unknown) => quietly(msg.respond(v));
   try {
     switch (cmd.op) {
       case "ping":
@@ -222,9 +285,35 @@ async function handle(msg: Msg<{ op: string; [k: string]: unknown }>) {
         setTimeout(() => void reopen(cmd.shm as boolean), 50);
         return;
       }
+      case "cpu": {
+        const u = process.cpuUsage();
+        return void reply({ ok: true, cpuUs: u.user + u.system });
+      }
+      case "echo": {
+        const via = cmd as unknown as Via & { id: string; subject: string };
+        if (!via.system || via.system === "vbus") {
+          throw new Error("vbus always echoes on gbench.echo.ME");
+        }
+        const ch = await openNet(via.system, endpointOf(via), {
+          sub: via.subject,
+          // tcp/vsock: answers go to `<subject>.rep`, where the requester listens
+          pub: via.system === "nats" ? undefined : `${via.subject}.rep`,
+          echo: true,
+          name: `gbench-${me}-echo`,
+        });
+        echoes.set(via.id, ch);
+        return void reply({ ok: true });
+      }
+      case "unecho": {
+        const ch = echoes.get(cmd.id as string);
+        echoes.delete(cmd.id as string);
+        await ch?.close();
+        return void reply({ ok: true, found: ch !== undefined });
+      }
       case "sub": {
         const id = cmd.id as string;
         const size = cmd.size as number;
+        const via = cmd as unknown as Via;
         const c: Counter = {
           id,
           size,
@@ -235,20 +324,31 @@ async function handle(msg: Msg<{ op: string; [k: string]: unknown }>) {
           tLast: NaN,
           unsubscribe: () => {},
         };
-        const sub = bus.subscribe<Uint8Array>(cmd.subject as string, {
-          callback: (_e, m) => {
-            const t = now();
-            if (c.received === 0) c.tFirst = t;
-            c.tLast = t;
-            c.received++;
-            const raw = m.raw; // msgpack bin: size is enough to check, no decode per message
-            c.bytes += raw.length;
-            if (raw.length < size || raw.length > size + 5) c.badSize++;
-          },
-        });
-        c.unsubscribe = () => sub.unsubscribe();
+        // vbus: the raw msgpack bin (size..size+5 bytes, no decode per message); others: exact.
+        const slack = via.system && via.system !== "vbus" ? 0 : 5;
+        const count = (n: number) => {
+          const t = now();
+          if (c.received === 0) c.tFirst = t;
+          c.tLast = t;
+          c.received++;
+          c.bytes += n;
+          if (n < size || n > size + slack) c.badSize++;
+        };
+        if (!via.system || via.system === "vbus") {
+          const sub = bus.subscribe<Uint8Array>(cmd.subject as string, {
+            callback: (_e, m) => count(m.raw.length),
+          });
+          c.unsubscribe = () => sub.unsubscribe();
+          await bus.flush();
+        } else {
+          const ch = await openNet(via.system, endpointOf(via), {
+            sub: cmd.subject as string,
+            onMessage: (p) => count(p.length),
+            name: `gbench-${me}-sub`,
+          });
+          c.unsubscribe = () => ch.close();
+        }
         counters.set(id, c);
-        await bus.flush();
         return void reply({ ok: true });
       }
       case "report": {
@@ -273,6 +373,8 @@ async function handle(msg: Msg<{ op: string; [k: string]: unknown }>) {
       case "exit":
         await reply({ ok: true });
         await bus.flush().catch(() => {});
+        for (const ch of echoes.values()) await ch.close().catch(() => {});
+        await closeNats();
         await bus.close();
         log("exit");
         process.exit(0);
@@ -289,8 +391,8 @@ async function open(shm: boolean) {
   bus = await connect({
     name: `gbench-${runtime}`,
     shm,
-    timeoutMs: 120_000,
-    reconnectMaxDelayMs: 300,
+    timeout: 120_000,
+    reconnectMaxDelay: 300,
   });
   me = bus.info!.identity;
   log(`connected as ${me} (${bus.info!.session}), path ${bus.dataPath}`);
@@ -299,14 +401,14 @@ async function open(shm: boolean) {
   bus.subscribe<Uint8Array>(`gbench.echo.${me}`, {
     callback: (_e, m) => {
       // The payload may be a view into the ring, valid only during this call: copy it.
-      void m.respond(m.data.slice()).catch(() => {});
+      quietly(m.respond(m.data.slice()));
     },
   });
   await bus.flush();
 }
 
 async function reopen(shm: boolean) {
-  for (const c of counters.values()) c.unsubscribe();
+  for (const c of counters.values()) await c.unsubscribe();
   counters.clear();
   await bus.close().catch(() => {});
   await open(shm);
