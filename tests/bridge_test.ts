@@ -297,10 +297,13 @@ async function bridgesReady(...hosts: Host[]) {
   }
 }
 
-/** Collect a subscription's messages. */
+/** Collect a subscription's messages (read in the callback: a callback's message is only valid there). */
 function collect<T = unknown>(bus: Bus, subject: string, opts: { queue?: string } = {}) {
-  const got: Msg<T>[] = [];
-  const sub = bus.subscribe<T>(subject, { ...opts, callback: (_e, m) => got.push(m) });
+  const got: Pick<Msg<T>, "subject" | "reply" | "headers" | "data">[] = [];
+  const sub = bus.subscribe<T>(subject, {
+    ...opts,
+    callback: (_e, m) => got.push({ subject: m.subject, reply: m.reply, headers: m.headers, data: m.data }),
+  });
   return { got, sub, data: () => got.map((m) => m.data) };
 }
 

@@ -112,7 +112,7 @@ test("crash resend: after kill -9 of the broker, every resolved publish arrives 
       `the broker connected to the VM\n${broker.log()}`,
       20_000,
     );
-    const fast = { reconnectDelayMs: 20, reconnectMaxDelayMs: 100, timeoutMs: 20_000 };
+    const fast = { reconnectDelay: 20, reconnectMaxDelay: 100, timeout: 20_000 };
     const guest = await connect({ transport: () => vm.open(), shm, ...fast });
     const hostRing = await connect({ server: listen, ...fast });
     const hostStream = await connect({ server: listen, shm: false, ...fast });

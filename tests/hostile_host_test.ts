@@ -321,7 +321,7 @@ test("hostile host: a client of another user cannot open the broker's region; it
       };
       const bus = await connect({ server: ${
         JSON.stringify(lab.listen)
-      }, timeoutMs: 5000, reconnect: false });
+      }, timeout: 5000, reconnect: false });
       const it = bus.subscribe("other.user");
       await bus.flush();
       await bus.publish("other.user", 7);

@@ -295,7 +295,7 @@ async function main(config: LegitConfig) {
         serviceBadRequests++;
         value = { error: "undecodable request" };
       }
-      if (m.reply) m.respond(value).catch(() => {});
+      if (m.reply) m.respond(value);
     },
   });
   const down = victims.map((v) => new StreamReceiver("svc", v.report.name));

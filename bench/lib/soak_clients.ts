@@ -291,7 +291,7 @@ export class SoakClient {
           } catch {
             return;
           }
-          if (d instanceof Uint8Array) m.respond(d.slice()).catch(() => {});
+          if (d instanceof Uint8Array) m.respond(d.slice());
         },
       });
     }

@@ -1,33 +1,103 @@
 /**
- * What to do about a failed connection to the broker's host socket, appended to the error
- * `connect()` gives up with. The socket errors themselves only say what the kernel said
- * (ENOENT, EACCES, ECONNREFUSED); an operator needs the next step. Device-port errors carry
- * their own hints (see `device_port.ts`).
+ * What a failed connection attempt means: whether retrying can help, and what to do about it,
+ * appended to the error `connect()` gives up with. The errors themselves only say what the
+ * kernel or the runtime said (ENOENT, EACCES, ECONNREFUSED, Deno's "Requires net access");
+ * an operator needs the next step.
+ *
+ * Permanent errors fail `connect()` at once instead of being retried until its `timeout`:
+ * - the runtime refusing a permission the process was not given (Deno's `NotCapable` /
+ *   `PermissionDenied`): it cannot be granted later, so this holds for reconnects too;
+ * - the kernel refusing this user the broker's socket (EACCES, EPERM): group membership
+ *   changes at the next login;
+ * - a guest's port device that does not exist: the VM has no vbus port.
+ * The last two only before the first session: once connected, a broker being restarted with
+ * other settings, or a port being re-plugged, may pass, so reconnects keep trying.
  *
  * @example
  * ```ts
- * import { connectHint } from "./hints.ts";
- * connectHint(new Error("cannot connect to /run/vbus/broker.sock: connect EACCES /run/vbus/broker.sock"));
- * // " (this user may not connect to the broker's socket: ... listenMode / listenGroup ...)"
+ * import { connectHint, isPermanentConnectError } from "./hints.ts";
+ * const err = new Error("cannot connect to /run/vbus/broker.sock: connect EACCES /run/vbus/broker.sock");
+ * isPermanentConnectError(err, false); // true: give up now
+ * connectHint(err); // " (this user may not connect to the broker's socket: ... listenMode / listenGroup ...)"
  * ```
  * @module
  */
 
+const DENIED = /EACCES|EPERM|permission denied/i;
+
+/**
+ * Is `err` the runtime refusing a permission this process was not given (Deno without
+ * `--allow-net`, `--allow-read`, ...)? Ports wrap the error's message, so both are looked at.
+ *
+ * @example
+ * ```ts
+ * isRuntimePermissionError(new Error('Requires net access to "unix:/run/vbus/broker.sock"')); // true
+ * ```
+ */
+export function isRuntimePermissionError(err: Error): boolean {
+  return err.name === "NotCapable" || err.name === "PermissionDenied" ||
+    /\bRequires \w+ access to\b/.test(err.message);
+}
+
 /**
  * Is `err` the kernel refusing this user the broker's socket? Retrying cannot help (group
  * membership changes at the next login), so a first connect gives up at once.
+ *
+ * @example
+ * ```ts
+ * isPermissionDenied(new Error("cannot connect to /s.sock: connect EACCES /s.sock")); // true
+ * ```
  */
 export function isPermissionDenied(err: Error): boolean {
   const m = /^cannot connect to \S+:(.*)$/s.exec(err.message);
-  return m !== null && /EACCES|EPERM|permission denied/i.test(m[1]);
+  return m !== null && DENIED.test(m[1]);
 }
 
-/** A hint (starting with a space, in parentheses) for `err`, or "" when there is none. */
+/**
+ * Is `err` a guest's port device that does not exist (see `device_port.ts`)?
+ *
+ * @example
+ * ```ts
+ * isMissingDevice(new Error("cannot open /dev/virtio-ports/org.vbus.0: ENOENT: no such file")); // true
+ * ```
+ */
+export function isMissingDevice(err: Error): boolean {
+  return /^cannot open \S+: ENOENT\b/.test(err.message);
+}
+
+/**
+ * Should the connect loop give up on `err` instead of retrying? See the module doc;
+ * `everConnected`: a session was established before (this is a reconnect).
+ *
+ * @example
+ * ```ts
+ * if (isPermanentConnectError(err, false)) throw err; // no point waiting for the timeout
+ * ```
+ */
+export function isPermanentConnectError(err: Error, everConnected: boolean): boolean {
+  if (isRuntimePermissionError(err)) return true;
+  if (everConnected) return false;
+  return isPermissionDenied(err) || isMissingDevice(err);
+}
+
+/**
+ * A hint (starting with a space, in parentheses) for `err`, or "" when there is none.
+ *
+ * @example
+ * ```ts
+ * connectHint(new Error("cannot connect to /s.sock: connect ENOENT /s.sock")); // " (no broker listens on /s.sock: ...)"
+ * ```
+ */
 export function connectHint(err: Error): string {
+  if (isRuntimePermissionError(err)) {
+    return ` (Deno: a host client needs --allow-net --allow-read --allow-write --allow-env, ` +
+      `and --allow-ffi for shared memory; a guest client needs -A, since Deno opens a ` +
+      `character device such as a virtio port only with --allow-all)`;
+  }
   const m = /^cannot connect to (\S+):(.*)$/s.exec(err.message);
   if (!m) return "";
   const [, path, why] = m;
-  if (/EACCES|EPERM|permission denied/i.test(why)) {
+  if (DENIED.test(why)) {
     return ` (this user may not connect to the broker's socket: the broker config's listenMode ` +
       `and listenGroup say who may, e.g. "listenMode": "0660", "listenGroup": "vbus"; add ` +
       `this user to that group: usermod -aG vbus $USER, then log in again)`;

@@ -10,6 +10,16 @@
  * as an `error` status event with the subject, when it is first found. Catch it and go on:
  * the subscription is unaffected.
  *
+ * **How long a message's bytes live** (the same on every data path, see docs/API.md): a
+ * message handed to a subscription *callback* can be read (`data`, `raw`) until the callback
+ * returns or, when it returns a promise, until that promise settles; after that both throw a
+ * `CODEC` error saying so. On the shared-memory ring a synchronous callback reads the payload
+ * in place (zero copy); an `async function` callback, or one that returns a promise, gets the
+ * payload copied out of shared memory so it stays readable while the promise is pending.
+ * Messages of an iterated subscription and request replies are the application's to keep.
+ * Binary values inside `data` are views of the payload bytes: copy (`.slice()`) one you keep
+ * past that point.
+ *
  * @example
  * ```ts
  * import { connect } from "../../mod.ts";
@@ -23,56 +33,114 @@
  *     continue;
  *   }
  *   console.log(msg.subject, temp);
- *   if (msg.reply) msg.respond({ ok: true });
+ *   msg.respond({ ok: true }); // false (and nothing sent) when it has no reply subject
  * }
  * ```
  * @module
  */
-import { decodeValue } from "../protocol/codec.ts";
+import { copyBytes, decodeValue } from "../protocol/codec.ts";
 import type { Headers } from "../protocol/ops.ts";
 import type { PublishOptions } from "./options.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 
+/** What messages need from their connection: one object per connection, never the Bus. */
+export interface MsgContext {
+  /**
+   * Publish an answer to `reply`. Throws what a publish would reject with at once (closed
+   * connection, invalid headers); failures found later are reported as `error` events.
+   */
+  respond(reply: string, value: unknown, opts?: Omit<PublishOptions, "reply">): void;
+  /** Called once per message whose payload cannot be decoded (the connection reports it). */
+  undecodable(msg: Msg<unknown>, err: VbusError): void;
+}
+
 function expiredError(subject: string): VbusError {
   return new VbusError(
     ErrorCode.Codec,
-    `the payload of this message on "${subject}" lived in shared memory and was only valid during the callback: read msg.data (and copy binary values) inside the callback`,
+    `the payload of this message on "${subject}" was only valid during the callback (until it returned, or until the promise it returned settled): read msg.data inside it, and copy binary values you keep`,
     subject,
   );
 }
 
-/** What a message needs from its connection: answering, and reporting an undecodable payload. */
-export interface Responder {
-  publish(subject: string, value: unknown, opts?: PublishOptions): Promise<void>;
-  /** Called once per message whose payload cannot be decoded (the connection reports it). */
-  undecodable?(msg: Msg<unknown>, err: VbusError): void;
-}
+/** Internal operations on a message, for the connection (see {@link createMsg}). */
+let internals!: {
+  create<T>(
+    ctx: MsgContext,
+    sid: number,
+    subject: string,
+    reply: string | undefined,
+    headers: Headers | undefined,
+    payload: Uint8Array,
+    lent: boolean,
+  ): Msg<T>;
+  keep(msg: Msg<unknown>): void;
+  expire(msg: Msg<unknown>): void;
+};
 
-/** A message delivered to a subscription. */
+/**
+ * A message delivered to a subscription or as a request's reply.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "../../mod.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * bus.subscribe<number>("math.double", { callback: (_err, msg) => msg.respond(msg.data * 2) });
+ * ```
+ */
 export class Msg<T = unknown> {
+  /** The subject it was published to. */
+  readonly subject: string;
+  /** Reply subject set by a requester, or undefined. */
+  readonly reply: string | undefined;
+  /** Headers, or undefined when none were sent. */
+  readonly headers: Headers | undefined;
+  /** The id of the subscription it was delivered to (connection-local). */
+  readonly sid: number;
+  #ctx: MsgContext;
+  #raw: Uint8Array;
+  /** `#raw` is a view into a shared-memory ring slot that is reused once the callback is done. */
+  #lent: boolean;
+  #expired = false;
   #decoded = false;
   #data?: T;
-  #raw: Uint8Array;
-  #expired = false;
   #decodeError?: VbusError;
 
-  constructor(
-    /** The subject it was published to. */
-    readonly subject: string,
-    /** Reply subject set by a requester, or undefined. */
-    readonly reply: string | undefined,
-    /** Headers, or undefined when none were sent. */
-    readonly headers: Headers | undefined,
-    raw: Uint8Array,
-    readonly sid: number,
-    private readonly responder: Responder,
+  private constructor(
+    ctx: MsgContext,
+    sid: number,
+    subject: string,
+    reply: string | undefined,
+    headers: Headers | undefined,
+    payload: Uint8Array,
+    lent: boolean,
   ) {
-    this.#raw = raw;
+    this.#ctx = ctx;
+    this.sid = sid;
+    this.subject = subject;
+    this.reply = reply;
+    this.headers = headers;
+    this.#raw = payload;
+    this.#lent = lent;
+  }
+
+  static {
+    internals = {
+      create: (ctx, sid, subject, reply, headers, payload, lent) =>
+        new Msg(ctx, sid, subject, reply, headers, payload, lent),
+      keep: (msg) => {
+        if (!msg.#lent || msg.#expired) return;
+        msg.#raw = copyBytes(msg.#raw);
+        msg.#lent = false;
+      },
+      expire: (msg) => {
+        msg.#expired = true;
+      },
+    };
   }
 
   /**
-   * The msgpack-encoded value as received. For a message handed to a subscription callback
-   * from shared memory this is a view into the ring, valid only until the callback returns.
+   * The msgpack-encoded value as received, for code that decodes it itself. In a callback it
+   * is readable as long as `data` is (see the module doc), and may be a view into shared memory.
    */
   get raw(): Uint8Array {
     if (this.#expired) throw expiredError(this.subject);
@@ -80,15 +148,15 @@ export class Msg<T = unknown> {
   }
 
   /**
-   * The published value, decoded on first access (`undefined` for an empty payload). Binary
-   * values inside it share the rule of {@link raw}: copy them to keep them past a callback.
-   * Throws a `CODEC` {@link VbusError} when the payload is not a value a peer may send (see
-   * the module doc): the message is then reported, and every later access throws the same.
+   * The published value, decoded on first access (`undefined` for an empty payload). Throws a
+   * `CODEC` {@link VbusError} when the payload is not a value a peer may send (see the module
+   * doc): the message is then reported, and every later access throws the same; or when a
+   * callback's message is read after the callback is done.
    */
   get data(): T {
+    if (this.#decodeError) throw this.#decodeError;
+    if (this.#expired) throw expiredError(this.subject);
     if (!this.#decoded) {
-      if (this.#decodeError) throw this.#decodeError;
-      if (this.#expired) throw expiredError(this.subject);
       try {
         this.#data = decodeValue<T>(this.#raw);
       } catch (err) {
@@ -97,7 +165,7 @@ export class Msg<T = unknown> {
           `message on "${this.subject}": ${(err as Error).message}`,
           this.subject,
         );
-        this.responder.undecodable?.(this as Msg<unknown>, e);
+        this.#ctx.undecodable(this as Msg<unknown>, e);
         throw e;
       }
       this.#decoded = true;
@@ -110,20 +178,17 @@ export class Msg<T = unknown> {
     return this.#decodeError;
   }
 
-  /** @internal The ring slot behind `raw` is about to be reused. */
-  expire(): void {
-    this.#expired = true;
-  }
-
   /**
-   * Answer a request: publish `value` to this message's reply subject. Rejects when the
-   * message has no reply subject.
+   * Answer a request: publish `value` to this message's reply subject. Returns false, and
+   * sends nothing, when the message has no reply subject (as nats.js does); true once the
+   * answer is handed to the connection. Throws like `publish` on a closed connection or bad
+   * headers; a failure found later (e.g. the connection closed before it was sent) is an
+   * `error` status event, never an unhandled rejection.
    */
-  respond(value: unknown, opts?: Omit<PublishOptions, "reply">): Promise<void> {
-    if (!this.reply) {
-      return Promise.reject(new Error(`message on "${this.subject}" has no reply subject`));
-    }
-    return this.responder.publish(this.reply, value, opts);
+  respond(value?: unknown, opts?: Omit<PublishOptions, "reply">): boolean {
+    if (!this.reply) return false;
+    this.#ctx.respond(this.reply, value, opts);
+    return true;
   }
 
   /**
@@ -139,4 +204,51 @@ export class Msg<T = unknown> {
     if (this.headers) out.headers = this.headers;
     return out;
   }
+}
+
+/**
+ * Make a message (the connection does, for each MSG it receives). `lent`: `payload` is a view
+ * into a ring slot, valid until the message is kept or expired.
+ *
+ * @example
+ * ```ts
+ * const msg = createMsg<number>(ctx, 1, "a.b", undefined, undefined, encodeValue(42), false);
+ * msg.data; // 42
+ * ```
+ */
+export function createMsg<T>(
+  ctx: MsgContext,
+  sid: number,
+  subject: string,
+  reply: string | undefined,
+  headers: Headers | undefined,
+  payload: Uint8Array,
+  lent: boolean,
+): Msg<T> {
+  return internals.create<T>(ctx, sid, subject, reply, headers, payload, lent);
+}
+
+/**
+ * A callback returned a promise: copy a payload still lent from the ring into memory of its
+ * own, so the message stays readable until that promise settles.
+ *
+ * @example
+ * ```ts
+ * if (result instanceof Promise) keepMsg(msg);
+ * ```
+ */
+export function keepMsg(msg: Msg<unknown>): void {
+  internals.keep(msg);
+}
+
+/**
+ * The callback the message was handed to is done with it: from now on `data` and `raw` throw.
+ *
+ * @example
+ * ```ts
+ * expireMsg(msg); // msg.data now throws CODEC
+ * ```
+ */
+export function expireMsg(msg: Msg<unknown>): void {
+  internals.expire(msg);
 }

@@ -97,7 +97,11 @@ export interface SubscribeOptions<T = unknown> {
    * publishers instead, so their publish() waits (applies to this connection's whole queue).
    */
   slow?: "drop" | "block";
-  /** Receive messages through this callback instead of iterating. */
+  /**
+   * Receive messages through this callback instead of iterating. The message is readable until
+   * the callback returns or, when it returns a promise (an `async` callback), until that
+   * promise settles; a throw or a rejection is logged and never stops the connection.
+   */
   callback?: (err: Error | null, msg: Msg<T>) => void;
   /**
    * Messages queued for an iterator that is not reading before further ones are dropped
@@ -112,6 +116,12 @@ export interface RequestOptions {
   timeout?: number;
   /** Headers sent with the request. */
   headers?: Headers;
+  /**
+   * Give up waiting when this signal aborts: the request rejects with an `ABORTED`
+   * `VbusError` named "AbortError" (its `cause` is the signal's reason), and a reply
+   * arriving later is ignored.
+   */
+  signal?: AbortSignal;
 }
 
 /** Defaults applied by `connect()`. */

@@ -9,6 +9,7 @@
  * const table = new RequestTable();
  * const token = table.nextToken();
  * const reply = new Promise((resolve, reject) => table.add(token, "svc.time", 1000, resolve, reject));
+ * // with a signal: table.add(token, subject, 1000, resolve, reject, AbortSignal.timeout(500))
  * table.settle(token, new Error("the connection closed"));
  * ```
  * @module
@@ -21,6 +22,8 @@ interface PendingRequest {
   reject(err: Error): void;
   timer: ReturnType<typeof setTimeout>;
   subject: string;
+  /** Removes the abort listener, when the request has a signal. */
+  unlisten?: () => void;
 }
 
 /** Pending requests by token; see the module doc. */
@@ -33,25 +36,45 @@ export class RequestTable {
     return (this.#next++).toString(36);
   }
 
-  /** Wait for the reply to `token`; rejects with TIMEOUT after `timeoutMs`. */
+  /**
+   * Wait for the reply to `token`; rejects with TIMEOUT after `timeout` ms, or with ABORTED
+   * (named "AbortError") when `signal` aborts first. Either way the entry is removed, so a late
+   * reply is ignored.
+   */
   add(
     token: string,
     subject: string,
-    timeoutMs: number,
+    timeout: number,
     resolve: (msg: Msg<unknown>) => void,
     reject: (err: Error) => void,
+    signal?: AbortSignal,
   ): void {
+    if (signal?.aborted) {
+      reject(abortedError(subject, signal));
+      return;
+    }
     const timer = setTimeout(() => {
-      this.#pending.delete(token);
-      reject(
+      this.settle(
+        token,
         new VbusError(
           ErrorCode.Timeout,
-          `request to "${subject}" timed out after ${timeoutMs} ms`,
+          `request to "${subject}" timed out after ${timeout} ms`,
           subject,
         ),
       );
-    }, timeoutMs);
-    this.#pending.set(token, { resolve, reject, timer, subject });
+    }, timeout);
+    const req: PendingRequest = { resolve, reject, timer, subject };
+    if (signal) {
+      const onAbort = () => this.settle(token, abortedError(subject, signal));
+      signal.addEventListener("abort", onAbort, { once: true });
+      req.unlisten = () => signal.removeEventListener("abort", onAbort);
+    }
+    this.#pending.set(token, req);
+  }
+
+  /** Requests waiting. */
+  get size(): number {
+    return this.#pending.size;
   }
 
   /** True while `token` waits. */
@@ -70,6 +93,7 @@ export class RequestTable {
     if (!req) return;
     this.#pending.delete(token);
     clearTimeout(req.timer);
+    req.unlisten?.();
     if (result instanceof Error) req.reject(result);
     else req.resolve(result);
   }
@@ -88,4 +112,11 @@ export class RequestTable {
   failAll(err: Error): void {
     for (const token of [...this.#pending.keys()]) this.settle(token, err);
   }
+}
+
+function abortedError(subject: string, signal: AbortSignal): VbusError {
+  const err = new VbusError(ErrorCode.Aborted, `request to "${subject}" was aborted`, subject);
+  err.name = "AbortError";
+  (err as { cause?: unknown }).cause = signal.reason;
+  return err;
 }

@@ -26,9 +26,14 @@
  * @module
  */
 import { encodeFrame, FrameHeader, parseFrameAt } from "../protocol/frame.ts";
+import { encodeValue } from "../protocol/codec.ts";
 import { Op } from "../protocol/ops.ts";
 import { maxBodyLength, RECORD, recordLength, RecordType } from "../ring/layout.ts";
 import type { RingDescriptor } from "../ring/ring.ts";
+import type { RingChannel } from "../shm/ring_channel.ts";
+import type { RingSessionEnd } from "./delivery_ledger.ts";
+import type { ReconnectBuffer } from "./reconnect_buffer.ts";
+import type { RingSender } from "./ring_sender.ts";
 
 /** What was recovered from an outbound ring. */
 export interface SalvagedRing {
@@ -114,4 +119,57 @@ export function salvageOutboundRing(
 function stop(out: SalvagedRing, problem: string): SalvagedRing {
   out.problem = problem;
   return out;
+}
+
+/**
+ * The session on `ring` ended: take what waits in `sender`'s queue and what the broker had not
+ * read of the outbound ring into `buffer`, oldest first, before anything published from now
+ * on. Runs before the next HELLO, after which the broker re-initialises the region.
+ * `leftInRing`: the guest hung up itself, so a broker that is still alive reads that ring when
+ * the next HELLO arrives (re-sending would duplicate all of it; it is counted instead).
+ * Returns what the ledger needs, and why the ring could not be read to its end, if it could not.
+ *
+ * @example
+ * ```ts
+ * const { end, problem } = recoverRingSession(sender, ring, buffer, false);
+ * ledger.sessionEnded(end);
+ * ```
+ */
+export function recoverRingSession(
+  sender: RingSender,
+  ring: RingChannel,
+  buffer: ReconnectBuffer,
+  leftInRing: boolean,
+): { end: RingSessionEnd; problem?: string } {
+  const waiting = sender.close();
+  const salvaged = salvageOutboundRing(ring.region.bytes, ring.region.tx, ring.maxFrameOut);
+  if (!leftInRing) buffer.addRecovered(salvaged.frames);
+  let handedBack = 0;
+  for (const p of waiting) {
+    if (p.op !== Op.Pub) continue; // SUB/UNSUB/PING: the next session resubscribes by itself
+    handedBack++;
+    if (p.frame) {
+      buffer.requeue(p.frame);
+      continue;
+    }
+    try {
+      buffer.add(encodeFrame(Op.Pub, p.head, encodeValue(p.value)), p.subject ?? "");
+      p.resolve();
+    } catch (err) {
+      p.reject(err as Error);
+    }
+  }
+  const problem = salvaged.problem === undefined
+    ? undefined
+    : `the outbound ring could not be read to its end (${salvaged.problem}); ${salvaged.frames.length} publishes recovered before that`;
+  return {
+    end: {
+      accepted: sender.pubsAccepted,
+      handedBack,
+      recovered: leftInRing ? 0 : salvaged.frames.length,
+      leftInRing: leftInRing ? salvaged.frames.length : 0,
+      damaged: salvaged.problem !== undefined,
+    },
+    problem,
+  };
 }

@@ -16,6 +16,7 @@
  * ```
  * @module
  */
+import { QueuedIterator } from "./queued_iterator.ts";
 
 /** Every status event the client emits. */
 export type StatusEvent =
@@ -81,3 +82,67 @@ export type StatusEvent =
 export type StatusType = StatusEvent["type"];
 /** The event of a given type. */
 export type StatusOf<K extends StatusType> = Extract<StatusEvent, { type: K }>;
+
+/** Status events one status() stream holds for a reader that does not keep up. */
+const STREAM_BOUND = 1024;
+
+/**
+ * Where a connection's status events go: listeners by type, and async-iterable streams.
+ * A listener that throws is logged and the others still run.
+ *
+ * @example
+ * ```ts
+ * import { StatusEmitter } from "./status.ts";
+ * const events = new StatusEmitter((type, err) => console.error(type, err));
+ * const off = events.on("closed", () => console.log("closed"));
+ * events.emit({ type: "closed" });
+ * off();
+ * events.end();
+ * ```
+ */
+export class StatusEmitter {
+  #listeners = new Map<StatusType, Set<(e: StatusEvent) => void>>();
+  #streams = new Set<QueuedIterator<StatusEvent>>();
+  #ended = false;
+  #listenerFailed: (type: StatusType, err: unknown) => void;
+
+  /** @param listenerFailed called when a listener throws */
+  constructor(listenerFailed: (type: StatusType, err: unknown) => void) {
+    this.#listenerFailed = listenerFailed;
+  }
+
+  /** Call `listener` for every event of `type`; returns a function that removes it. */
+  on<K extends StatusType>(type: K, listener: (e: StatusOf<K>) => void): () => void {
+    let set = this.#listeners.get(type);
+    if (!set) this.#listeners.set(type, set = new Set());
+    set.add(listener as (e: StatusEvent) => void);
+    return () => set!.delete(listener as (e: StatusEvent) => void);
+  }
+
+  /** Every event from now on; the stream ends with {@link end}. */
+  stream(): AsyncIterable<StatusEvent> {
+    const q = new QueuedIterator<StatusEvent>(STREAM_BOUND);
+    if (this.#ended) q.end();
+    else this.#streams.add(q);
+    return q;
+  }
+
+  /** Hand `e` to the listeners of its type and to every stream. */
+  emit(e: StatusEvent): void {
+    for (const l of this.#listeners.get(e.type) ?? []) {
+      try {
+        l(e);
+      } catch (err) {
+        this.#listenerFailed(e.type, err);
+      }
+    }
+    for (const s of this.#streams) s.push(e);
+  }
+
+  /** End every stream (the connection closed). */
+  end(): void {
+    this.#ended = true;
+    for (const s of this.#streams) s.end();
+    this.#streams.clear();
+  }
+}
