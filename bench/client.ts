@@ -204,10 +204,9 @@ async function main(): Promise<void> {
   }
 
   if (spec.role === "rep") {
-    let ch: Channel;
     let replies = 0;
     const fail = (e: unknown) => emit({ type: "error", message: `reply failed: ${e}` });
-    ch = channel = await sys.open(spec.endpoint, {
+    const ch: Channel = channel = await sys.open(spec.endpoint, {
       ...base,
       pub: "bench.rep",
       sub: "bench.req",

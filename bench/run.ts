@@ -6,11 +6,31 @@ import { spawnSync } from "node:child_process";
 import { cpus, loadavg, release, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Child, freePort, killAllSync, onInterrupt, procCpu, ROOT, RUNTIME_BIN, runtimeCommand, waitForPath, waitForPort } from "./lib/proc.ts";
+import { Child, type ClientMessage, freePort, killAllSync, onInterrupt, procCpu, ROOT, RUNTIME_BIN, runtimeCommand, waitForPath, waitForPort } from "./lib/proc.ts";
 import type { BenchSystem, RuntimeName, ServerContext, ServerHandle } from "./lib/system.ts";
 import { fmtSize, parseSize, STRUCTURED } from "./lib/stats.ts";
 import { payloadBytes } from "./lib/values.ts";
-import { summarize, writeReports, type CaseRun, type Report } from "./lib/report.ts";
+import { summarize, writeReports, type CaseRun, type LatencyUs, type Report } from "./lib/report.ts";
+
+/** bench/client.ts's "done" from a publisher (pub) or, with the latency fields, a requester (req). */
+interface PubDone extends ClientMessage {
+  sent: number;
+  t0: number;
+  t1: number;
+  elapsedS: number;
+  badSize: number;
+  timeouts: number;
+  latencyUs: LatencyUs;
+}
+
+/** bench/client.ts's "done" from a subscriber (sub). */
+interface SubDone extends ClientMessage {
+  received: number;
+  badSize: number;
+  tFirst: number;
+  tLast: number;
+  reason: string;
+}
 
 const PLUGIN_SLOTS = ["vbus-ring", "vbus-port", "ring-bare"];
 const SYSTEMS_DIR = join(ROOT, "bench", "systems");
@@ -240,16 +260,16 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
     ];
     const cpu0 = all.map((p) => procCpu(p.pid));
     for (const p of pubs) p.send("go");
-    const pubDone = await Promise.all(pubs.map((p) => p.next("done", (seconds + 60) * 1000)));
+    const pubDone = await Promise.all(pubs.map((p) => p.next<PubDone>("done", (seconds + 60) * 1000)));
     const totalSent = pubDone.reduce((a, d) => a + d.sent, 0);
-    let subDone: Record<string, any>[] = [];
+    let subDone: SubDone[] = [];
     if (throughput) {
       for (const s of subs) s.send(`expect ${totalSent}`);
-      const first = await Promise.allSettled(subs.map((s) => s.next("done", (seconds * 3 + 20) * 1000)));
+      const first = await Promise.allSettled(subs.map((s) => s.next<SubDone>("done", (seconds * 3 + 20) * 1000)));
       subDone = await Promise.all(first.map((r, i) => {
         if (r.status === "fulfilled") return r.value;
         subs[i].send("stop"); // stalled: report what arrived so far
-        return subs[i].next("done", 5000);
+        return subs[i].next<SubDone>("done", 5000);
       }));
     }
     const cpu1 = all.map((p) => procCpu(p.pid));
@@ -335,7 +355,11 @@ const machine = {
   runtimes: {
     deno: version(RUNTIME_BIN.deno, ["--version"]),
     bun: version(RUNTIME_BIN.bun, ["--version"]),
-    orchestrator: (globalThis as any).Bun ? `bun ${(globalThis as any).Bun.version}` : (globalThis as any).Deno ? `deno ${(globalThis as any).Deno.version.deno}` : `node ${process.version}`,
+    orchestrator: process.versions.bun
+      ? `bun ${process.versions.bun}`
+      : process.versions.deno
+      ? `deno ${process.versions.deno}`
+      : `node ${process.version}`,
   },
 };
 

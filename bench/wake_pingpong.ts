@@ -34,7 +34,6 @@ const ROOT = join(SELF, "..", "..");
 const COUNT = Number(values.count);
 const WARMUP = 500;
 const STOP = 32; // word index: the echo side exits when it is non-zero
-const isDeno = typeof (globalThis as Record<string, unknown>).Deno !== "undefined";
 
 type Mode = "socket" | "futex-worker" | "futex-async" | "futex-block";
 

@@ -13,6 +13,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { stripVTControlCharacters } from "node:util";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 /** Where setup unpacks promtool (tests/monitor_test.ts looks there too). */
@@ -82,7 +83,7 @@ function run(cmd, argv, env = {}) {
 
 // deno: "ok | 12 passed (3 steps) | 0 failed | 2 ignored (2s)"; ANSI colours stripped.
 function denoCounts(out) {
-  const clean = out.replace(/\x1b\[[0-9;]*m/g, "");
+  const clean = stripVTControlCharacters(out);
   const m = [...clean.matchAll(/^(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \((\d+) steps?\))?(?: \| (\d+) ignored)?/gm)].pop();
   if (!m) return null;
   return { passed: +m[1], failed: +m[3], skipped: +(m[5] ?? 0) };
@@ -90,7 +91,7 @@ function denoCounts(out) {
 
 // bun: " 40 pass", " 2 skip", " 0 fail".
 function bunCounts(out) {
-  const clean = out.replace(/\x1b\[[0-9;]*m/g, "");
+  const clean = stripVTControlCharacters(out);
   const num = (word) => {
     const m = [...clean.matchAll(new RegExp(`^\\s*(\\d+) ${word}$`, "gm"))].pop();
     return m ? +m[1] : 0;

@@ -40,14 +40,16 @@ test("frame: bad magic, unknown op, oversized frames are errors with codes", () 
   const good = encodeFrame(Op.Ping, encodeValue([]));
   const badMagic = good.slice();
   badMagic[0] = 0;
-  assert.throws(() => new FrameDecoder(1024).push(badMagic, () => {}), (e: VbusError) => e.code === ErrorCode.BadFrame);
+  assert.throws(() => new FrameDecoder(1024).push(badMagic, () => {}), (e) => e instanceof VbusError && e.code === ErrorCode.BadFrame);
   const badOp = good.slice();
   badOp[FrameHeader.OP_OFFSET] = 99;
   assert.throws(() => new FrameDecoder(1024).push(badOp, () => {}), /unknown op 99/);
   const big = encodeFrame(Op.Pub, encodeValue(["a", null, null]), new Uint8Array(2000));
   assert.throws(
     () => new FrameDecoder(1024).push(big.subarray(0, FrameHeader.LENGTH), () => {}),
-    (e: VbusError) => e.code === ErrorCode.FrameTooLarge && /exceeds the limit of 1024/.test(e.message),
+    (e) =>
+      e instanceof VbusError && e.code === ErrorCode.FrameTooLarge &&
+      /exceeds the limit of 1024/.test(e.message),
   );
 });
 

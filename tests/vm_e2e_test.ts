@@ -158,7 +158,7 @@ async function agentUp(
       );
     }
     return await ctl<{ me: string; runtime: string; session: string }>(w, vm, { op: "ping" }, 1000);
-  }).catch(async (err) => {
+  }).catch((err) => {
     if (exited) throw err;
     throw new Error(
       `${(err as Error).message}\n--- ${vm} console (${g.consoleLogPath}) ---\n${

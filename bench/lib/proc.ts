@@ -56,7 +56,18 @@ function hookExit(): void {
   }
 }
 
-type LineHandler = (msg: Record<string, any>) => void;
+/**
+ * A protocol line of a bench client (`@@{...}` on stdout): its `type` ("ready", "done",
+ * "error", ...) and the fields bench/client.ts writes with that type.
+ */
+export interface ClientMessage {
+  type: string;
+  /** With type "error": what went wrong. */
+  message?: string;
+  [field: string]: unknown;
+}
+
+type LineHandler = (msg: ClientMessage) => void;
 
 export class Child implements ChildHandle {
   readonly name: string;
@@ -67,7 +78,7 @@ export class Child implements ChildHandle {
   private tail: string[] = [];
   private partial = "";
   private handlers: LineHandler[] = [];
-  private queue: Record<string, any>[] = [];
+  private queue: ClientMessage[] = [];
   private done = false;
 
   constructor(name: string, kind: "server" | "client", cmd: string, args: string[], env?: Record<string, string>) {
@@ -112,7 +123,7 @@ export class Child implements ChildHandle {
     this.partial = lines.pop()!;
     for (const line of lines) {
       if (line.startsWith("@@")) {
-        let msg: Record<string, any>;
+        let msg: ClientMessage;
         try {
           msg = JSON.parse(line.slice(2));
         } catch {
@@ -125,12 +136,15 @@ export class Child implements ChildHandle {
     }
   }
 
-  /** Wait for the next protocol message of the given type ("@@{"type":...}" on stdout). */
-  next(type: string, timeoutMs: number): Promise<Record<string, any>> {
+  /**
+   * Wait for the next protocol message of the given type ("@@{"type":...}" on stdout). `T`
+   * names the fields that type carries (the client's JSON is taken as it wrote it).
+   */
+  next<T extends ClientMessage = ClientMessage>(type: string, timeoutMs: number): Promise<T> {
     const i = this.queue.findIndex((m) => m.type === type || m.type === "error");
     if (i >= 0) {
       const m = this.queue.splice(i, 1)[0];
-      return m.type === "error" ? Promise.reject(new Error(`${this.name}: ${m.message}`)) : Promise.resolve(m);
+      return m.type === "error" ? Promise.reject(new Error(`${this.name}: ${m.message}`)) : Promise.resolve(m as T);
     }
     return new Promise((res, rej) => {
       const cleanup = () => {
@@ -140,7 +154,7 @@ export class Child implements ChildHandle {
       const h: LineHandler = (m) => {
         if (m.type === type) {
           cleanup();
-          res(m);
+          res(m as T);
         } else if (m.type === "error") {
           cleanup();
           rej(new Error(`${this.name}: ${m.message}`));
@@ -184,7 +198,7 @@ export class Child implements ChildHandle {
   }
 }
 
-let CLK_TCK = 100; // Linux USER_HZ, 100 on every mainstream kernel
+const CLK_TCK = 100; // Linux USER_HZ, 100 on every mainstream kernel
 
 /** CPU seconds (user, system) used so far by a live process, all threads. */
 export function procCpu(pid: number): { user: number; sys: number } | null {

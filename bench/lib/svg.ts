@@ -15,7 +15,7 @@ export interface Point {
 function logRange(values: number[]): [number, number] {
   const v = values.filter((x) => Number.isFinite(x) && x > 0);
   if (v.length === 0) return [0, 1];
-  let lo = Math.floor(Math.log10(Math.min(...v)));
+  const lo = Math.floor(Math.log10(Math.min(...v)));
   let hi = Math.ceil(Math.log10(Math.max(...v)));
   if (hi === lo) hi = lo + 1;
   return [lo, hi];

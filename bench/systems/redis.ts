@@ -2,6 +2,7 @@
 // started per case; clients use ioredis (publishers send one pipeline per batch).
 import { Buffer } from "node:buffer";
 import { spawnSync } from "node:child_process";
+import type { ChainableCommander, Redis as RedisClient, RedisOptions } from "ioredis";
 import type { BenchSystem, Channel, Endpoint, OpenOptions, ServerContext } from "../lib/system.ts";
 
 const BIN = process.env.REDIS_SERVER ?? "redis-server";
@@ -11,14 +12,16 @@ const system: BenchSystem = {
   describe: "Redis pub/sub (Debian redis-server, 127.0.0.1, no persistence) + ioredis",
   peer: true,
 
-  async check() {
+  check() {
     const r = spawnSync(BIN, ["--version"], { encoding: "utf8" });
-    return r.status === 0 ? null : `${BIN} not found (apt-get install -y redis-server)`;
+    return Promise.resolve(
+      r.status === 0 ? null : `${BIN} not found (apt-get install -y redis-server)`,
+    );
   },
 
-  async info() {
+  info() {
     const r = spawnSync(BIN, ["--version"], { encoding: "utf8" });
-    return { server: (r.stdout || "").trim() };
+    return Promise.resolve({ server: (r.stdout || "").trim() });
   },
 
   async start(ctx: ServerContext) {
@@ -39,9 +42,9 @@ const system: BenchSystem = {
   },
 
   async open(endpoint: Endpoint, opts: OpenOptions): Promise<Channel> {
-    const mod: any = await import("ioredis");
-    const Redis = mod.default ?? mod.Redis ?? mod;
-    const base = {
+    // Loaded only when used: ioredis is a dev dependency of the benchmarks alone.
+    const { Redis } = await import("ioredis");
+    const base: RedisOptions = {
       host: "127.0.0.1",
       port: Number(endpoint.port),
       lazyConnect: true,
@@ -49,7 +52,7 @@ const system: BenchSystem = {
       retryStrategy: () => null,
       connectionName: opts.id,
     };
-    let sub: any = null;
+    let sub: RedisClient | null = null;
     if (opts.sub) {
       sub = new Redis(base);
       await sub.connect();
@@ -57,18 +60,18 @@ const system: BenchSystem = {
       sub.on("messageBuffer", (_ch: Uint8Array, msg: Uint8Array) => on(msg));
       await sub.subscribe(opts.sub); // resolves after the server's SUBSCRIBE reply
     }
-    let pub: any = null;
+    let pub: RedisClient | null = null;
     if (opts.pub) {
       pub = new Redis(base);
       await pub.connect();
     }
     // explicit pipeline per batch: one write and one round trip per flush()
-    let pipe: any = null;
+    let pipe: ChainableCommander | null = null;
     const noop = () => {};
     const subject = opts.pub ?? "";
     return {
       publish: (p) => {
-        if (!pipe) pipe = pub.pipeline();
+        if (!pipe) pipe = pub!.pipeline();
         pipe.publish(subject, Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength));
       },
       flush: () => {
@@ -77,9 +80,10 @@ const system: BenchSystem = {
         pipe = null;
         return p.then(noop, noop);
       },
-      close: async () => {
+      close: () => {
         if (pub) pub.disconnect();
         if (sub) sub.disconnect();
+        return Promise.resolve();
       },
     };
   },

@@ -23,11 +23,12 @@ const system: BenchSystem = {
     initRegion(m.bytes);
     return {
       endpoint: { path },
-      stop: async () => {
+      stop: () => {
         m.unmap();
         try {
           unlinkSync(path);
         } catch { /* already gone */ }
+        return Promise.resolve();
       },
     };
   },
