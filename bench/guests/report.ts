@@ -323,7 +323,10 @@ export function writeGuestReport(inp: GuestReportInput): string[] {
       "its system calls; not the guest kernel's interrupt/softirq work done outside it). QEMU = each guest's QEMU " +
       "process from the host (`/proc/PID/stat`: vCPU thread, device models, the user network), so under TCG it " +
       "includes the emulated guest. Server = the system's middle process (vbus broker, nats-server, relay). Host = " +
-      "the benchmark process (host clients). /proc counts 10 ms ticks: short cases are coarse.",
+      "the benchmark process (host clients). /proc counts 10 ms ticks: short cases are coarse. Under TCG " +
+      "on a busy host the guest's own figure can exceed its QEMU's: the guest's clock is the host's wall " +
+      "clock, and time its vCPU thread spends descheduled is charged to whatever the guest was running " +
+      "(TCG reports no steal time), so read the guest columns as an upper bound.",
     "",
   );
   md.push(
