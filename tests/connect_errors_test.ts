@@ -1,0 +1,94 @@
+/**
+ * Permanent connect errors fail at once with what to do, instead of being retried until the
+ * connect timeout like a broker that is not up yet: a permission Deno was not given (the
+ * README's permission list once lacked --allow-net, and the failure took 10 s to appear), a
+ * guest port device that does not exist, and a socket this user may not open.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { chmodSync, existsSync } from "node:fs";
+import process from "node:process";
+import { startLab, tempDir } from "./helpers.ts";
+import { runClient } from "./fixtures/run_client.ts";
+import { connect } from "../src/client/bus.ts";
+
+/** Well under the 10 s connect timeout every case below sets. */
+const AT_ONCE_MS = 4000;
+
+const clientSource = (listen: string) => `
+  import { connect } from "vbus";
+  try {
+    const bus = await connect({ server: ${JSON.stringify(listen)}, timeout: 10_000 });
+    console.log("CONNECTED", bus.dataPath);
+    await bus.close();
+  } catch (err) {
+    console.log("FAILED:", err.message);
+    process.exit(3);
+  }
+`;
+
+test("connect errors: Deno without --allow-net fails at once and names the permissions a host client needs", async () => {
+  const lab = await startLab({ vms: [] });
+  try {
+    // The permissions the README once listed for a host client.
+    const run = await runClient(clientSource(lab.listen).replace("process.exit", "Deno.exit"), {
+      denoFlags: ["--allow-read", "--allow-write", "--allow-env", "--allow-ffi"],
+    });
+    assert.equal(run.code, 3, run.out);
+    assert.match(run.out, /FAILED: could not connect: Requires net access to "unix:/);
+    assert.match(run.out, /a host client needs --allow-net --allow-read --allow-write --allow-env/);
+    assert.doesNotMatch(run.out, /within 10000 ms/, "not retried until the timeout");
+    // The README's list now: it connects.
+    const ok = await runClient(clientSource(lab.listen).replace("process.exit", "Deno.exit"), {
+      denoFlags: ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-ffi"],
+    });
+    assert.equal(ok.code, 0, ok.out);
+    assert.match(ok.out, /CONNECTED stream/);
+  } finally {
+    await lab.close();
+  }
+});
+
+test("connect errors: a guest port device that does not exist fails at once with the hint", async () => {
+  const t0 = Date.now();
+  await assert.rejects(
+    connect({ port: "/dev/virtio-ports/vbus-test-no-such-port", shm: false, timeout: 10_000 }),
+    (e: unknown) => {
+      const m = (e as Error).message;
+      assert.match(
+        m,
+        /^could not connect: cannot open \/dev\/virtio-ports\/vbus-test-no-such-port/,
+      );
+      assert.match(m, /no such port: is the VM started with the vbus virtserialport/);
+      return true;
+    },
+  );
+  assert.ok(Date.now() - t0 < AT_ONCE_MS, `at once (${Date.now() - t0} ms)`);
+});
+
+test("connect errors: a socket this user may not open fails at once (EACCES), saying who may connect", async (t) => {
+  const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].find((p) => existsSync(p));
+  if (process.getuid?.() !== 0 || !setpriv) {
+    t.skip("needs root and setpriv to run a client as another user (uid 65534)");
+    return;
+  }
+  const lab = await startLab({ vms: [] });
+  const home = tempDir();
+  try {
+    chmodSync(lab.dir, 0o755);
+    chmodSync(lab.listen, 0o600); // the broker's user only
+    chmodSync(home.dir, 0o777);
+    const run = await runClient(clientSource(lab.listen), {
+      prefix: [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"],
+      scriptDir: home.dir,
+      env: { HOME: home.dir, DENO_DIR: `${home.dir}/deno` },
+    });
+    assert.equal(run.code, 3, run.out);
+    assert.match(run.out, /FAILED: could not connect: cannot connect to .*EACCES/);
+    assert.match(run.out, /listenMode and listenGroup say who may/);
+    assert.ok(run.ms < AT_ONCE_MS + 2000, `at once (${run.ms} ms, with the runtime's start)`);
+  } finally {
+    home.cleanup();
+    await lab.close();
+  }
+});
