@@ -79,7 +79,18 @@ export interface IvshmemScanOptions {
   sysfsRoot?: string;
 }
 
-/** The scan could not tell which ivshmem device is vbus's; `candidates` says what it found. */
+/**
+ * The scan could not tell which ivshmem device is vbus's; `candidates` says what it found.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   findVbusIvshmem({ map: mapSharedSync });
+ * } catch (err) {
+ *   if (err instanceof IvshmemScanError) console.error(err.candidates.map((c) => c.address));
+ * }
+ * ```
+ */
 export class IvshmemScanError extends Error {
   constructor(message: string, readonly candidates: IvshmemCandidate[]) {
     super(message);
