@@ -1,15 +1,23 @@
 // qemuArgs / libvirtXml: exact flags, escaping, errors; libvirt XML well-formedness and, when
 // libvirt's virt-xml-validate is installed (Debian: libvirt-clients + libxml2-utils, installed by
-// lab/setup.sh), validation of a whole domain embedding the fragments against libvirt's schemas.
+// lab/setup.sh), validation against libvirt's own schemas: the <devices> snippet and each single
+// device (what `virsh attach-device` takes) against its device definitions, and whole domains.
 // Runs under `deno test -A` and `bun test`.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { qemuArgs, qemuIds, qemuOptValue, qemuSize, shellQuote } from "../src/vm/qemu_args.ts";
-import { libvirtShmemName, libvirtXml, xmlEscape } from "../src/vm/libvirt_xml.ts";
+import {
+  LIBVIRT_DEVICES,
+  libvirtChannelXml,
+  libvirtShmemName,
+  libvirtShmemXml,
+  libvirtXml,
+  xmlEscape,
+} from "../src/vm/libvirt_xml.ts";
 import { parseConfig, type VmConfig } from "../src/broker/config.ts";
 
 const base: VmConfig = {
@@ -144,20 +152,25 @@ const child = (el: El, name: string) => {
   return c[0];
 };
 
-test("libvirtXml: channel only, well-formed, right elements", () => {
-  const els = parseXml(libvirtXml(base));
-  assert.equal(els.length, 1);
-  const ch = els[0];
-  assert.equal(ch.name, "channel");
+test("libvirtXml: one <devices> element by default; a channel-only VM has just the channel", () => {
+  const top = parseXml(libvirtXml(base));
+  assert.equal(top.length, 1, "one root element");
+  assert.equal(top[0].name, "devices");
+  assert.deepEqual(top[0].children.map((e) => e.name), ["channel"]);
+  const ch = top[0].children[0];
   assert.deepEqual(ch.attrs, { type: "unix" });
   assert.deepEqual(child(ch, "source").attrs, { mode: "bind", path: "/run/vbus/vm1.sock" });
   assert.deepEqual(child(ch, "target").attrs, { type: "virtio", name: "org.vbus.0" });
+  assert.equal(
+    libvirtXml(base),
+    `<devices>\n${libvirtChannelXml(base).replace(/^/gm, "  ").trimEnd()}\n</devices>\n`,
+  );
 });
 
 test("libvirtXml: shmem named after the /dev/shm file, ivshmem-plain, size in MiB", () => {
-  const els = parseXml(libvirtXml(withShm));
-  assert.deepEqual(els.map((e) => e.name), ["channel", "shmem"]);
-  const shm = els[1];
+  const top = parseXml(libvirtXml(withShm));
+  assert.deepEqual(top[0].children.map((e) => e.name), ["channel", "shmem"]);
+  const shm = top[0].children[1];
   assert.deepEqual(shm.attrs, { name: "vbus-vm1" });
   assert.deepEqual(child(shm, "model").attrs, { type: "ivshmem-plain" });
   const size = child(shm, "size");
@@ -165,10 +178,28 @@ test("libvirtXml: shmem named after the /dev/shm file, ivshmem-plain, size in Mi
   assert.equal(size.text, "16");
   assert.equal(libvirtShmemName(withShm), "vbus-vm1");
   assert.equal(libvirtShmemName(base), undefined);
+  assert.equal(libvirtShmemXml(base), undefined);
+});
+
+test("libvirtXml: --device prints exactly one element, the one virsh attach-device takes", () => {
+  for (const device of LIBVIRT_DEVICES) {
+    const xml = libvirtXml(withShm, { device });
+    const els = parseXml(xml);
+    assert.equal(els.length, 1, `${device}: one root element`);
+    assert.equal(els[0].name, device);
+    assert.equal(xml, device === "channel" ? libvirtChannelXml(withShm) : libvirtShmemXml(withShm));
+  }
+  assert.throws(() => libvirtXml(base, { device: "shmem" }), /VM "vm1" has no shm in the config/);
+  assert.throws(
+    () => libvirtXml(base, { device: "disk" as "shmem" }),
+    /no libvirt device "disk": choose channel or shmem/,
+  );
 });
 
 test("libvirtXml: escaping and clear errors", () => {
-  const els = parseXml(libvirtXml({ ...base, socket: "/run/it's&<x>.sock" }));
+  const els = parseXml(
+    libvirtXml({ ...base, socket: "/run/it's&<x>.sock" }, { device: "channel" }),
+  );
   assert.equal(child(els[0], "source").attrs.path, "/run/it's&<x>.sock");
   assert.equal(xmlEscape(`<'&">`), "&lt;&apos;&amp;&quot;&gt;");
   assert.throws(
@@ -184,55 +215,106 @@ function whichSync(cmd: string): boolean {
   return spawnSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" }).status === 0;
 }
 
-const validator = whichSync("virt-xml-validate") && whichSync("xmllint");
+/** libvirt's own RelaxNG grammar for domains (Debian: /usr/share/libvirt/schemas, libvirt-clients). */
+const LIBVIRT_SCHEMAS = "/usr/share/libvirt/schemas";
+const validator = whichSync("virt-xml-validate") && whichSync("xmllint") &&
+  existsSync(join(LIBVIRT_SCHEMAS, "domaincommon.rng"));
 const skipReason = validator
   ? false
-  : "virt-xml-validate or xmllint not installed (Debian packages " +
+  : "virt-xml-validate, xmllint or libvirt's schemas not installed (Debian packages " +
     "libvirt-clients and libxml2-utils; `sudo bash lab/setup.sh` installs them)";
 if (skipReason) console.log(`SKIP libvirt schema validation: ${skipReason}`);
 
-test("libvirtXml: a domain embedding the fragments passes libvirt's virt-xml-validate", {
-  skip: skipReason,
-}, () => {
-  const dir = mkdtempSync(join(tmpdir(), "vbus-xml-"));
-  try {
-    const domain = (devices: string) =>
-      `<domain type='kvm'>\n  <name>vbus-test</name>\n  <memory unit='MiB'>256</memory>\n` +
-      `  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n  </os>\n  <devices>\n` +
-      devices.replace(/^/gm, "    ") + `  </devices>\n</domain>\n`;
-    const cases: [string, string][] = [
-      ["channel", libvirtXml(base)],
-      ["channel+shmem", libvirtXml(withShm)],
-      [
-        "two VMs' fragments",
-        libvirtXml(withShm) +
-        libvirtXml({ ...base, name: "b", socket: "/run/b.sock", port: "org.vbus.1" }),
-      ],
-    ];
-    for (const [what, frag] of cases) {
-      const file = join(dir, "domain.xml");
-      writeFileSync(file, domain(frag));
-      const r = spawnSync("virt-xml-validate", [file, "domain"], { encoding: "utf8" });
-      assert.equal(
-        r.status,
-        0,
-        `${what}: virt-xml-validate failed:\n${r.stdout}${r.stderr}\n${domain(frag)}`,
+test(
+  "libvirtXml: libvirt's schemas accept the <devices> snippet, each single device, and a domain made of them",
+  {
+    skip: skipReason,
+  },
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), "vbus-xml-"));
+    try {
+      // A grammar whose root may be libvirt's own <devices>, <channel> or <shmem> definition:
+      // what `virsh attach-device` parses is one device element of the domain grammar.
+      const grammar = join(dir, "device.rng");
+      writeFileSync(
+        grammar,
+        `<grammar xmlns="http://relaxng.org/ns/structure/1.0" datatypeLibrary="http://www.w3.org/2001/XMLSchema-datatypes">\n` +
+          `  <include href="${join(LIBVIRT_SCHEMAS, "domaincommon.rng")}"/>\n` +
+          `  <start><choice><ref name="devices"/><ref name="channel"/><ref name="shmem"/></choice></start>\n` +
+          `</grammar>\n`,
       );
+      const validateDevice = (what: string, xml: string) => {
+        const file = join(dir, "device.xml");
+        writeFileSync(file, xml);
+        const r = spawnSync("xmllint", ["--noout", "--relaxng", grammar, file], {
+          encoding: "utf8",
+        });
+        return {
+          ok: r.status === 0,
+          why: `${what}: xmllint said:\n${r.stdout}${r.stderr}\n${xml}`,
+        };
+      };
+      for (
+        const [what, xml] of [
+          ["<devices> with channel and shmem", libvirtXml(withShm)],
+          ["<devices> with the channel only", libvirtXml(base)],
+          ["--device channel", libvirtXml(withShm, { device: "channel" })],
+          ["--device shmem", libvirtXml(withShm, { device: "shmem" })],
+        ]
+      ) {
+        const r = validateDevice(what, xml);
+        assert.ok(r.ok, r.why);
+      }
+      assert.equal(
+        validateDevice(
+          "bogus model",
+          libvirtShmemXml(withShm)!.replace("ivshmem-plain", "ivshmem-bogus"),
+        ).ok,
+        false,
+        "the device grammar accepted an invalid model: the check is not working",
+      );
+
+      const domain = (devices: string) =>
+        `<domain type='kvm'>\n  <name>vbus-test</name>\n  <memory unit='MiB'>256</memory>\n` +
+        `  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n  </os>\n` +
+        devices.replace(/^/gm, "  ") + `</domain>\n`;
+      const other = { ...base, name: "b", socket: "/run/b.sock", port: "org.vbus.1" };
+      const cases: [string, string][] = [
+        ["channel", libvirtXml(base)],
+        ["channel+shmem", libvirtXml(withShm)],
+        [
+          "two VMs' devices in one <devices>",
+          `<devices>\n${libvirtXml(withShm, { device: "channel" })}${
+            libvirtXml(withShm, { device: "shmem" })
+          }` +
+          `${libvirtXml(other, { device: "channel" })}</devices>\n`,
+        ],
+      ];
+      for (const [what, devices] of cases) {
+        const file = join(dir, "domain.xml");
+        writeFileSync(file, domain(devices));
+        const r = spawnSync("virt-xml-validate", [file, "domain"], { encoding: "utf8" });
+        assert.equal(
+          r.status,
+          0,
+          `${what}: virt-xml-validate failed:\n${r.stdout}${r.stderr}\n${domain(devices)}`,
+        );
+      }
+      // and the validator does reject a broken one (so a pass means something)
+      writeFileSync(
+        join(dir, "bad.xml"),
+        domain(libvirtXml(withShm).replace("ivshmem-plain", "ivshmem-bogus")),
+      );
+      const bad = spawnSync("virt-xml-validate", [join(dir, "bad.xml"), "domain"], {
+        encoding: "utf8",
+      });
+      assert.notEqual(
+        bad.status,
+        0,
+        "virt-xml-validate accepted an invalid model: the check is not working",
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
-    // and the validator does reject a broken one (so a pass means something)
-    writeFileSync(
-      join(dir, "bad.xml"),
-      domain(libvirtXml(withShm).replace("ivshmem-plain", "ivshmem-bogus")),
-    );
-    const bad = spawnSync("virt-xml-validate", [join(dir, "bad.xml"), "domain"], {
-      encoding: "utf8",
-    });
-    assert.notEqual(
-      bad.status,
-      0,
-      "virt-xml-validate accepted an invalid model: the check is not working",
-    );
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  },
+);
