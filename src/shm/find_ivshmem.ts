@@ -84,6 +84,7 @@ export interface IvshmemScanOptions {
  *
  * @example
  * ```ts
+ * import { mapSharedSync } from "../../ffi/mod.ts";
  * try {
  *   findVbusIvshmem({ map: mapSharedSync });
  * } catch (err) {

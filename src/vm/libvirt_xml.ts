@@ -13,7 +13,7 @@
  *
  * @example
  * ```ts
- * import { libvirtXml } from "./src/vm/libvirt_xml.ts";
+ * import { libvirtXml } from "./libvirt_xml.ts";
  * console.log(libvirtXml({
  *   name: "vm1", socket: "/run/vbus/vm1.sock", port: "org.vbus.0",
  *   shm: "/dev/shm/vbus-vm1", shmSize: 16 * 1024 * 1024,
@@ -157,6 +157,7 @@ export function libvirtShmemXml(vm: VmDeviceConfig): string | undefined {
  *
  * @example
  * ```ts
+ * const vm = { name: "vm1", socket: "/run/vbus/vm1.sock", port: "org.vbus.0", shmSize: 1 << 24 };
  * const all = libvirtXml(vm); // "<devices>\n  <channel type='unix'>..."
  * const port = libvirtXml(vm, { device: "channel" }); // "<channel type='unix'>..."
  * ```
