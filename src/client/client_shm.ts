@@ -32,6 +32,7 @@ import {
   writeGuestNonce,
 } from "../shm/negotiation.ts";
 import { type FutexWakeups, RingChannel, type RingChannelStats } from "../shm/ring_channel.ts";
+import { findVbusIvshmem } from "../shm/find_ivshmem.ts";
 import type { Logger } from "../util/log.ts";
 
 /** How a connection gets shared memory. */
@@ -144,8 +145,8 @@ export class ClientShm {
         if (path) {
           size = statSync(path).size;
         } else {
-          const dev = ffi.findIvshmem();
-          if (!dev) throw new Error("no ivshmem device (PCI 1af4:1110) in /sys/bus/pci/devices");
+          // The vbus one by its region signature, or VBUS_IVSHMEM: see find_ivshmem.ts.
+          const dev = findVbusIvshmem({ map: ffi.mapSharedSync });
           path = dev.path;
           size = dev.size;
         }
