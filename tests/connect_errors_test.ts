@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { chmodSync, existsSync } from "node:fs";
 import process from "node:process";
 import { startLab, tempDir } from "./helpers.ts";
-import { runClient } from "./fixtures/run_client.ts";
+import { runClient, startClient } from "./fixtures/run_client.ts";
 import { connect } from "../src/client/bus.ts";
 
 /** Well under the 10 s connect timeout every case below sets. */
@@ -45,6 +45,38 @@ test("connect errors: Deno without --allow-net fails at once and names the permi
     assert.equal(ok.code, 0, ok.out);
     assert.match(ok.out, /CONNECTED stream/);
   } finally {
+    await lab.close();
+  }
+});
+
+test("connect errors: a permission lost while connected ends reconnecting at once (Deno), with the error", async () => {
+  const lab = await startLab({ vms: [] });
+  const child = startClient(
+    `
+    import { connect } from "vbus";
+    const bus = await connect({ server: ${
+      JSON.stringify(lab.listen)
+    }, timeout: 5000, reconnectDelay: 20 });
+    Deno.permissions.revokeSync({ name: "net" });
+    console.log("READY");
+    const err = await bus.closed;
+    console.log("CLOSED:", err?.message);
+  `,
+    { denoFlags: ["-A"] },
+  );
+  try {
+    await child.waitFor("READY");
+    const t0 = Date.now();
+    await lab.broker.stop(); // the session ends; reconnecting needs the permission it lost
+    const run = await child.exited;
+    assert.equal(run.code, 0, run.out);
+    assert.match(
+      run.out,
+      /CLOSED: could not reconnect: Requires net access.*a host client needs --allow-net/,
+    );
+    assert.ok(Date.now() - t0 < AT_ONCE_MS, `at once (${Date.now() - t0} ms)`);
+  } finally {
+    child.kill();
     await lab.close();
   }
 });

@@ -376,7 +376,10 @@ export class Connection {
     }
     this.state = "reconnecting";
     this.#connect(true).then((outcome) => {
-      if (outcome.kind === "failed") this.shutdown(outcome.error);
+      if (outcome.kind !== "failed") return;
+      const err = outcome.error;
+      const code = (err as VbusError).code ?? ErrorCode.Port;
+      this.shutdown(new VbusError(code, `could not reconnect: ${err.message}${connectHint(err)}`));
     }, (e) => this.shutdown(e as Error));
   }
 
