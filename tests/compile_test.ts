@@ -166,10 +166,15 @@ test("compile: scripts/compile.mjs writes one executable and reports its size; b
 test("compile: the binary alone runs --help, usage errors, qemu-args and libvirt-xml", async () => {
   const iso = isolated(bunBinary());
   try {
-    assert.match(await ok(iso, ["--help"]), /vbus broker --config FILE/);
+    const help = await ok(iso, ["--help"]);
+    for (const verb of ["broker", "pub", "sub", "req", "reply", "stats", "reload", "top"]) {
+      assert.match(help, new RegExp(`\\b${verb}\\b`), `--help names ${verb}`);
+    }
+    // The version is package.json's, which is not on disk beside the binary.
+    assert.match(await ok(iso, ["--version"]), /^vbus \d+\.\d+\.\d+/);
     const bogus = run(iso, ["bogus"]);
     assert.equal(await bogus.done, 2);
-    assert.match(bogus.err(), /Usage|usage/);
+    assert.match(bogus.err(), /bogus/);
     const config = join(iso.dir, "broker.jsonc");
     writeFileSync(
       config,
@@ -327,16 +332,16 @@ test(
   async (t) => {
     const r = compile("deno");
     if (r.code !== 0 && /dl\.deno\.land|denort/.test(r.output) && !process.env.DENORT_BIN) {
-      t.skip(
-        "deno compile needs denort, which it downloads from dl.deno.land (unreachable here; " +
-          "no registry package ships it); set DENORT_BIN to a denort binary to run this",
-      );
+      const why = "deno compile needs denort, which it downloads from dl.deno.land (unreachable " +
+        "here; no registry package ships it); set DENORT_BIN to a denort binary to run this";
+      console.log(`SKIP compile --runtime deno: ${why}`);
+      t.skip(why);
       return;
     }
     assert.equal(r.code, 0, `deno compile failed:\n${r.output}`);
     const iso = isolated(r.bin!);
     try {
-      assert.match(await ok(iso, ["--help"]), /vbus broker --config FILE/);
+      assert.match(await ok(iso, ["--help"]), /qemu-args/);
     } finally {
       iso.cleanup();
     }
