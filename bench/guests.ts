@@ -16,7 +16,8 @@
  * Shapes: vm1 -> middle -> vm2 and vm1 -> middle -> host client (throughput), vm1 asks the host
  * client and vm1 asks vm2 (request/reply p50/p99); vbus also: the host asks vm1, and vm1's bare
  * PING/PONG with the broker. Payloads 64 B, 1 KiB, 64 KiB (--quick: 64 B, 64 KiB; round trips
- * 64 B). CPU per case: each QEMU, the middle process and this process from the host
+ * 64 B). Cases run interleaved (one shape and size for every system, then the next), so a change
+ * in the shared machine's load does not fall on one system alone. CPU per case: each QEMU, the middle process and this process from the host
  * (/proc/PID/stat), and each guest agent from inside (process.cpuUsage). The guests are driven
  * over vbus (bench/guests/agent.ts); cases: bench/guests/cases.ts; report: bench/guests/report.ts
  * -> bench/results/guests.{md,json,svg} (or --out DIR).
@@ -455,17 +456,39 @@ function plan(system: GuestSystem): Plan {
   return p;
 }
 
+type Path = "ring" | "stream";
+let currentPath: Path = "ring";
+
+/** Move every vbus client (both agents and the host client) to `path`, checked by the agents. */
+async function switchTo(path: Path) {
+  if (path === currentPath) return;
+  await Promise.all(["vm1", "vm2"].map((vm) => ctl(vm, { op: "reconnect", shm: path === "ring" })));
+  await host!.close();
+  host = await openHost(path === "ring");
+  currentPath = path;
+  await onPath(path);
+}
+
 /**
- * Run the systems' cases interleaved (each shape and size for every system, then the next), so a
- * change in the shared machine's load hits every system alike rather than one.
+ * Run the systems' cases interleaved: each shape and size for every system, then the next, so a
+ * change in the shared machine's load hits every system alike rather than one. vbus-ring cases
+ * need every vbus client on the rings, the others on the port stream (vbus-port; and the TCP/IP
+ * systems, whose agents' vbus control connection then idles on the stream, no ring beside it):
+ * within each shape and size the cases of the current path run first, so the path switches once
+ * per shape and size.
  */
 async function runSystems(systems: GuestSystem[]) {
   const cases = systems.flatMap((system) =>
     plan(system).map(([kind, size, run]) => ({ system, kind, size, run }))
   );
   const keys = [...new Set(cases.map((c) => `${c.kind}/${c.size}`))];
+  const pathOf = (s: GuestSystem): Path => (s === "vbus-ring" ? "ring" : "stream");
   for (const key of keys) {
-    for (const { system, kind, size, run } of cases.filter((c) => `${c.kind}/${c.size}` === key)) {
+    const group = cases.filter((c) => `${c.kind}/${c.size}` === key);
+    group.sort((a, b) =>
+      Number(pathOf(b.system) === currentPath) - Number(pathOf(a.system) === currentPath)
+    );
+    for (const { system, kind, size, run } of group) {
       const need = (kind.startsWith("rr") ? SET.rrSeconds : SET.seconds) * 1000 + 15_000;
       const base = {
         kind,
@@ -484,6 +507,7 @@ async function runSystems(systems: GuestSystem[]) {
         });
         continue;
       }
+      await switchTo(pathOf(system));
       say(`${system}: ${flowOf(kind, system)}, ${fmtSize(size)}`);
       try {
         const row = await run();
@@ -507,7 +531,7 @@ async function runSystems(systems: GuestSystem[]) {
   }
 }
 
-async function onPath(path: "ring" | "stream") {
+async function onPath(path: Path) {
   const got = await Promise.all(
     ["vm1", "vm2"].map((vm) =>
       until(`${vm} on the ${path} path`, 30_000, async () => {
@@ -568,17 +592,8 @@ try {
     `guests ready: boot ${readyMs.join(" / ")} ms, agents answering after ${Date.now() - tBoot} ms`,
   );
 
-  // Rings first; then every client on the port stream (vbus-port), interleaved with the TCP/IP
-  // systems, while the agents' vbus control connection idles on the stream (no ring beside them).
-  if (runs("vbus-ring")) {
-    await onPath("ring");
-    await runSystems(["vbus-ring"]);
-  }
-  await Promise.all(["vm1", "vm2"].map((vm) => ctl(vm, { op: "reconnect", shm: false })));
-  await host.close();
-  host = await openHost(false);
-  await onPath("stream");
-  await runSystems((["vbus-port", "nats", "tcp", "vsock"] as GuestSystem[]).filter(runs));
+  await onPath("ring");
+  await runSystems(ALL_SYSTEMS.filter(runs));
 
   await Promise.all(["vm1", "vm2"].map((vm) => ctl(vm, { op: "exit" }, 3000).catch(() => {})));
   const ends = await Promise.race([
