@@ -42,8 +42,8 @@ import { parseArgs } from "node:util";
 import { type Bus, connect } from "../src/client/bus.ts";
 import type { BrokerStats } from "../src/broker/stats.ts";
 import { planRegion } from "../src/ring/layout.ts";
-import { RawChardevServer } from "../tests/fixtures/attackers.ts";
-import { MiB, RawChardev, RssWatch } from "../tests/fixtures/hostile_memory.ts";
+import { RawChardev } from "../tests/fixtures/raw_chardev.ts";
+import { MiB, RssWatch } from "../tests/fixtures/measure.ts";
 import { ROOT, RUNTIME_BIN } from "./lib/proc.ts";
 import { BrokerProcess, type Runtime } from "./lib/soak_broker.ts";
 import { LegitProcess, type LegitResult } from "./lib/hostile_legit.ts";
@@ -132,7 +132,7 @@ async function runAttack(attack: Attack, seconds: number, runtime: Runtime): Pro
     wallS: 0,
     load1: 0,
   };
-  const peerDevs = new Map<string, RawChardevServer>();
+  const peerDevs = new Map<string, RawChardev>();
   const rawDevs = new Map<string, RawChardev>();
   const shmFiles: string[] = [];
   let legit: LegitProcess | undefined;
@@ -160,11 +160,10 @@ async function runAttack(attack: Attack, seconds: number, runtime: Runtime): Pro
     // Attackers' chardevs listen before the broker starts: it connects to them as to QEMU.
     for (const v of attack.vms) {
       if (v.chardev === "peer") {
-        peerDevs.set(v.name, await RawChardevServer.listen(socketOf(v.name)));
+        peerDevs.set(v.name, await RawChardev.listen(socketOf(v.name)));
       } else {
-        const dev = new RawChardev(socketOf(v.name), { reads: v.reads ?? true });
-        await dev.start();
-        rawDevs.set(v.name, dev);
+        const reads = v.reads ?? true;
+        rawDevs.set(v.name, await RawChardev.listen(socketOf(v.name), { reads, keepMessages: false }));
       }
     }
     legit = LegitProcess.spawn({

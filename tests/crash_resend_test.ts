@@ -17,22 +17,19 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { setImmediate } from "node:timers";
 import { delay, SHM_SIZE, tempDir, waitFor } from "./helpers.ts";
+import { cliCommand } from "./fixtures/cli_process.ts";
 import { type Bus, connect } from "../src/client/bus.ts";
 import type { StatusEvent } from "../src/client/status.ts";
 import { SimulatedVm } from "../src/sim/simulated_vm.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const CLI = join(ROOT, "src/cli/main.ts");
-const isDeno = "Deno" in globalThis;
 
 /** `vbus broker --config FILE` in a child process of the runtime running the tests. */
 function startBroker(
   config: string,
 ): { child: ChildProcess; exited: Promise<void>; log: () => string } {
-  const argv = isDeno
-    ? ["run", "-A", "--quiet", CLI, "broker", "--config", config]
-    : [CLI, "broker", "--config", config];
-  const child = spawn(process.execPath, argv, {
+  const { cmd, args } = cliCommand(["broker", "--config", config]);
+  const child = spawn(cmd, args, {
     cwd: ROOT,
     env: { ...process.env, VBUS_LOG: "warn" },
     stdio: ["ignore", "ignore", "pipe"],

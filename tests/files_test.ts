@@ -13,7 +13,7 @@ import { chmodSync, existsSync, readFileSync, rmSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import process from "node:process";
 import { SHM_SIZE, tempDir, waitFor } from "./helpers.ts";
-import { cliCommand } from "./broker_process.ts";
+import { cliCommand } from "./fixtures/cli_process.ts";
 import { Broker } from "../src/broker/broker.ts";
 import { ConfigError, validateConfig } from "../src/broker/config.ts";
 import { connect } from "../src/client/bus.ts";
@@ -120,8 +120,8 @@ test("files: listenMode and listenGroup: the socket is 0660 in that group; a mem
     const dataDir = tempDir();
     chmodSync(dataDir.dir, 0o777);
     const pub = (gid: number) => {
-      const { cmd, argv } = cliCommand(["pub", "t", "1", "--server", listen]);
-      return runAs(STRANGER, gid, [cmd, ...argv], { DENO_DIR: dataDir.dir, VBUS_LOG: "warn" });
+      const { cmd, args } = cliCommand(["pub", "t", "1", "--server", listen]);
+      return runAs(STRANGER, gid, [cmd, ...args], { DENO_DIR: dataDir.dir, VBUS_LOG: "warn" });
     };
     try {
       const member = await pub(group.gid);

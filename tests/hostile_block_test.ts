@@ -10,20 +10,10 @@ import assert from "node:assert/strict";
 import { Op } from "../src/protocol/ops.ts";
 import { encodeValue } from "../src/protocol/codec.ts";
 import { encodeFrame } from "../src/protocol/frame.ts";
-import { SHM_SIZE } from "./helpers.ts";
-import {
-  type ChildBroker,
-  MiB,
-  RawGuest,
-  RawRingGuest,
-  repeated,
-  sleep,
-  startChildBroker,
-  until,
-  untilAsync,
-  within,
-  yieldNow,
-} from "./fixtures/hostile_memory.ts";
+import { type ChildBroker, startChildBroker } from "./fixtures/child_broker.ts";
+import { MiB } from "./fixtures/measure.ts";
+import { repeated } from "./fixtures/raw_guest.ts";
+import { sleep, until, untilAsync, within, yieldNow } from "./fixtures/wait.ts";
 
 const MAX_PENDING = 16 * MiB;
 /** Item 7's bound on the broker's RSS growth. */
@@ -47,14 +37,11 @@ for (const path of ["port", "ring"] as const) {
         limits: { maxPendingBytes: MAX_PENDING },
       });
       const dev = b.chardev("vm1");
-      const ringGuest = path === "ring"
-        ? new RawRingGuest(dev, b.shmPath("vm1"), SHM_SIZE)
-        : undefined;
+      const ringGuest = path === "ring" ? b.ringGuest("vm1") : undefined;
       try {
-        const guest = ringGuest ?? new RawGuest(dev);
         if (ringGuest) await ringGuest.negotiate();
-        else await guest.hello();
-        guest.send(Op.Sub, [1, "self.loop", null, "block"]);
+        else await dev.hello();
+        dev.send(Op.Sub, [1, "self.loop", null, "block"]);
         await untilAsync(
           async () => (await b.vmStats("vm1")).subscriptions === 1,
           "vm1 subscribed",
@@ -114,7 +101,7 @@ for (const path of ["port", "ring"] as const) {
           );
         }
       } finally {
-        await ringGuest?.close();
+        ringGuest?.unmap();
         await b.close();
       }
     },
@@ -123,13 +110,14 @@ for (const path of ["port", "ring"] as const) {
 
 test('hostile block (item 8a): a VM without permissions.block cannot subscribe with "block"', async () => {
   const b = await startChildBroker({ vms: [{ name: "vm1", kind: "raw", shm: true }] });
-  const guest = new RawRingGuest(b.chardev("vm1"), b.shmPath("vm1"), SHM_SIZE);
+  const dev = b.chardev("vm1");
+  const guest = b.ringGuest("vm1");
   try {
     await guest.negotiate();
-    guest.send(Op.Sub, [1, "svc.events", null, "block"]);
-    guest.send(Op.Sub, [2, "svc.events", null]); // the default policy stays allowed
-    await guest.sync();
-    const errs = guest.dev.errors();
+    dev.send(Op.Sub, [1, "svc.events", null, "block"]);
+    dev.send(Op.Sub, [2, "svc.events", null]); // the default policy stays allowed
+    await dev.sync();
+    const errs = dev.errors();
     const vm1 = await b.vmStats("vm1");
     console.log(`item 8a: ERRs ${JSON.stringify(errs)}; vm1 subscriptions ${vm1.subscriptions}`);
     const denied = errs.find((e) => e.code === "PERMISSION_DENIED");
@@ -141,7 +129,7 @@ test('hostile block (item 8a): a VM without permissions.block cannot subscribe w
     assert.equal(errs.length, 1, "only the block SUB was refused");
     assert.equal(vm1.subscriptions, 1, "the drop-policy SUB stands, the block one does not");
   } finally {
-    await guest.close();
+    guest.unmap();
     await b.close();
   }
 });
@@ -165,14 +153,11 @@ for (const path of ["ring", "port"] as const) {
       limits: { maxBlockMs: MAX_BLOCK_MS, maxPendingBytes: 1 * MiB },
     });
     const dev = b.chardev("vm1");
-    const ringGuest = path === "ring"
-      ? new RawRingGuest(dev, b.shmPath("vm1"), SHM_SIZE)
-      : undefined;
+    const ringGuest = path === "ring" ? b.ringGuest("vm1") : undefined;
     try {
-      const hostile = ringGuest ?? new RawGuest(dev);
       if (ringGuest) await ringGuest.negotiate();
-      else await hostile.hello();
-      hostile.send(Op.Sub, [1, "svc.events", null, "block"]);
+      else await dev.hello();
+      dev.send(Op.Sub, [1, "svc.events", null, "block"]);
       await untilAsync(
         async () => (await b.vmStats("vm1")).subscriptions === 1,
         "the block SUB stands",
@@ -192,7 +177,7 @@ for (const path of ["ring", "port"] as const) {
         `the hostile VM was sent ERR SLOW_CONSUMER (got ${JSON.stringify(errs)})`,
       );
     } finally {
-      await ringGuest?.close();
+      ringGuest?.unmap();
       await b.close();
     }
   });

@@ -23,6 +23,7 @@ import { basename, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { SHM_SIZE, tempDir, waitFor } from "./helpers.ts";
+import { cliCommand } from "./fixtures/cli_process.ts";
 import { Broker } from "../src/broker/broker.ts";
 import { parseConfig, validateConfig } from "../src/broker/config.ts";
 import { createLogger } from "../src/util/log.ts";
@@ -53,24 +54,9 @@ function track(child: ChildProcess): Proc {
 
 /** `vbus broker --config FILE` under this test's runtime, as its own process. */
 function brokerCli(configPath: string): Proc {
-  const cli = join(ROOT, "src/cli/main.ts");
+  const { cmd, args } = cliCommand(["broker", "--config", configPath]);
   const env = { ...process.env, VBUS_LOG: "info" };
-  const stdio: ["ignore", "pipe", "pipe"] = ["ignore", "pipe", "pipe"];
-  return track(
-    RUNTIME === "deno"
-      ? spawn(join(ROOT, "node_modules/.bin/deno"), [
-        "run",
-        "-A",
-        cli,
-        "broker",
-        "--config",
-        configPath,
-      ], { env, stdio })
-      : spawn(join(ROOT, "node_modules/.bin/bun"), [cli, "broker", "--config", configPath], {
-        env,
-        stdio,
-      }),
-  );
+  return track(spawn(cmd, args, { env, stdio: ["ignore", "pipe", "pipe"] }));
 }
 
 /** A config with one VM on `dir/vm1.sock` (nobody listens there: the broker keeps retrying). */

@@ -10,14 +10,13 @@ import { join } from "node:path";
 import { type Lab, SHM_SIZE, startLab, take, tempDir, waitFor } from "./helpers.ts";
 import {
   frameHeaderAnnouncing,
-  RawChardevServer,
   rawHostClient,
   type RawPeer,
   rawStreamGuest,
   repeatedKeyPubHead,
-  spawnBroker,
-  supportedLimits,
-} from "./fixtures/attackers.ts";
+} from "./fixtures/raw_guest.ts";
+import { RawChardev } from "./fixtures/raw_chardev.ts";
+import { spawnBroker, supportedLimits } from "./fixtures/child_broker.ts";
 import type { Bus } from "../src/client/bus.ts";
 import type { EndpointStats } from "../src/broker/stats.ts";
 import { encodeFrame } from "../src/protocol/frame.ts";
@@ -170,7 +169,7 @@ const HELLO_CLOSE_BOUND_MS = 1500;
 
 test("hostile frames: a host connection that never sends HELLO is closed; a VM's port is kept for its guest", async () => {
   const lab = await startLab({ vms: ["vm1"], limits: supportedLimits({ helloTimeoutMs: 300 }) });
-  let dev: RawChardevServer | undefined;
+  let dev: RawChardev | undefined;
   const quiet: RawPeer[] = [];
   try {
     const t0 = performance.now();
@@ -186,7 +185,7 @@ test("hostile frames: a host connection that never sends HELLO is closed; a VM's
     // the guest's client says HELLO. It is kept (one per configured VM, nothing else is held),
     // and a late HELLO works.
     await lab.vms.vm1.vm.stop();
-    dev = await RawChardevServer.listen(lab.vms.vm1.vm.socketPath);
+    dev = await RawChardev.listen(lab.vms.vm1.vm.socketPath);
     const peer = await dev.nextPeer(1, 5000);
     quiet.push(peer);
     assert.equal(

@@ -23,6 +23,7 @@ import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { delay, startLab, take, tempDir, waitFor } from "./helpers.ts";
+import { cliCommand } from "./fixtures/cli_process.ts";
 import { connect } from "../src/client/bus.ts";
 import { FrameDecoder } from "../src/protocol/frame.ts";
 import { decodeValue, encodeValue } from "../src/protocol/codec.ts";
@@ -40,24 +41,11 @@ async function brokerProcess(config: Record<string, unknown>) {
   const listen = join(dir, "b.sock");
   const configPath = join(dir, "broker.json");
   writeFileSync(configPath, JSON.stringify({ listen, vms: [], ...config }));
-  const cli = join(ROOT, "src/cli/main.ts");
-  const child: ChildProcess = IS_DENO
-    ? spawn(join(ROOT, "node_modules/.bin/deno"), [
-      "run",
-      "-A",
-      "--quiet",
-      cli,
-      "broker",
-      "--config",
-      configPath,
-    ], {
-      stdio: ["ignore", "ignore", "pipe"],
-      env: { ...process.env, VBUS_LOG: "warn" },
-    })
-    : spawn(join(ROOT, "node_modules/.bin/bun"), [cli, "broker", "--config", configPath], {
-      stdio: ["ignore", "ignore", "pipe"],
-      env: { ...process.env, VBUS_LOG: "warn" },
-    });
+  const { cmd, args } = cliCommand(["broker", "--config", configPath]);
+  const child: ChildProcess = spawn(cmd, args, {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, VBUS_LOG: "warn" },
+  });
   let stderr = "";
   child.stderr!.on("data", (d) => stderr += d);
   let exit: { code: number | null; signal: string | null } | undefined;

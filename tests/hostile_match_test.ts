@@ -10,7 +10,9 @@ import assert from "node:assert/strict";
 import { Op, type WelcomeHead } from "../src/protocol/ops.ts";
 import { encodeValue } from "../src/protocol/codec.ts";
 import { encodeFrame } from "../src/protocol/frame.ts";
-import { frame, percentile, RawGuest, startChildBroker } from "./fixtures/hostile_memory.ts";
+import { startChildBroker } from "./fixtures/child_broker.ts";
+import { percentile } from "./fixtures/measure.ts";
+import { frame } from "./fixtures/raw_guest.ts";
 
 /** Defaults the broker is expected to apply (limits.maxSubjectTokens / maxSubscriptionTokens). */
 const MAX_SUBJECT_TOKENS = 32;
@@ -60,13 +62,13 @@ function concat(parts: Uint8Array[]): Uint8Array {
 test("hostile match (item 9a): a pattern over maxSubjectTokens and subscriptions past maxSubscriptionTokens are refused", async () => {
   const b = await startChildBroker({ vms: [{ name: "vm1", kind: "raw" }] });
   try {
-    const g = new RawGuest(b.chardev("vm1"));
+    const g = b.chardev("vm1");
     await g.hello();
     const random = mulberry32(1);
     const tooLong = hostilePattern(MAX_SUBJECT_TOKENS + 1, random);
     g.send(Op.Sub, [1, tooLong, null]);
     await g.sync();
-    const tooLongErrs = g.dev.errors();
+    const tooLongErrs = g.errors();
     console.log(
       `item 9a: a ${MAX_SUBJECT_TOKENS + 1}-token SUB got ${JSON.stringify(tooLongErrs)}`,
     );
@@ -84,7 +86,7 @@ test("hostile match (item 9a): a pattern over maxSubjectTokens and subscriptions
     b.chardev("vm1").write(concat(subs));
     await g.sync(20_000);
     const accepted = (await b.vmStats("vm1")).subscriptions;
-    const refused = g.dev.errors().slice(1);
+    const refused = g.errors().slice(1);
     console.log(
       `item 9a: ${wanted} x ${MAX_SUBJECT_TOKENS}-token SUBs + 1 x 1-token: ${accepted} accepted ` +
         `(${accepted * MAX_SUBJECT_TOKENS} tokens), ${refused.length} refused, first: ` +
@@ -119,7 +121,7 @@ test("hostile match (item 9b): under the worst patterns the limits allow, anothe
   });
   try {
     const dev = b.chardev("vm1");
-    const attacker = new RawGuest(dev);
+    const attacker = dev;
     const welcome = (await attacker.hello()) as WelcomeHead;
     const random = mulberry32(7);
     // The attacker does the worst it is allowed: it probes whether 128-token patterns (the most

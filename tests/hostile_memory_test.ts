@@ -7,21 +7,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Op } from "../src/protocol/ops.ts";
-import { SHM_SIZE } from "./helpers.ts";
 import { encodeValue } from "../src/protocol/codec.ts";
 import { encodeFrame } from "../src/protocol/frame.ts";
-import {
-  frame,
-  MiB,
-  percentile,
-  RawGuest,
-  RawRingGuest,
-  repeated,
-  sleep,
-  startChildBroker,
-  until,
-  yieldNow,
-} from "./fixtures/hostile_memory.ts";
+import { startChildBroker } from "./fixtures/child_broker.ts";
+import { MiB, percentile } from "./fixtures/measure.ts";
+import { frame, repeated } from "./fixtures/raw_guest.ts";
+import { sleep, until, yieldNow } from "./fixtures/wait.ts";
 
 /** How long a flood runs at most. */
 const FLOOD_MS = 5000;
@@ -57,7 +48,7 @@ async function controlReplyFlood(kind: "PING" | "HELLO") {
       callback: (_e, m) => latencies.push(Date.now() - m.data.t),
     });
     await sub.flush();
-    const attacker = new RawGuest(b.chardev("vm1"));
+    const attacker = b.chardev("vm1");
     await attacker.hello();
     const one = kind === "PING"
       ? frame(Op.Ping, [])
@@ -112,12 +103,12 @@ test("hostile memory (item 11): a stalled ring subscriber of 19-byte messages co
     ],
     limits: { maxPendingBytes: maxPending },
   });
-  const subscriber = new RawRingGuest(b.chardev("vm1"), b.shmPath("vm1"), SHM_SIZE);
+  const subscriber = b.ringGuest("vm1");
   try {
     await subscriber.negotiate();
-    subscriber.send(Op.Sub, [1, "t", null]);
-    await subscriber.sync();
-    const publisher = new RawGuest(b.chardev("vm2"));
+    subscriber.peer.send(Op.Sub, [1, "t", null]);
+    await subscriber.peer.ping();
+    const publisher = b.chardev("vm2");
     await publisher.hello();
     // 19-byte messages: the PUB frame is 12 (header) + 5 (head) + 19 (payload) bytes.
     const pubFrame = encodeFrame(
@@ -156,7 +147,7 @@ test("hostile memory (item 11): a stalled ring subscriber of 19-byte messages co
         `${maxPending / MiB} MiB (bound ${bound / MiB} MiB): ${watch.describe()}`,
     );
   } finally {
-    await subscriber.close();
+    subscriber.unmap();
     await b.close();
   }
 });
@@ -175,7 +166,7 @@ test("hostile memory (item 12): 2 VMs x 4096 subscriptions to '>' and 4096 disti
   });
   try {
     for (const name of ["vm1", "vm2"]) {
-      const g = new RawGuest(b.chardev(name));
+      const g = b.chardev(name);
       await g.hello();
       // One queue group per VM: every subscription matches every subject (the cache holds
       // 8192 references per subject) but each publish is delivered once per VM, so the test
@@ -183,7 +174,7 @@ test("hostile memory (item 12): 2 VMs x 4096 subscriptions to '>' and 4096 disti
       const subs = Array.from({ length: 4096 }, (_, i) => frame(Op.Sub, [i + 1, ">", `q-${name}`]));
       b.chardev(name).write(concat(subs));
     }
-    const publisher = new RawGuest(b.chardev("vm3"));
+    const publisher = b.chardev("vm3");
     await publisher.hello();
     let subscribed = 0;
     for (let i = 0; i < 200 && subscribed < 8192; i++) {

@@ -8,11 +8,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { Packr } from "msgpackr";
 import { type Lab, startLab, waitFor } from "./helpers.ts";
+import { cliCommand } from "./fixtures/cli_process.ts";
 import { decodeValueAt, encodeValue } from "../src/protocol/codec.ts";
 import { encodeFrame, FrameDecoder } from "../src/protocol/frame.ts";
 import { Op, PROTOCOL_VERSION } from "../src/protocol/ops.ts";
@@ -21,8 +21,6 @@ import type { Msg } from "../src/client/msg.ts";
 import type { StatusEvent } from "../src/client/status.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const CLI = join(ROOT, "src/cli/main.ts");
-const isDeno = "Deno" in globalThis;
 
 /** A msgpack map cut short: the decoder runs out of bytes in the middle of a string. */
 const TRUNCATED = (() => {
@@ -183,8 +181,8 @@ test("hostile payload: library subscribers (callback and iterator, port stream a
 
 /** Start the CLI under the current runtime. */
 function vbus(args: string[], env: Record<string, string>) {
-  const argv = isDeno ? ["run", "-A", "--quiet", CLI, ...args] : [CLI, ...args];
-  const child = spawn(process.execPath, argv, {
+  const { cmd, args: argv } = cliCommand(args);
+  const child = spawn(cmd, argv, {
     cwd: ROOT,
     env: { ...process.env, VBUS_LOG: "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],

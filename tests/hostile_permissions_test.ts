@@ -5,7 +5,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { type Lab, startLab, waitFor } from "./helpers.ts";
-import { RawChardevServer, rawStreamGuest } from "./fixtures/attackers.ts";
+import { RawChardev } from "./fixtures/raw_chardev.ts";
+import { rawStreamGuest } from "./fixtures/raw_guest.ts";
 import type { EndpointStats } from "../src/broker/stats.ts";
 import { decodeValue, encodeValue } from "../src/protocol/codec.ts";
 import { Op } from "../src/protocol/ops.ts";
@@ -74,7 +75,7 @@ test("hostile permissions: a request dropped for a slow responder gives it no re
   const vm2 = await rawStreamGuest(() => lab.vms.vm2.vm.open());
   // vm1's chardev is the attacker's, so its guest can stop reading for real.
   await lab.vms.vm1.vm.stop();
-  const dev = await RawChardevServer.listen(lab.vms.vm1.vm.socketPath);
+  const dev = await RawChardev.listen(lab.vms.vm1.vm.socketPath);
   try {
     const vm1 = await dev.nextPeer(1, 5000);
     await vm1.hello();

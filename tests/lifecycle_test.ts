@@ -11,7 +11,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { delay, SHM_SIZE, tempDir, waitFor } from "./helpers.ts";
-import { exitWithin, killQuietly, ROOT, runCli, signal } from "./broker_process.ts";
+import { exitWithin, killQuietly, ROOT, runCli, signal } from "./fixtures/cli_process.ts";
 import { type Bus, connect } from "../src/client/bus.ts";
 import { SimulatedVm } from "../src/sim/simulated_vm.ts";
 

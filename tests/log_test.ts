@@ -11,7 +11,7 @@ import { connect as netConnect } from "node:net";
 import { join } from "node:path";
 import process from "node:process";
 import { delay, startLab, tempDir, waitFor } from "./helpers.ts";
-import { exitWithin, killQuietly, runCli } from "./broker_process.ts";
+import { exitWithin, killQuietly, runCli } from "./fixtures/cli_process.ts";
 import { connect } from "../src/client/bus.ts";
 import { createLogger, type Logger } from "../src/util/log.ts";
 import { encodeFrame } from "../src/protocol/frame.ts";

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { basename } from "node:path";
 import { rmSync } from "node:fs";
 import { delay, SHM_SIZE, startLab, tempDir, waitFor } from "./helpers.ts";
-import { exitWithin, killQuietly, runCli, signal } from "./broker_process.ts";
+import { exitWithin, killQuietly, runCli, signal } from "./fixtures/cli_process.ts";
 import { type Bus, connect } from "../src/client/bus.ts";
 import { Broker } from "../src/broker/broker.ts";
 import { validateConfig } from "../src/broker/config.ts";

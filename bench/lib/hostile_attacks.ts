@@ -3,8 +3,8 @@
  * of the attacker VMs it needs (their chardevs are played by the harness), the broker limits
  * and permissions it runs under, a setup before the measured window, and a run that attacks
  * until the window's deadline and returns what the attacker saw. The attackers speak raw
- * frames and write shared memory directly (`tests/fixtures/attackers.ts`,
- * `tests/fixtures/hostile_memory.ts`), as a compromised guest or host process would.
+ * frames and write shared memory directly (`tests/fixtures/raw_guest.ts`, `raw_chardev.ts`,
+ * `raw_ring_guest.ts`, `ring_flood.ts`), as a compromised guest or host process would.
  *
  * Every loop here is bounded by the deadline and by a count, and every wait by a timeout.
  *
@@ -18,23 +18,17 @@
 import { closeSync, ftruncateSync, openSync } from "node:fs";
 import { Packr } from "msgpackr";
 import {
+  frame,
   frameHeaderAnnouncing,
-  type RawChardevServer,
   rawHostClient,
   type RawPeer,
-  RawRingGuest as ScribblingGuest,
-  repeatedKeyPubHead,
-  type RingFloodProcess,
-  startRingFlood,
-} from "../../tests/fixtures/attackers.ts";
-import {
-  frame,
-  type RawChardev,
-  RawGuest,
-  RawRingGuest as StalledRingGuest,
   repeated,
-  yieldNow,
-} from "../../tests/fixtures/hostile_memory.ts";
+  repeatedKeyPubHead,
+} from "../../tests/fixtures/raw_guest.ts";
+import type { RawChardev } from "../../tests/fixtures/raw_chardev.ts";
+import { RawRingGuest } from "../../tests/fixtures/raw_ring_guest.ts";
+import { type RingFloodProcess, startRingFlood } from "../../tests/fixtures/ring_flood.ts";
+import { yieldNow } from "../../tests/fixtures/wait.ts";
 import type { BrokerStats } from "../../src/broker/stats.ts";
 import { mapSharedSync } from "../../ffi/mod.ts";
 import { encodeValue } from "../../src/protocol/codec.ts";
@@ -46,8 +40,9 @@ import { RingId } from "../../src/ring/layout.ts";
 export interface AttackVm {
   name: string;
   /**
-   * "peer": a {@link RawChardevServer}; every connection the broker makes is a logged
-   * {@link RawPeer}. "raw": a {@link RawChardev}; with `reads: false` its socket is never read.
+   * "peer": a {@link RawChardev} whose connections keep every frame they get (a logged
+   * {@link RawPeer} each). "raw": one that only counts MSGs; with `reads: false` its socket is
+   * never read.
    */
   chardev: "peer" | "raw";
   reads?: boolean;
@@ -67,7 +62,7 @@ export interface AttackContext {
   shmSize: number;
   /** Capacity of a VM's inbound ring (every VM region has the same size). */
   ringCapacity: number;
-  peerDev(name: string): RawChardevServer;
+  peerDev(name: string): RawChardev;
   rawDev(name: string): RawChardev;
   socketPath(name: string): string;
   shmPath(name: string): string;
@@ -112,10 +107,20 @@ function bump(rec: Record<string, number>, key: string, n = 1) {
 }
 
 /** ERR codes received by every connection of a peer chardev. */
-function peerErrors(dev: RawChardevServer): Record<string, number> {
+function peerErrors(dev: RawChardev): Record<string, number> {
   const out: Record<string, number> = {};
   for (const p of dev.peers) for (const e of p.errors()) bump(out, e.code);
   return out;
+}
+
+/**
+ * A ring guest on the current connection of raw chardev `name`, its region mapped: it
+ * publishes through its outbound ring and never reads its inbound ring.
+ */
+function stalledRingGuest(ctx: AttackContext, name: string): RawRingGuest {
+  const peer = ctx.rawDev(name).peer;
+  if (!peer) throw new Error(`the broker is not connected to ${name}`);
+  return new RawRingGuest(peer, mapSharedSync(ctx.shmPath(name), ctx.shmSize));
 }
 
 /** ERR codes a raw chardev read. */
@@ -129,7 +134,7 @@ function rawErrors(dev: RawChardev): Record<string, number> {
  * The live connection of a peer chardev, waiting (until the deadline) for the broker's next
  * one when the last was closed; undefined once the window is over.
  */
-async function livePeer(ctx: AttackContext, dev: RawChardevServer): Promise<RawPeer | undefined> {
+async function livePeer(ctx: AttackContext, dev: RawChardev): Promise<RawPeer | undefined> {
   for (;;) {
     const last = dev.peers[dev.peers.length - 1];
     if (last && !last.closed) return last;
@@ -145,7 +150,7 @@ async function livePeer(ctx: AttackContext, dev: RawChardevServer): Promise<RawP
 /** HELLO on the live connection (again after every reset); undefined at the deadline. */
 async function helloedPeer(
   ctx: AttackContext,
-  dev: RawChardevServer,
+  dev: RawChardev,
   helloed: WeakSet<RawPeer>,
 ): Promise<RawPeer | undefined> {
   while (left(ctx) > 0) {
@@ -248,7 +253,7 @@ const scribble: Attack = {
     while (left(ctx) > 0 && obs.cycles < 100) {
       const peer = await livePeer(ctx, dev);
       if (!peer) break;
-      const guest = new ScribblingGuest(peer, mapSharedSync(ctx.shmPath("bad"), ctx.shmSize));
+      const guest = new RawRingGuest(peer, mapSharedSync(ctx.shmPath("bad"), ctx.shmSize));
       try {
         await guest.negotiate(Math.max(100, left(ctx)));
       } catch {
@@ -447,7 +452,7 @@ function controlFlood(kind: "ping" | "hello"): Attack {
     vms: [{ name: "bad", chardev: "raw", reads: false }],
     attackers: ["bad"],
     setup: async (ctx) => {
-      await new RawGuest(ctx.rawDev("bad")).hello();
+      await ctx.rawDev("bad").hello();
     },
     run: async (ctx) => {
       const dev = ctx.rawDev("bad");
@@ -477,14 +482,14 @@ const selfBlock: Attack = {
   vms: [{ name: "bad", chardev: "raw", reads: true, shm: true, permissions: { block: true } }],
   attackers: ["bad"],
   setup: async (ctx) => {
-    const guest = new StalledRingGuest(ctx.rawDev("bad"), ctx.shmPath("bad"), ctx.shmSize);
+    const guest = stalledRingGuest(ctx, "bad");
     await guest.negotiate();
-    guest.send(Op.Sub, [1, "bad.loop", null, "block"]);
-    await guest.sync();
+    guest.peer.send(Op.Sub, [1, "bad.loop", null, "block"]);
+    await guest.peer.ping();
     return guest;
   },
   run: async (ctx, state) => {
-    const guest = state as StalledRingGuest;
+    const guest = state as RawRingGuest;
     const dev = ctx.rawDev("bad");
     const head = encodeValue(["bad.loop", null, null]);
     const payload = new Uint8Array(1024).fill(1);
@@ -499,7 +504,7 @@ const selfBlock: Attack = {
     }
     return { headline: `${published} × 1 KiB published`, published, errs: rawErrors(dev) };
   },
-  cleanup: async (state) => await (state as StalledRingGuest | undefined)?.close(),
+  cleanup: (state) => (state as RawRingGuest | undefined)?.unmap(),
 };
 
 /** Item 8: a "block" subscription on the host service's subject, never reading. */
@@ -512,7 +517,7 @@ const blockService: Attack = {
   attackers: ["bad"],
   serviceEvents: { bytes: 4096, count: 20 },
   setup: async (ctx) => {
-    const guest = new RawGuest(ctx.rawDev("bad"));
+    const guest = ctx.rawDev("bad");
     await guest.hello();
     guest.send(Op.Sub, [1, "svc.events", null, "block"]);
     const deadline = Date.now() + 10_000;
@@ -542,7 +547,7 @@ const matchCost: Attack = {
   attackers: ["bad"],
   setup: async (ctx) => {
     const dev = ctx.rawDev("bad");
-    const guest = new RawGuest(dev);
+    const guest = dev;
     const welcome = (await guest.hello()) as WelcomeHead;
     const random = mulberry32(7);
     // Probe whether 128-token patterns (the most that fit in 256 bytes) are accepted.
@@ -561,7 +566,7 @@ const matchCost: Attack = {
   },
   run: async (ctx, state) => {
     const { guest, tokens, accepted, setupErrors } = state as {
-      guest: RawGuest;
+      guest: RawChardev;
       tokens: number;
       accepted: number;
       setupErrors: number;
@@ -647,11 +652,11 @@ const stalledRing: Attack = {
   ],
   attackers: ["bad", "bad2"],
   setup: async (ctx) => {
-    const sub = new StalledRingGuest(ctx.rawDev("bad"), ctx.shmPath("bad"), ctx.shmSize);
+    const sub = stalledRingGuest(ctx, "bad");
     await sub.negotiate();
-    sub.send(Op.Sub, [1, "t", null]);
-    await sub.sync();
-    await new RawGuest(ctx.rawDev("bad2")).hello();
+    sub.peer.send(Op.Sub, [1, "t", null]);
+    await sub.peer.ping();
+    await ctx.rawDev("bad2").hello();
     return sub;
   },
   run: async (ctx) => {
@@ -668,7 +673,7 @@ const stalledRing: Attack = {
       errsToPublisher: rawErrors(ctx.rawDev("bad2")),
     };
   },
-  cleanup: async (state) => await (state as StalledRingGuest | undefined)?.close(),
+  cleanup: (state) => (state as RawRingGuest | undefined)?.unmap(),
 };
 
 /** Item 12: 2 VMs x 4096 subscriptions to `>` and a stream of distinct subjects. */
@@ -685,11 +690,11 @@ const matchCache: Attack = {
   attackers: ["bad", "bad2", "bad3"],
   setup: async (ctx) => {
     for (const name of ["bad", "bad2"]) {
-      await new RawGuest(ctx.rawDev(name)).hello();
+      await ctx.rawDev(name).hello();
       const subs = Array.from({ length: 4096 }, (_, i) => frame(Op.Sub, [i + 1, ">", `q-${name}`]));
       ctx.rawDev(name).write(concat(subs));
     }
-    const pub = new RawGuest(ctx.rawDev("bad3"));
+    const pub = ctx.rawDev("bad3");
     await pub.hello();
     const deadline = Date.now() + 20_000;
     let subscribed = 0;
@@ -702,7 +707,7 @@ const matchCache: Attack = {
     return { pub, subscribed };
   },
   run: async (ctx, state) => {
-    const { pub, subscribed } = state as { pub: RawGuest; subscribed: number };
+    const { pub, subscribed } = state as { pub: RawChardev; subscribed: number };
     const payload = encodeValue(1);
     let n = 0;
     while (left(ctx) > 0 && n < 10_000_000) {
@@ -825,7 +830,7 @@ const forgedReply: Attack = {
     peer.send(Op.Sub, [1, "svc.echo", null]);
     peer.send(Op.Sub, [2, "bad.bulk", null]);
     await peer.ping();
-    await new RawGuest(ctx.rawDev("bad2")).hello();
+    await ctx.rawDev("bad2").hello();
     return peer;
   },
   run: async (ctx, state) => {
