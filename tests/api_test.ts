@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { startLab } from "./helpers.ts";
-import { Bus, connect, Msg, Subscription } from "../mod.ts";
+import { Bus, connect, ErrorCode, Msg, Subscription, VbusError } from "../mod.ts";
 
 const members = (c: { prototype: object }) =>
   Object.getOwnPropertyNames(c.prototype).filter((n) => n !== "constructor").sort();
@@ -105,6 +105,39 @@ test("api: connect({ timeout }) bounds the first connect; request({ timeout }) m
     for (const timeout of [0, -1, Number.NaN, Infinity]) {
       await assert.rejects(bus.request("api.silent", 1, { timeout }), RangeError);
     }
+  } finally {
+    await lab.close();
+  }
+});
+
+test("api: a subscription the broker refuses calls its callback once with the error (as nats.js), and fails its iterator", async () => {
+  const lab = await startLab({
+    vms: [],
+    hostPermissions: { publish: [">"], subscribe: ["allowed.>"] },
+  });
+  try {
+    const bus = await lab.host();
+    const calls: [string | undefined, unknown][] = [];
+    const viaCallback = bus.subscribe("denied.a", {
+      callback: (err, msg) => void calls.push([(err as VbusError | null)?.code, msg]),
+    });
+    const viaIterator = bus.subscribe("denied.b");
+    const iterated = (async () => {
+      for await (const _ of viaIterator) { /* nothing arrives */ }
+    })();
+    await assert.rejects(
+      iterated,
+      (e: unknown) => e instanceof VbusError && e.code === ErrorCode.PermissionDenied,
+    );
+    await viaCallback.closed;
+    assert.deepEqual(calls, [[ErrorCode.PermissionDenied, undefined]]);
+    const ok = bus.subscribe<number>("allowed.x", {
+      callback: (err, m) => void calls.push([err?.message, m.data]),
+    });
+    await bus.publish("allowed.x", 5);
+    await bus.flush();
+    assert.deepEqual(calls[1], [undefined, 5], "err is null for a message");
+    ok.unsubscribe();
   } finally {
     await lab.close();
   }

@@ -100,7 +100,9 @@ export interface SubscribeOptions<T = unknown> {
   /**
    * Receive messages through this callback instead of iterating. The message is readable until
    * the callback returns or, when it returns a promise (an `async` callback), until that
-   * promise settles; a throw or a rejection is logged and never stops the connection.
+   * promise settles; a throw or a rejection is logged and never stops the connection. `err`
+   * is null for messages; when the broker refuses the subscription the callback is called once
+   * with that error and no message.
    */
   callback?: (err: Error | null, msg: Msg<T>) => void;
   /**

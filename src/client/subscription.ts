@@ -5,8 +5,10 @@
  * A message whose payload cannot be decoded is delivered like any other (see `msg.ts`): its
  * `data` throws a `CODEC` error, the connection emits an `error` status event for it, and the
  * subscription goes on, for iterators and callbacks alike. A callback's `err` argument is for
- * errors of the subscription itself; it is null for every delivered message. A callback that
- * throws, or returns a promise that rejects, is logged; it never stops the connection.
+ * errors of the subscription itself: when the broker refuses it (e.g. PERMISSION_DENIED), the
+ * callback is called once with that error and no message, as nats.js does; `err` is null for
+ * every delivered message. A callback that throws, or returns a promise that rejects, is
+ * logged; it never stops the connection.
  *
  * A callback's message is readable until the callback returns, or until the promise it
  * returns settles (see `msg.ts`).
@@ -51,8 +53,11 @@ export interface SubscriptionHandle<T = unknown> {
   max: number | undefined;
   /** Hand it one message. */
   dispatch(msg: Msg<T>): void;
-  /** End it (no further messages); with `err`, the iterator throws it. */
-  end(err?: Error): void;
+  /**
+   * End it (no further messages); with `err`, the iterator throws it, and with `tellCallback`
+   * the callback is called once with it (as nats.js does when the server refuses a subscription).
+   */
+  end(err?: Error, tellCallback?: boolean): void;
 }
 
 const AsyncFunction = (async () => {}).constructor;
@@ -130,7 +135,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Msg<T>> {
           sub.#max = n;
         },
         dispatch: (msg: Msg<T>) => sub.#dispatch(msg),
-        end: (err?: Error) => sub.#end(err),
+        end: (err?: Error, tellCallback?: boolean) => sub.#end(err, tellCallback),
       };
     };
   }
@@ -203,11 +208,19 @@ export class Subscription<T = unknown> implements AsyncIterable<Msg<T>> {
     if (this.#max && this.#received >= this.#max) this.#end();
   }
 
-  #end(err?: Error): void {
+  #end(err?: Error, tellCallback = false): void {
     if (this.#queue.done) return;
     if (err) this.#queue.fail(err);
     else this.#queue.end();
     this.#closedResolve();
+    if (err && tellCallback && this.#callback) {
+      try {
+        // No message comes with an error (nats.js passes an empty one the same way).
+        this.#callback(err, undefined as unknown as Msg<T>);
+      } catch (e) {
+        this.#hooks.callbackFailed(this as Subscription<unknown>, e);
+      }
+    }
   }
 
   /**

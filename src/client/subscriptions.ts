@@ -157,7 +157,7 @@ export class SubscriptionTable {
     for (const [sid, handle] of this.#subs) {
       if (handle.sub.subject === subject) {
         this.#subs.delete(sid);
-        handle.end(err);
+        handle.end(err, true);
       }
     }
   }
