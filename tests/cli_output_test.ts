@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import process from "node:process";
 import { type Lab, startLab, waitFor } from "./helpers.ts";
-import { cliArgv, ROOT, vbus, type VbusChild } from "./fixtures/cli_child.ts";
+import { cliArgv, killAll, ROOT, vbus, type VbusChild } from "./fixtures/cli_child.ts";
 import { shellQuote } from "../src/vm/qemu_args.ts";
 
 /** Start `vbus sub ARGS` and wait until the broker has its subscription. */
@@ -80,6 +80,7 @@ test("cli output: --human, --json (the default on a pipe) and --raw for sub", as
       ],
     );
   } finally {
+    killAll();
     await lab.close();
   }
 });
@@ -110,6 +111,7 @@ test("cli output: req prints the reply's value for people, its JSON line, or its
     assert.deepEqual(line.headers, { unit: "time" });
     assert.deepEqual([...raw.stdoutBytes()], [1, 2, 3]);
   } finally {
+    killAll();
     await lab.close();
   }
 });
@@ -120,6 +122,7 @@ test("cli output: on a terminal sub prints for people unless --json says otherwi
     return;
   }
   const lab = await startLab({ vms: [] });
+  const scripts: ReturnType<typeof spawn>[] = [];
   try {
     // `script` gives the CLI a pseudo-terminal as stdout and copies what it printed.
     const inTerminal = async (args: string[]) => {
@@ -130,6 +133,7 @@ test("cli output: on a terminal sub prints for people unless --json says otherwi
         env: { ...process.env, VBUS_LOG: "warn", VBUS_SERVER: lab.listen },
         stdio: ["ignore", "pipe", "pipe"],
       });
+      scripts.push(child); // killed in finally; the CLI under it gets SIGHUP when its terminal goes
       let out = "";
       child.stdout.on("data", (d) => out += d);
       child.stderr.on("data", (d) => out += d);
@@ -158,6 +162,8 @@ test("cli output: on a terminal sub prints for people unless --json says otherwi
     assert.equal(human.out(), '[#1] Received on "tty.x"\n{"hello":"terminal"}\n\n');
     assert.equal(json.out(), '{"subject":"tty.x","data":{"hello":"terminal"}}\n');
   } finally {
+    for (const c of scripts) if (c.exitCode === null) c.kill("SIGKILL");
+    killAll();
     await lab.close();
   }
 });

@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { startLab, waitFor } from "./helpers.ts";
-import { vbus } from "./fixtures/cli_child.ts";
+import { killAll, vbus } from "./fixtures/cli_child.ts";
 import type { Bus } from "../src/client/bus.ts";
 import type { Msg } from "../src/client/msg.ts";
 
@@ -75,6 +75,7 @@ test("cli payload: VALUE is JSON, --string text, --raw bytes; a non-JSON VALUE i
       ["v.end", true], // nothing was published for the refused VALUEs
     ]);
   } finally {
+    killAll();
     await lab.close();
   }
 });
@@ -168,6 +169,7 @@ test("cli payload: standard input (- / --stdin) as JSON, text or exact bytes; su
       "ping",
     ]);
   } finally {
+    killAll();
     await lab.close();
   }
 });
@@ -203,6 +205,7 @@ test("cli payload: a publish the broker refuses exits 1 with its error; a permit
     assert.equal(await sub.exitWithin(60_000), 1);
     assert.match(sub.errors(), /^vbus sub: subscribe to "\$VBUS\.x" is not permitted\n$/);
   } finally {
+    killAll();
     await lab.close();
   }
 });
@@ -222,6 +225,7 @@ test("cli payload: --connect-timeout bounds the wait for a broker that is not th
     // Process start-up (Deno type-strips the CLI) dominates; the default 10 s would show.
     assert.ok(ms < 9000, `${ms} ms`);
   } finally {
+    killAll();
     await lab.close();
   }
 });
