@@ -58,6 +58,8 @@ import type { Bridge } from "../bridge/bridge.ts";
 import { HostStatsPool } from "./host_stats.ts";
 import { MonitorServer } from "../monitor/monitor_server.ts";
 import { stampRegionSignature } from "../shm/region_signature.ts";
+import type { Port } from "../port/port.ts";
+import { DEFAULT_AGENT_SLOTS, serveVmConnection, type VmConnection } from "./channel_mux.ts";
 
 /**
  * Subject host clients request to get {@link BrokerStats} (what `vbus stats` prints). VMs
@@ -147,7 +149,10 @@ interface VmLink {
   vm: VmConfig;
   abort: AbortController;
   done: Promise<void>;
-  session?: Session;
+  /** The live connection: one session, or an agent's channels (channel_mux.ts). */
+  connection?: VmConnection;
+  /** When each agent slot's last session stopped reading it (kept across connections). */
+  slotsQuiet: Map<number, Promise<void>>;
 }
 
 /**
@@ -358,7 +363,10 @@ export class Broker {
       await this.#closeServer();
       if (this.config.listen) await unlink(this.config.listen).catch(() => {});
     }
-    for (const link of this.#vmLinks.values()) link.abort.abort();
+    for (const link of this.#vmLinks.values()) {
+      link.abort.abort();
+      link.connection?.close("broker stopping"); // an agent's mux outlives its sessions
+    }
     await Promise.all([...this.#vmLinks.values()].map((l) => l.done));
     this.#vmLinks.clear();
     await Promise.all([...this.#allSessions].map((s) => s.ringStopped));
@@ -468,10 +476,12 @@ export class Broker {
     if (link) {
       this.#vmLinks.delete(name);
       link.abort.abort();
-      const session = link.session;
-      session?.close(removed ? "VM removed from the configuration" : "VM's socket or shm changed");
+      const sessions = link.connection?.sessions() ?? [];
+      link.connection?.close(
+        removed ? "VM removed from the configuration" : "VM's socket or shm changed",
+      );
       await link.done;
-      if (session) await session.ringStopped;
+      await Promise.all(sessions.map((s) => s.ringStopped));
     }
     this.#mappings.get(name)?.unmap();
     this.#mappings.delete(name);
@@ -739,7 +749,7 @@ export class Broker {
   }
 
   #startSession(
-    port: SocketPort,
+    port: Port,
     opts: {
       identity: string;
       host: boolean;
@@ -853,7 +863,12 @@ export class Broker {
   }
 
   #startVmLink(vm: VmConfig) {
-    const link: VmLink = { vm, abort: new AbortController(), done: Promise.resolve() };
+    const link: VmLink = {
+      vm,
+      abort: new AbortController(),
+      done: Promise.resolve(),
+      slotsQuiet: new Map(),
+    };
     this.#vmLinks.set(vm.name, link);
     link.done = this.#runVmLink(link);
   }
@@ -892,18 +907,27 @@ export class Broker {
       }
       this.#log.info("connected to VM port", { vm: vm.name, socket: vm.socket });
       const connectedAt = Date.now();
-      const ended = new Promise<string>((resolve) => {
-        link.session = this.#startSession(port, {
-          identity: vm.name,
-          host: false,
-          permissions: link.vm.permissions,
-          stats,
-          shm: this.#vmShm.get(vm.name),
-        }, resolve);
+      // One session, or an agent's channels, each a session of this VM (channel_mux.ts).
+      link.connection = serveVmConnection(port, {
+        vm: vm.name,
+        shm: this.#vmShm.get(vm.name),
+        agentSlots: link.vm.agentSlots ?? DEFAULT_AGENT_SLOTS,
+        slotsQuiet: link.slotsQuiet,
+        stats,
+        log: this.#log,
+        signal,
+        startSession: (p, shm, onEnd) =>
+          this.#startSession(p, {
+            identity: vm.name,
+            host: false,
+            permissions: link.vm.permissions,
+            stats,
+            shm,
+          }, onEnd),
       });
-      await ended;
+      await link.connection.ended;
       if (Date.now() - connectedAt > STABLE_SESSION_MS) backoff.reset();
-      link.session = undefined;
+      link.connection = undefined;
       if (this.#running && !signal.aborted) {
         const delayMs = backoff.next();
         this.#log.debug("VM session ended, reconnecting", { vm: vm.name, delayMs });

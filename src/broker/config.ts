@@ -83,6 +83,11 @@ export interface VmConfig {
    * {@link validateConfig} always fills it in.
    */
   shmAccess?: FileAccess;
+  /**
+   * Slots (local processes on the fast path) a `vbus agent` in this VM may use; 0 refuses an
+   * agent. Default 8 (`DEFAULT_AGENT_SLOTS`), at most `MAX_SLOTS` (256).
+   */
+  agentSlots?: number;
 }
 
 /**
@@ -228,7 +233,7 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
     const vm = expectObject(v, at, fail);
     checkKeys(
       vm,
-      ["name", "socket", "port", "shm", "shmSize", "permissions", ...SHM_KEYS],
+      ["name", "socket", "port", "shm", "shmSize", "permissions", "agentSlots", ...SHM_KEYS],
       at,
       fail,
     );
@@ -267,7 +272,24 @@ export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig 
     }
     const permissions = parsePermissions(vm.permissions, `${at}.permissions`, false, fail);
     const shmAccess = parseShmAccess(vm, at, fail, shmDefaults);
-    return { name, socket, port, shm, shmSize, permissions, shmAccess };
+    const agentSlots = vm.agentSlots;
+    if (
+      agentSlots !== undefined &&
+      (typeof agentSlots !== "number" || !Number.isInteger(agentSlots) || agentSlots < 0 ||
+        agentSlots > 256)
+    ) {
+      fail(`${at}.agentSlots`, "must be an integer from 0 (no agent) to 256");
+    }
+    return {
+      name,
+      socket,
+      port,
+      shm,
+      shmSize,
+      permissions,
+      shmAccess,
+      ...(agentSlots !== undefined ? { agentSlots: agentSlots as number } : {}),
+    };
   });
   const bridge = parseBridgeConfig(root.bridge, fail);
   const http = parseHttpAddress(root.http, fail);

@@ -34,6 +34,7 @@ import {
 import { type FutexWakeups, RingChannel, type RingChannelStats } from "../shm/ring_channel.ts";
 import { findVbusIvshmem } from "../shm/find_ivshmem.ts";
 import type { Logger } from "../util/log.ts";
+import type { AttachInfo } from "../agent/attach.ts";
 
 /** How a connection gets shared memory. */
 export type ShmPlan =
@@ -41,7 +42,9 @@ export type ShmPlan =
   /** Map a file or the ivshmem BAR (found by PCI id when `path` is absent), offer it in HELLO. */
   | { kind: "guest"; path?: string }
   /** Ask the broker for a per-session region. */
-  | { kind: "host"; futex: boolean };
+  | { kind: "host"; futex: boolean }
+  /** Through `vbus agent`: map the device its ATTACH names and use this process's slot. */
+  | { kind: "agent" };
 
 /** FUTEX_WAIT sleeps of a `wake: "futex"` client, waiting for data and for space. */
 export interface FutexSleepCounts {
@@ -101,6 +104,9 @@ export class ClientShm {
   #futexWaiters?: [FutexWaiter, FutexWaiter];
   #futexCounts?: FutexSleepCounts;
   #ring?: RingChannel;
+  #agentMapping?: Mapping & { path: string };
+  #agentSlot?: Uint8Array;
+  #agentReason = "";
 
   constructor(plan: ShmPlan, log: Logger) {
     this.#plan = plan;
@@ -137,6 +143,14 @@ export class ClientShm {
   async prepare(): Promise<void> {
     const plan = this.#plan;
     if (plan.kind === "none") return;
+    if (plan.kind === "agent") {
+      try {
+        this.#ffi = await loadFfi();
+      } catch (err) {
+        this.#plan = { kind: "none", reason: `shared memory unavailable: ${(err as Error).message}` };
+      }
+      return;
+    }
     try {
       const ffi = this.#ffi = await loadFfi();
       if (plan.kind === "guest") {
@@ -174,9 +188,43 @@ export class ClientShm {
     }
   }
 
+  /**
+   * A new connection to the agent: use the slot its ATTACH names (mapping the device it
+   * names, once), or none. Called before the HELLO of that connection.
+   */
+  useAgentSlot(attach: AttachInfo): void {
+    this.#agentSlot = undefined;
+    if (this.#plan.kind !== "agent") return;
+    if (!attach.slot || !attach.device || attach.deviceSize === undefined) {
+      this.#agentReason = `the agent gave no slot: ${attach.reason ?? "no reason given"}`;
+      return;
+    }
+    try {
+      let m = this.#agentMapping;
+      if (!m || m.path !== attach.device || m.bytes.length !== attach.deviceSize) {
+        const old = m;
+        const mapped = this.#ffi!.mapSharedSync(attach.device, attach.deviceSize);
+        m = this.#agentMapping = {
+          bytes: mapped.bytes,
+          unmap: () => mapped.unmap(),
+          path: attach.device,
+        };
+        if (old) this.stopRing().then(() => old.unmap());
+      }
+      const { offset, size } = attach.slot;
+      this.#agentSlot = m.bytes.subarray(offset, offset + size);
+    } catch (err) {
+      this.#agentReason = `cannot map the agent's device: ${(err as Error).message}`;
+    }
+  }
+
   /** What to offer in HELLO, or undefined when there is nothing to offer. */
   offer(): ShmOffer | undefined {
     const plan = this.#plan;
+    if (plan.kind === "agent") {
+      const slot = this.#agentSlot;
+      return slot ? { size: slot.length, nonce: writeGuestNonce(slot) } : undefined;
+    }
     if (plan.kind === "host") return plan.futex ? { want: true, futex: true } : { want: true };
     if (plan.kind === "guest" && this.#guestMapping) {
       const bytes = this.#guestMapping.bytes;
@@ -205,6 +253,9 @@ export class ClientShm {
         this.#sessionMapping = this.#ffi!.mapSharedSync(answer.path, answer.size);
         if (old) this.stopRing().then(() => old.unmap());
         bytes = this.#sessionMapping.bytes;
+      } else if (this.#plan.kind === "agent") {
+        if (!this.#agentSlot) return this.#agentReason;
+        bytes = this.#agentSlot;
       } else {
         bytes = this.#guestMapping!.bytes;
       }
@@ -241,8 +292,9 @@ export class ClientShm {
 
   /** The connection closed: stop the ring, the futex Workers, then unmap everything. */
   shutdown(): void {
-    const mappings = [this.#guestMapping, this.#sessionMapping];
-    this.#guestMapping = this.#sessionMapping = undefined;
+    const mappings = [this.#guestMapping, this.#sessionMapping, this.#agentMapping];
+    this.#guestMapping = this.#sessionMapping = this.#agentMapping = undefined;
+    this.#agentSlot = undefined;
     const waiters = this.#futexWaiters ?? [];
     this.#futexWaiters = undefined;
     this.stopRing()

@@ -33,6 +33,7 @@ import {
 import type { ShmAnswer } from "../shm/negotiation.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { ClientShm, shmPlanFor } from "./client_shm.ts";
+import { agentSocket } from "../agent/attach.ts";
 import { connectHint } from "./hints.ts";
 import { MAX_PINGS_OUT } from "./keepalive.ts";
 import type { MsgContext } from "./msg.ts";
@@ -45,6 +46,7 @@ import {
 import { Outbound } from "./outbound.ts";
 import { RequestTable } from "./requests.ts";
 import {
+  agentOpener,
   connectLoop,
   type ConnectOutcome,
   handshake,
@@ -122,10 +124,21 @@ export class Connection {
     } else {
       const endpoint = resolveEndpoint(opts);
       if (wake === "futex" && endpoint.kind !== "server") throw new TypeError(futexOnlyOnHost);
-      this.#opener = endpoint.kind === "server"
-        ? () => connectUnix(endpoint.path)
-        : () => openDevice(portPath(endpoint.path));
-      this.shm = new ClientShm(shmPlanFor(endpoint, shm, wake), log);
+      // In a guest with `vbus agent` running (VBUS_AGENT, or its default socket), go through it.
+      const agent = endpoint.kind === "device" && !opts.port ? agentSocket() : undefined;
+      if (agent) {
+        const shmAgent = new ClientShm(
+          shm === false ? { kind: "none", reason: "disabled by the shm option" } : { kind: "agent" },
+          log,
+        );
+        this.shm = shmAgent;
+        this.#opener = agentOpener(agent, (a) => shmAgent.useAgentSlot(a));
+      } else {
+        this.#opener = endpoint.kind === "server"
+          ? () => connectUnix(endpoint.path)
+          : () => openDevice(portPath(endpoint.path));
+        this.shm = new ClientShm(shmPlanFor(endpoint, shm, wake), log);
+      }
     }
     this.status = new StatusEmitter((type, err) =>
       log.error(`status listener for "${type}" threw`, { error: describe(err) })

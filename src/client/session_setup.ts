@@ -26,6 +26,27 @@ import { DEFAULT_LIMITS } from "../protocol/limits.ts";
 import { type HelloHead, Op, type WelcomeHead } from "../protocol/ops.ts";
 import { Backoff, sleep } from "../util/backoff.ts";
 import { isPermanentConnectError } from "./hints.ts";
+import { type AttachInfo, openAgentPort } from "../agent/attach.ts";
+
+/**
+ * Opens a connection through `vbus agent` at `socket` (docs/PROTOCOL.md section 14): each
+ * attempt connects to the agent, hands its ATTACH (this process's slot) to `onAttach`
+ * before the HELLO, and returns the port carrying the ordinary protocol.
+ *
+ * @example
+ * ```ts
+ * import { agentOpener } from "./session_setup.ts";
+ * const opener = agentOpener("/run/vbus/agent.sock", (a) => console.log("slot", a.slot));
+ * const port = await opener();
+ * ```
+ */
+export function agentOpener(socket: string, onAttach: (a: AttachInfo) => void): PortOpener {
+  return async () => {
+    const { port, attach } = await openAgentPort(socket);
+    onAttach(attach);
+    return port;
+  };
+}
 
 /** What a handshake needs from its connection. */
 export interface HandshakeHooks {

@@ -283,3 +283,81 @@ export function checkGeometry(g: RegionGeometry): string | null {
 export function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
+
+/**
+ * Where the slots of an agent-mode region start: after the region's own header page, which
+ * keeps the vbus signature (`region_signature.ts`) so a guest still finds its device.
+ */
+export const SLOTS_OFFSET = HEADER_SIZE;
+/** Most slots one region may be split into (a bound on what a guest can make the broker map). */
+export const MAX_SLOTS = 256;
+/** Smallest ring a slot gets; fewer, larger slots are the remedy when this does not fit. */
+export const MIN_SLOT_RING_CAPACITY = 4096;
+
+/** The split of a region into per-process slots (each slot is a complete region). */
+export interface SlotPlan {
+  /** Number of slots. */
+  slots: number;
+  /** Byte offset of slot 0 in the region. */
+  slotOffset: number;
+  /** Distance between slot starts (page aligned). */
+  slotStride: number;
+  /** Bytes of each slot (its own header page and two rings; at most the stride). */
+  slotSize: number;
+  /** Capacity of each of a slot's two rings. */
+  ringCapacity: number;
+}
+
+/**
+ * Split a region of `regionSize` bytes into `slots` slots for an agent: slot `i` is the range
+ * `[slotOffset + i * slotStride, ... + slotSize)`, a region of its own (header page with its
+ * own EPOCH, then two rings of the largest power of two that fits). Throws a RangeError
+ * naming the limit when they do not fit.
+ *
+ * @example
+ * ```ts
+ * const p = planSlots(4 << 20, 8);
+ * console.log(p.slotOffset, p.ringCapacity); // 4096 131072
+ * ```
+ */
+export function planSlots(regionSize: number, slots: number): SlotPlan {
+  if (!Number.isInteger(slots) || slots < 1 || slots > MAX_SLOTS) {
+    throw new RangeError(`slot count ${slots} is not between 1 and ${MAX_SLOTS}`);
+  }
+  const stride = Math.floor((regionSize - SLOTS_OFFSET) / slots / RING_ALIGNMENT) * RING_ALIGNMENT;
+  let cap = MIN_CAPACITY;
+  while (HEADER_SIZE + 4 * cap <= stride && cap * 2 <= MAX_CAPACITY) cap *= 2;
+  if (cap < MIN_SLOT_RING_CAPACITY || HEADER_SIZE + 2 * cap > stride) {
+    throw new RangeError(
+      `a region of ${regionSize} bytes cannot hold ${slots} slots with rings of at least ` +
+        `${MIN_SLOT_RING_CAPACITY} bytes: use fewer slots or a larger shmSize`,
+    );
+  }
+  return {
+    slots,
+    slotOffset: SLOTS_OFFSET,
+    slotStride: stride,
+    slotSize: HEADER_SIZE + 2 * cap,
+    ringCapacity: cap,
+  };
+}
+
+/**
+ * The bytes of slot `index` of `plan` inside `region` (a view, no copy).
+ *
+ * @example
+ * ```ts
+ * const region = new Uint8Array(4 << 20);
+ * slotBytes(region, planSlots(region.length, 8), 1).byteOffset; // 4096 + stride
+ * ```
+ */
+export function slotBytes(region: Uint8Array, plan: SlotPlan, index: number): Uint8Array {
+  if (!Number.isInteger(index) || index < 0 || index >= plan.slots) {
+    throw new RangeError(`slot ${index} is not between 0 and ${plan.slots - 1}`);
+  }
+  const start = plan.slotOffset + index * plan.slotStride;
+  if (start + plan.slotSize > region.length) {
+    throw new RangeError(`slot ${index} [${start}, ${start + plan.slotSize}) exceeds the region`);
+  }
+  return region.subarray(start, start + plan.slotSize);
+}
