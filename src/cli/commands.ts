@@ -91,6 +91,23 @@ export const OPTIONS = {
     help: "print one attachable device: channel (the virtio-serial port) or shmem (ivshmem)",
     complete: ["channel", "shmem"],
   },
+  socket: {
+    type: "string",
+    arg: "PATH",
+    help:
+      "agent: the socket local processes connect to (default VBUS_AGENT, else /run/vbus/agent.sock)",
+    complete: "file",
+  },
+  slots: {
+    type: "string",
+    arg: "N",
+    help: "agent: local processes served at once (default: what the broker grants, 8)",
+  },
+  group: {
+    type: "string",
+    arg: "G",
+    help: "agent: the group that may connect to the socket (mode 0660), e.g. vbus",
+  },
   help: { type: "boolean", short: "h", help: "show help" },
   version: { type: "boolean", short: "V", help: "print the version" },
 } as const satisfies Record<string, OptionSpec>;
@@ -237,6 +254,18 @@ file the broker refuses is exit 1, and the old config keeps running.`,
     summary: "a live view of the VMs and sessions",
     help:
       "Redraws the broker's counters every --interval on a terminal; otherwise prints one screen.",
+  },
+  agent: {
+    args: [],
+    options: ["socket", "slots", "group", "port", "ivshmem"],
+    summary: "in a guest: share the port and the ring with every local process",
+    help:
+      `Runs in a guest as a service: owns the virtio-serial port and names the ivshmem device, and
+serves any number of local processes on --socket (mode 0660, group --group). While it runs,
+connect() and every vbus command in this guest go through it with no option; each process gets
+its own ring pair (a slot) and session, with the VM's identity and permissions. A process that
+exits frees its slot; when all are taken the next is refused, naming the limit. Stops on
+SIGTERM (its processes reconnect to the next agent).`,
   },
   "qemu-args": {
     args: ["VM"],

@@ -106,6 +106,23 @@ async function run(cl: CommandLine, out: (line: string) => void): Promise<number
       // Reload on SIGHUP, drain on SIGTERM/SIGINT, READY=1 to systemd: see lifecycle.ts.
       return await serveBroker(new Broker(config));
     }
+    case "agent": {
+      const slots = values.slots === undefined ? undefined : Number(values.slots);
+      if (slots !== undefined && (!Number.isInteger(slots) || slots < 1 || slots > 256)) {
+        throw new UsageError(
+          `--slots must be an integer from 1 to 256, got "${values.slots}"`,
+          command,
+        );
+      }
+      const { serveAgent, groupId } = await import("../agent/serve.ts");
+      return await serveAgent({
+        socket: values.socket,
+        slots,
+        port: values.port,
+        ...(values.ivshmem ? { shm: connectOptions(values, command).shm as string } : {}),
+        ...(values.group ? { socketGroup: groupId(values.group) } : {}),
+      });
+    }
     case "top": {
       const intervalMs = parseDuration(values.interval, "interval", command) ??
         DEFAULT_TOP_INTERVAL_MS;
