@@ -26,18 +26,15 @@
 import { randomBytes } from "node:crypto";
 import { setImmediate } from "node:timers";
 import type { Port } from "../port/port.ts";
-import { type Frame, FrameDecoder, FrameHeader, MAX_HEAD_BYTES } from "../protocol/frame.ts";
+import { type Frame, FrameDecoder } from "../protocol/frame.ts";
 import { FrameWriter } from "../protocol/frame_writer.ts";
-import { HeadReader } from "../protocol/fast_heads.ts";
-import { encodeValue, msgHeadMaxLength, PUB_HEAD_MARK } from "../protocol/codec.ts";
+import { encodeValue } from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import {
   decodeDoorbellHead,
   decodeHelloHead,
-  decodePubHead,
   decodeSubHead,
   decodeUnsubHead,
-  headersSize,
 } from "../protocol/heads.ts";
 import {
   type ErrHead,
@@ -46,8 +43,6 @@ import {
   Op,
   opName,
   PROTOCOL_VERSION,
-  STATUS_HEADER,
-  STATUS_NO_RESPONDERS,
   type WelcomeHead,
 } from "../protocol/ops.ts";
 import type { Limits } from "../protocol/limits.ts";
@@ -55,7 +50,7 @@ import { countTokens, validatePattern, validateSubject } from "../subject/subjec
 import type { DeliveryTarget, RouteEntry, Router } from "./router.ts";
 import { PermissionGuard } from "./permissions.ts";
 import type { Permissions } from "./config.ts";
-import { countDrop, DropReason, type EndpointStats } from "./stats.ts";
+import type { EndpointStats } from "./stats.ts";
 import type { Logger } from "../util/log.ts";
 import { initRegion } from "../ring/region.ts";
 import { RingChannel } from "../shm/ring_channel.ts";
@@ -64,16 +59,15 @@ import { type Holdable, Outbox } from "./outbox.ts";
 import { FLOOD_CLOSE_SECONDS, FloodGuard } from "./flood_guard.ts";
 import { busiestSubjects, CLIENT_NAME_MAX, type SessionStats } from "./session_stats.ts";
 import { ringFill } from "../ring/fill.ts";
+import { PublishPath, SYSTEM_PREFIX } from "./publish_path.ts";
 
-export { FLOOD_CLOSE_SECONDS };
+export { FLOOD_CLOSE_SECONDS, SYSTEM_PREFIX };
 /** Features this broker offers; a session uses those its client also announced. */
 export const BROKER_FEATURES: readonly string[] = [
   Feature.Headers,
   Feature.NoResponders,
   Feature.NoEcho,
 ];
-/** Subjects under this prefix belong to the broker itself. */
-export const SYSTEM_PREFIX = "$VBUS.";
 /** Unanswered broker PINGs after which a session is considered dead. */
 export const MAX_PINGS_OUT = 3;
 /** Window over which `maxErrors` protocol errors close a session. */
@@ -91,12 +85,8 @@ export const PRE_HELLO_MAX_FRAME_BYTES = 64 * 1024;
 export const MAX_HELLOS_PER_SECOND = 20;
 /** Work a HELLO counts for (a session restart: subscriptions dropped, a region re-initialised). */
 const HELLO_WORK = WORK_PER_TURN / 16;
-/** Bytes a MSG head may add to the PUB head it is spliced from (array marker and sid). */
-const MSG_HEAD_EXTRA = msgHeadMaxLength(new Uint8Array(0));
 
 const EMPTY_ARRAY_HEAD = encodeValue([]);
-const NO_RESPONDERS_HEADERS: Headers = { [STATUS_HEADER]: STATUS_NO_RESPONDERS };
-const EMPTY = new Uint8Array(0);
 /** Input holds that are not another session (see #holdInput). */
 const TURN_HOLD = { reason: "work per turn, or a port frame waiting for the ring" };
 const OUTPUT_HOLD = { reason: "output backed up" };
@@ -187,9 +177,8 @@ export class Session implements DeliveryTarget, Holdable {
   #waitingFrame?: WaitingFrame;
   #portWork = 0;
   #ringWork = 0;
-  // Private copy of a PUB head read from a guest's ring (heads are at most 64 KiB).
-  #headCopy = new Uint8Array(MAX_HEAD_BYTES);
-  #heads = new HeadReader();
+  // The data plane: PUBs checked (once per distinct head) and handed to the router.
+  #pub: PublishPath;
   // For stats only: when the broker got the connection, and the client's HELLO description.
   #connectedAt = Date.now();
   #client = "";
@@ -207,6 +196,15 @@ export class Session implements DeliveryTarget, Holdable {
     );
     this.#floodLimit = ctx.limits.maxMsgsPerSecond;
     this.#flood = new FloodGuard(this.#floodLimit, (n, fatal) => this.#floodReport(n, fatal));
+    this.#pub = new PublishPath({
+      self: this,
+      limits: ctx.limits,
+      stats: opts.stats,
+      router: ctx.router,
+      host: opts.host,
+      setPublishing: (on) => (ctx.publishing = on ? this : undefined),
+    });
+    this.#pub.flood = this.#flood;
     this.#outbox = new Outbox({
       owner: this,
       port,
@@ -289,6 +287,7 @@ export class Session implements DeliveryTarget, Holdable {
     if (!this.#guard) return; // before HELLO: the guard is made from #opts.permissions
     const next = this.#guard;
     next.update(permissions);
+    this.#pub.open(next, permissions?.publish, this.#features);
     const mayBlock = permissions?.block ?? this.#opts.host;
     for (const [sid, entry] of [...this.#subs]) {
       if (next.canSubscribe(entry.subject)) {
@@ -312,11 +311,13 @@ export class Session implements DeliveryTarget, Holdable {
    * announced.
    */
   limitsChanged(): void {
+    this.#pub.invalidate(); // subject limits decide what a cached PUB head was checked against
     const limit = this.#ctx.limits.maxMsgsPerSecond;
     if (limit === this.#floodLimit || this.#state === "closed") return;
     this.#floodLimit = limit;
     this.#flood.stop();
     this.#flood = new FloodGuard(limit, (n, fatal) => this.#floodReport(n, fatal));
+    this.#pub.flood = this.#flood;
   }
 
   /** Start reading the port. */
@@ -618,7 +619,7 @@ export class Session implements DeliveryTarget, Holdable {
       }
       switch (frame.op) {
         case Op.Pub: {
-          const work = this.#onPub(frame, inRing);
+          const work = this.#pub.publish(frame, inRing);
           if (inRing) this.#opts.stats.ringMsgsIn++;
           return work;
         }
@@ -690,6 +691,7 @@ export class Session implements DeliveryTarget, Holdable {
     const inbox = `_INBOX.${identity}.${randomBytes(8).toString("hex")}`;
     this.#guard = new PermissionGuard(this.#opts.permissions, inbox);
     this.#features = new Set(hello.features.filter((f) => BROKER_FEATURES.includes(f)));
+    this.#pub.open(this.#guard, this.#opts.permissions?.publish, this.#features);
     this.#state = "open";
     const stats = this.#opts.stats;
     stats.connected = true;
@@ -857,99 +859,6 @@ export class Session implements DeliveryTarget, Holdable {
 
   /** Resolves when the session's ring channel no longer touches shared memory. */
   ringStopped: Promise<void> = Promise.resolve();
-
-  /** Handle a PUB; returns the work it cost (1, each delivery, the index walked). */
-  #onPub(frame: Frame, volatile = false): number {
-    let buf = frame.buf, start = frame.headStart, end = frame.headEnd;
-    if (volatile) {
-      // The guest can rewrite its ring at any moment: decode from our own copy of the head,
-      // and forward exactly those bytes.
-      const n = end - start;
-      const copy = this.#headCopy;
-      for (let i = 0; i < n; i++) copy[i] = buf[start + i];
-      buf = copy;
-      start = 0;
-      end = n;
-    }
-    const limits = this.#ctx.limits;
-    const stats = this.#opts.stats;
-    const payload = frame.payload;
-    // Limits apply to the bytes that will be forwarded, not to what they decode to (a headers
-    // map repeating one key decodes to a few bytes and may still be 64 KiB on the wire).
-    const headBytes = end - start;
-    if (
-      headBytes > limits.maxHeaderBytes + 2 * limits.maxSubjectBytes + 16 ||
-      headBytes + MSG_HEAD_EXTRA > MAX_HEAD_BYTES
-    ) {
-      throw new VbusError(
-        ErrorCode.BadHeaders,
-        `a PUB head of ${headBytes} bytes exceeds what subjects and headers may take (limits.maxHeaderBytes ${limits.maxHeaderBytes})`,
-      );
-    }
-    if (
-      FrameHeader.LENGTH + headBytes + MSG_HEAD_EXTRA + payload.length > limits.maxFrameBytes
-    ) {
-      throw new VbusError(
-        ErrorCode.FrameTooLarge,
-        `the message would be forwarded as a frame larger than limits.maxFrameBytes (${limits.maxFrameBytes})`,
-      );
-    }
-    const [subject, reply, headers] = this.#heads.pub(buf, start, end) ??
-      decodePubHead(buf, start, end);
-    if (!this.#flood.take()) {
-      countDrop(stats, DropReason.Flood);
-      return 1;
-    }
-    const problem = validateSubject(subject, limits.maxSubjectBytes, limits.maxSubjectTokens);
-    if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject: ${problem}`, subject);
-    if (reply !== null) {
-      const replyProblem = validateSubject(reply, limits.maxSubjectBytes, limits.maxSubjectTokens);
-      if (replyProblem) {
-        throw new VbusError(ErrorCode.BadSubject, `invalid reply subject: ${replyProblem}`, reply);
-      }
-    }
-    if (headers !== null) {
-      if (!this.#features.has(Feature.Headers)) {
-        throw new VbusError(ErrorCode.BadHeaders, "headers were not negotiated", subject);
-      }
-      if (headersSize(headers) > limits.maxHeaderBytes) {
-        throw new VbusError(
-          ErrorCode.BadHeaders,
-          `headers exceed ${limits.maxHeaderBytes} bytes`,
-          subject,
-        );
-      }
-    }
-    if (
-      (subject.startsWith(SYSTEM_PREFIX) && !this.#opts.host) || !this.#guard!.canPublish(subject)
-    ) {
-      stats.denied++;
-      throw new VbusError(
-        ErrorCode.PermissionDenied,
-        `publish to "${subject}" is not permitted`,
-        subject,
-      );
-    }
-    stats.msgsIn++;
-    stats.bytesIn += payload.length;
-    // The MSG head is spliced from the validated PUB head bytes (no re-encoding per delivery).
-    const pubTail = buf[start] === PUB_HEAD_MARK ? buf.subarray(start + 1, end) : undefined;
-    const router = this.#ctx.router;
-    this.#ctx.publishing = this;
-    let delivered: number;
-    try {
-      const exclude = this.#features.has(Feature.NoEcho) ? this : undefined;
-      delivered = router.publish(subject, reply, headers, payload, volatile, pubTail, exclude);
-    } finally {
-      this.#ctx.publishing = undefined;
-    }
-    const work = 1 + delivered + (router.lastMatchCost >> 3);
-    if (delivered === 0 && reply !== null && this.#features.has(Feature.NoResponders)) {
-      // Said on this session's behalf: only to this session, whatever subject it named.
-      router.deliverTo(this, reply, NO_RESPONDERS_HEADERS, EMPTY);
-    }
-    return work;
-  }
 
   #onSub(frame: Frame) {
     const [sid, subject, queue, slow] = decodeSubHead(frame.head);

@@ -522,6 +522,9 @@ export class RingChannel {
   async #receiveLoop() {
     const spinMs = this.#opts.spinMs ?? DEFAULT_SPIN_MS;
     let idleSince = 0;
+    // A park that timed out found nothing: park again at once. Spinning after every slice
+    // would cost an idle channel a spin per slice (most of an idle broker's CPU).
+    let parkAgain = false;
     while (this.#running) {
       if (this.#paused) {
         await new Promise<void>((r) => this.#resumeWaiters.push(r));
@@ -539,20 +542,21 @@ export class RingChannel {
       }
       if (n > 0) {
         idleSince = 0;
+        parkAgain = false;
         await yieldToEventLoop();
         continue;
       }
       const now = performance.now();
       if (idleSince === 0) idleSince = now;
-      if (now - idleSince < spinMs) {
+      if (!parkAgain && now - idleSince < spinMs) {
         await yieldToEventLoop();
         continue;
       }
       this.stats.parks++;
-      await this.#dataParker.waitForData(
+      parkAgain = !(await this.#dataParker.waitForData(
         () => this.#stopped || this.#consumer.hasData(),
         PARK_SLICE_MS,
-      );
+      ));
       idleSince = 0;
     }
   }

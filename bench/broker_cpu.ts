@@ -1,0 +1,218 @@
+/**
+ * The broker's CPU per message on the ring path, a figure that survives a noisy machine: a
+ * `vbus broker`, one ring subscriber and one ring publisher as three processes; N binary
+ * messages of SIZE bytes, 1 publisher -> broker -> 1 subscriber. Reports the broker's CPU
+ * seconds (utime + stime from /proc, all threads) per million messages between "go" and the
+ * last arrival, msgs/s, the clients' CPU, and the broker's CPU over IDLE seconds with both
+ * clients connected and no traffic (as % of one core).
+ *
+ *   bun bench/broker_cpu.ts [--size 64] [--count 1000000] [--idle 5] [--broker bun|deno] [--runs 1]
+ *     [--prof DIR]   (Bun broker: writes its CPU profile as Markdown, broker-cpu.md, into DIR)
+ *
+ * Wrap it in `flock /tmp/vbus-heavy.lock` on a shared machine. One JSON line per run.
+ * Roles (internal): `broker`, `sub`, `pub` are started by the parent with --role.
+ * @module
+ */
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+
+const { values } = parseArgs({
+  options: {
+    role: { type: "string" },
+    size: { type: "string", default: "64" },
+    count: { type: "string", default: "1000000" },
+    idle: { type: "string", default: "5" },
+    broker: { type: "string", default: "bun" },
+    runs: { type: "string", default: "1" },
+    socket: { type: "string" },
+    prof: { type: "string" },
+  },
+});
+const size = Number(values.size);
+const count = Number(values.count);
+const SELF = fileURLToPath(import.meta.url);
+const ROOT = join(SELF, "..", "..");
+/** Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux). */
+const TICKS_PER_SECOND = 100;
+/** Messages per awaited publish (the publisher's backpressure point). */
+const PUB_BATCH = 1024;
+
+function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(f[11]) + Number(f[12])) / TICKS_PER_SECOND; // utime + stime
+}
+
+/** Lines from the parent on stdin, one at a time. */
+function commands(): () => Promise<string> {
+  const lines: string[] = [];
+  const waiting: ((l: string) => void)[] = [];
+  const rl = createInterface({ input: process.stdin });
+  rl.on("line", (l) => (waiting.length ? waiting.shift()!(l) : lines.push(l)));
+  rl.on("close", () => process.exit(0));
+  return () => new Promise((r) => (lines.length ? r(lines.shift()!) : waiting.push(r)));
+}
+
+if (values.role === "sub" || values.role === "pub") {
+  const next = commands();
+  const { connect } = await import("../mod.ts");
+  const bus = await connect({ server: values.socket!, shm: true, reconnect: false });
+  if (bus.dataPath !== "ring") throw new Error(`expected ring, got ${bus.dataPath}`);
+  if (values.role === "sub") {
+    let got = 0;
+    let t0 = 0;
+    let resolveDone!: () => void;
+    const done = new Promise<void>((r) => (resolveDone = r));
+    bus.subscribe<Uint8Array>("cpu.bench", {
+      callback: (_e, m) => {
+        if (got === 0) t0 = performance.now();
+        if ((m.data as Uint8Array).length !== size) throw new Error("bad message");
+        if (++got === count) resolveDone();
+      },
+    });
+    await bus.flush();
+    process.stdout.write("ready\n");
+    await done;
+    process.stdout.write(JSON.stringify({ got, seconds: (performance.now() - t0) / 1000 }) + "\n");
+  } else {
+    await bus.flush();
+    process.stdout.write("ready\n");
+    await next(); // go
+    const payload = new Uint8Array(size).fill(7);
+    for (let i = 0; i < count; i++) {
+      const p = bus.publish("cpu.bench", payload);
+      if (i % PUB_BATCH === PUB_BATCH - 1) await p;
+    }
+    await bus.flush();
+    process.stdout.write("sent\n");
+  }
+  await next(); // quit
+  await bus.close();
+  process.exit(0);
+}
+
+if (values.role === "broker") {
+  const { Broker, parseConfig } = await import("../mod.ts");
+  const broker = new Broker(parseConfig(JSON.stringify({ listen: values.socket, vms: [] })));
+  await broker.start();
+  process.stdout.write("ready\n");
+  process.on("SIGTERM", async () => {
+    await broker.stop();
+    process.exit(0);
+  });
+  await new Promise(() => {});
+}
+
+// Parent.
+const bin = (rt: string) => join(ROOT, "node_modules", ".bin", rt);
+
+function start(role: string, runtime: string, socket: string) {
+  const args = [
+    "--role",
+    role,
+    "--socket",
+    socket,
+    "--size",
+    String(size),
+    "--count",
+    String(count),
+  ];
+  const prof = role === "broker" && values.prof && runtime === "bun"
+    ? ["--cpu-prof-md", `--cpu-prof-dir=${values.prof}`, "--cpu-prof-name=broker-cpu.md"]
+    : [];
+  const cmd = runtime === "deno" ? ["run", "-A", SELF, ...args] : [...prof, SELF, ...args];
+  const child = spawn(bin(runtime), cmd, {
+    stdio: ["pipe", "pipe", "inherit"],
+    env: { ...process.env, VBUS_LOG: "warn" },
+  });
+  let out = "";
+  const waiters: { text: string; resolve: () => void }[] = [];
+  child.stdout!.on("data", (d) => {
+    out += d;
+    for (const w of waiters.splice(0)) {
+      if (out.includes(w.text)) w.resolve();
+      else waiters.push(w);
+    }
+  });
+  const exited = new Promise<number>((resolve) => child.on("close", (c) => resolve(c ?? -1)));
+  return {
+    pid: child.pid!,
+    send: (line: string) => child.stdin!.write(line + "\n"),
+    until: (text: string) =>
+      new Promise<void>((resolve, reject) => {
+        if (out.includes(text)) return resolve();
+        waiters.push({ text, resolve });
+        exited.then((c) => reject(new Error(`${role} exited (${c}) before "${text}"`)));
+      }),
+    output: () => out,
+    kill: () => child.kill("SIGTERM"),
+    exited,
+  };
+}
+
+async function run() {
+  const dir = mkdtempSync(join(tmpdir(), "vbus-cpu-"));
+  const socket = join(dir, "broker.sock");
+  const load = loadavg().map((l) => l.toFixed(2)).join(" ");
+  const broker = start("broker", values.broker!, socket);
+  try {
+    await broker.until("ready");
+    const sub = start("sub", "bun", socket);
+    await sub.until("ready");
+    const pub = start("pub", "bun", socket);
+    await pub.until("ready");
+    await new Promise((r) => setTimeout(r, 300)); // let start-up work settle
+    const before = {
+      broker: cpuSeconds(broker.pid),
+      sub: cpuSeconds(sub.pid),
+      pub: cpuSeconds(pub.pid),
+    };
+    pub.send("go");
+    await sub.until("}");
+    const after = {
+      broker: cpuSeconds(broker.pid),
+      sub: cpuSeconds(sub.pid),
+      pub: cpuSeconds(pub.pid),
+    };
+    await pub.until("sent");
+    // Idle: both clients connected, rings set up, nothing sent.
+    await new Promise((r) => setTimeout(r, 500));
+    const idleSeconds = Number(values.idle);
+    const idle0 = cpuSeconds(broker.pid);
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, idleSeconds * 1000));
+    const idleCpu = cpuSeconds(broker.pid) - idle0;
+    const idleWall = (performance.now() - t0) / 1000;
+    sub.send("quit");
+    pub.send("quit");
+    await Promise.all([sub.exited, pub.exited]);
+    const result = JSON.parse(sub.output().trim().split("\n").pop()!);
+    const millions = result.got / 1e6;
+    const perM = (k: keyof typeof before) => +((after[k] - before[k]) / millions).toFixed(3);
+    return {
+      date: new Date().toISOString(),
+      broker: values.broker,
+      size,
+      count,
+      delivered: result.got,
+      msgsPerSec: Math.round(result.got / result.seconds),
+      brokerCpuSPerM: perM("broker"),
+      subCpuSPerM: perM("sub"),
+      pubCpuSPerM: perM("pub"),
+      idleBrokerCpuPct: +((100 * idleCpu) / idleWall).toFixed(2),
+      loadavgBefore: load,
+    };
+  } finally {
+    broker.kill();
+    await broker.exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+for (let i = 0; i < Number(values.runs); i++) console.log(JSON.stringify(await run()));
+process.exit(0);

@@ -1,0 +1,223 @@
+/**
+ * The broker's per-session route cache (src/broker/publish_path.ts): a PUB head's checks are
+ * cached by its bytes, so every way the answer can change must reach the very next message:
+ * a permission change by reload, a limits change by reload, an UNSUB, a head rewritten in
+ * place in shared memory, and a publish allowed only by a one-time reply grant. Real brokers,
+ * real rings; the unit tests drive a real PublishPath, Router and PermissionGuard.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { delay, SHM_SIZE, startLab, waitFor } from "./helpers.ts";
+import { validateConfig } from "../src/broker/config.ts";
+import { PublishPath } from "../src/broker/publish_path.ts";
+import { PermissionGuard } from "../src/broker/permissions.ts";
+import { type RouteEntry, Router } from "../src/broker/router.ts";
+import { newEndpointStats } from "../src/broker/stats.ts";
+import { FloodGuard } from "../src/broker/flood_guard.ts";
+import { encodeValue } from "../src/protocol/codec.ts";
+import { encodeFrame, parseFrameAt } from "../src/protocol/frame.ts";
+import { DEFAULT_LIMITS } from "../src/protocol/limits.ts";
+import { Op } from "../src/protocol/ops.ts";
+import type { VbusError } from "../src/protocol/errors.ts";
+
+test("route cache: a permission change by reload denies the very next PUB of a cached subject (ring)", async () => {
+  const lab = await startLab({
+    shm: true,
+    vms: [{ name: "vm1", permissions: { publish: ["a.>", "m"] } }],
+  });
+  try {
+    const host = await lab.host();
+    const got: string[] = [];
+    host.subscribe(">", { callback: (_e, m) => got.push(`${m.subject}=${m.data}`) });
+    await host.flush();
+    const vm1 = await lab.vms.vm1.connect();
+    assert.equal(vm1.dataPath, "ring");
+    const errors: string[] = [];
+    vm1.on("error", (e) => errors.push(e.message));
+    for (let i = 0; i < 20; i++) await vm1.publish("a.1", i); // the head is cached now
+    await vm1.flush();
+    await waitFor(() => got.length === 20, "20 messages on a.1");
+    const denied = lab.broker.stats().vms.find((v) => v.name === "vm1")!.denied;
+    await lab.broker.reload(validateConfig({
+      listen: lab.listen,
+      vms: [{
+        name: "vm1",
+        socket: join(lab.dir, "vm1.sock"),
+        shm: lab.vms.vm1.shm,
+        shmSize: SHM_SIZE,
+        permissions: { publish: ["b.>", "m"] },
+      }],
+    }, "test-config"));
+    await vm1.publish("a.1", 20); // the very next message: same head bytes as the cached ones
+    await vm1.publish("m", "marker");
+    await vm1.flush();
+    await waitFor(() => got.includes("m=marker"), "marker delivered");
+    assert.equal(
+      got.filter((g) => g.startsWith("a.1")).length,
+      20,
+      "a.1 after the reload was not delivered",
+    );
+    await waitFor(
+      () => errors.some((m) => /publish to "a.1" is not permitted/.test(m)),
+      "a.1 denied",
+    );
+    const after = lab.broker.stats().vms.find((v) => v.name === "vm1")!.denied;
+    assert.equal(after - denied, 1, "exactly one denial counted");
+    await vm1.close();
+  } finally {
+    await lab.close();
+  }
+});
+
+test("route cache: a limits change by reload (maxSubjectBytes) refuses the very next PUB of a cached subject", async () => {
+  const lab = await startLab({ shm: true, vms: ["vm1"] });
+  try {
+    const host = await lab.host();
+    const got: string[] = [];
+    host.subscribe(">", { callback: (_e, m) => got.push(m.subject) });
+    await host.flush();
+    const vm1 = await lab.vms.vm1.connect();
+    const errors: string[] = [];
+    vm1.on("error", (e) => errors.push(`${e.code}: ${e.message}`));
+    const long = "subject.of.thirty.two.bytes.xyz";
+    for (let i = 0; i < 10; i++) await vm1.publish(long, i);
+    await vm1.flush();
+    await waitFor(() => got.length === 10, "10 messages");
+    await lab.broker.reload(validateConfig({
+      listen: lab.listen,
+      limits: { maxSubjectBytes: 16 },
+      vms: [{
+        name: "vm1",
+        socket: join(lab.dir, "vm1.sock"),
+        shm: lab.vms.vm1.shm,
+        shmSize: SHM_SIZE,
+      }],
+    }, "test-config"));
+    // The client checks subjects against its WELCOME's limits (the old ones); the broker must
+    // check against the new ones.
+    await vm1.publish(long, 10);
+    await vm1.publish("m", "marker");
+    await vm1.flush();
+    await waitFor(() => got.includes("m"), "marker delivered");
+    assert.equal(got.filter((s) => s === long).length, 10, "the over-long subject was refused");
+    await waitFor(
+      () => errors.some((m) => /^BAD_SUBJECT: .*longer than 16 bytes/.test(m)),
+      "BAD_SUBJECT",
+    );
+    await vm1.close();
+  } finally {
+    await lab.close();
+  }
+});
+
+test("route cache: an UNSUB takes effect on the very next PUB of a cached subject (rings both ways)", async () => {
+  const lab = await startLab({ shm: true, vms: ["vm1"] });
+  try {
+    const host = await lab.host();
+    assert.equal(host.dataPath, "ring");
+    const got: string[] = [];
+    const sub = host.subscribe("c.1", { callback: (_e, m) => got.push(`c.1=${m.data}`) });
+    host.subscribe("m", { callback: () => got.push("m") });
+    await host.flush();
+    const vm1 = await lab.vms.vm1.connect();
+    for (let i = 0; i < 20; i++) await vm1.publish("c.1", i);
+    await vm1.flush();
+    await waitFor(() => got.length === 20, "20 on c.1");
+    sub.unsubscribe();
+    await host.flush(); // the broker has acted on the UNSUB
+    await vm1.publish("c.1", 20);
+    await vm1.publish("m", 0);
+    await vm1.flush();
+    await waitFor(() => got.includes("m"), "marker delivered");
+    await delay(50);
+    assert.equal(got.filter((g) => g.startsWith("c.1")).length, 20, "nothing after the UNSUB");
+    await vm1.close();
+  } finally {
+    await lab.close();
+  }
+});
+
+/** A real PublishPath for one session with the given publish permissions. */
+function path(publish?: string[]) {
+  const router = new Router();
+  const delivered: string[] = [];
+  const target = { deliver: (_e: RouteEntry, subject: string) => void delivered.push(subject) };
+  const entry: RouteEntry = { sid: 1, subject: ">", queue: null, max: 0, delivered: 0, target };
+  router.add(entry);
+  const stats = newEndpointStats("t");
+  const p = new PublishPath({
+    self: { deliver: () => true },
+    limits: { ...DEFAULT_LIMITS },
+    stats,
+    router,
+    host: false,
+    setPublishing: () => {},
+  });
+  const guard = new PermissionGuard(publish ? { publish } : undefined, "_INBOX.t.x");
+  p.open(guard, publish, new Set());
+  const flood = new FloodGuard(1e9, () => {});
+  p.flood = flood;
+  return { p, delivered, guard, stats, stop: () => flood.stop() };
+}
+
+function pubFrame(subject: string) {
+  const bytes = encodeFrame(Op.Pub, encodeValue([subject, null, null]), encodeValue(1));
+  return { bytes, frame: parseFrameAt(bytes, 0, bytes.length, 1 << 20) };
+}
+
+test("route cache: a head rewritten in place (same position, same length) is checked again", () => {
+  const t = path(["a.>"]);
+  try {
+    const { bytes, frame } = pubFrame("a.1");
+    t.p.publish(frame, true);
+    t.p.publish(frame, true);
+    assert.equal(t.p.cachedRoutes, 1);
+    // The guest rewrites its ring: "a.1" becomes "b.1" in the same record.
+    const at = bytes.indexOf(0x61, /* a */ 12);
+    bytes[at] = 0x62;
+    assert.throws(() => t.p.publish(frame, true), (e: VbusError) => e.code === "PERMISSION_DENIED");
+    assert.deepEqual(t.delivered, ["a.1", "a.1"]);
+    bytes[at] = 0x61;
+    t.p.publish(frame, true);
+    assert.deepEqual(t.delivered, ["a.1", "a.1", "a.1"]);
+  } finally {
+    t.stop();
+  }
+});
+
+test("route cache: a publish allowed only by a one-time reply grant is never cached", () => {
+  const t = path(["a.>"]);
+  try {
+    t.guard.grantReply("_INBOX.r.1");
+    const { frame } = pubFrame("_INBOX.r.1");
+    t.p.publish(frame, true);
+    assert.equal(t.p.cachedRoutes, 0);
+    assert.throws(() => t.p.publish(frame, true), (e: VbusError) => e.code === "PERMISSION_DENIED");
+    assert.deepEqual(t.delivered, ["_INBOX.r.1"]);
+  } finally {
+    t.stop();
+  }
+});
+
+test("route cache: open() with new permissions and invalidate() empty it", () => {
+  const t = path(["a.>"]);
+  try {
+    const { frame } = pubFrame("a.1");
+    t.p.publish(frame, false);
+    assert.equal(t.p.cachedRoutes, 1);
+    t.p.open(new PermissionGuard({ publish: ["b.>"] }, "_INBOX.t.y"), ["b.>"], new Set());
+    assert.equal(t.p.cachedRoutes, 0);
+    assert.throws(
+      () => t.p.publish(frame, false),
+      (e: VbusError) => e.code === "PERMISSION_DENIED",
+    );
+    t.p.open(new PermissionGuard(undefined, "_INBOX.t.z"), undefined, new Set());
+    t.p.publish(frame, false);
+    assert.equal(t.p.cachedRoutes, 1);
+    t.p.invalidate();
+    assert.equal(t.p.cachedRoutes, 0);
+  } finally {
+    t.stop();
+  }
+});
