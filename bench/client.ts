@@ -105,10 +105,20 @@ async function main(): Promise<void> {
   const sys: BenchSystem = mod.default;
   const structured = spec.size === STRUCTURED;
   const payload = makePayload(payloadBytes(spec.size));
-  const base = { id: spec.id, role: spec.role, maxPayload: payloadBytes(spec.size), runtime: spec.runtime };
+  const base = {
+    id: spec.id,
+    role: spec.role,
+    maxPayload: payloadBytes(spec.size),
+    runtime: spec.runtime,
+  };
 
   if (spec.role === "pub") {
-    const ch = (channel = await sys.open(spec.endpoint, { ...base, pub: "bench", sub: null, onMessage: () => {} }));
+    const ch = (channel = await sys.open(spec.endpoint, {
+      ...base,
+      pub: "bench",
+      sub: null,
+      onMessage: () => {},
+    }));
     emit({ type: "ready" });
     await waitLine("go");
     const t0 = wall();
@@ -124,9 +134,10 @@ async function main(): Promise<void> {
     let inFlight: Promise<void> | null = null;
     while (sent < spec.count && !stopped) {
       const n = Math.min(spec.batch, spec.count - sent);
-      if (!structured) for (let i = 0; i < n; i++) ch.publish(payload);
-      else if (sys.nativeValues) for (let i = 0; i < n; i++) ch.publishValue!(structuredValue(sent + i));
-      else for (let i = 0; i < n; i++) ch.publish(packr.pack(structuredValue(sent + i)));
+      if (!structured) { for (let i = 0; i < n; i++) ch.publish(payload); }
+      else if (sys.nativeValues) {
+        for (let i = 0; i < n; i++) ch.publishValue!(structuredValue(sent + i));
+      } else for (let i = 0; i < n; i++) ch.publish(packr.pack(structuredValue(sent + i)));
       sent += n;
       const f = ch.flush();
       if (inFlight) await inFlight;
@@ -168,7 +179,9 @@ async function main(): Promise<void> {
       onMessage: !structured
         ? (p) => onReceived(p.length === size)
         : (p) => onReceived(isStructuredValue(packr.unpack(p))),
-      ...(structured && sys.nativeValues ? { onValue: (v: unknown) => onReceived(isStructuredValue(v)) } : {}),
+      ...(structured && sys.nativeValues
+        ? { onValue: (v: unknown) => onReceived(isStructuredValue(v)) }
+        : {}),
     });
     // coarse sampling of progress: tells when the last message arrived if the stream stalls
     let expectAt = 0;

@@ -104,8 +104,27 @@ const profDir = join(ROOT, "bench", "results", "profiles");
 if (values.prof) mkdirSync(profDir, { recursive: true });
 const bun = join(ROOT, "node_modules", ".bin", "bun");
 function start(role: string) {
-  const flags = values.prof ? ["--cpu-prof-md", `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${role}-${label}-${shm ? "ring" : "stream"}.md`] : [];
-  const child = spawn(bun, [...flags, SELF, "--role", role, "--socket", socket, "--size", String(values.size), "--count", String(count), "--shm", String(shm)], {
+  const flags = values.prof
+    ? [
+      "--cpu-prof-md",
+      `--cpu-prof-dir=${profDir}`,
+      `--cpu-prof-name=${role}-${label}-${shm ? "ring" : "stream"}.md`,
+    ]
+    : [];
+  const child = spawn(bun, [
+    ...flags,
+    SELF,
+    "--role",
+    role,
+    "--socket",
+    socket,
+    "--size",
+    String(values.size),
+    "--count",
+    String(count),
+    "--shm",
+    String(shm),
+  ], {
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, VBUS_LOG: "warn" },
   });
@@ -158,4 +177,9 @@ const report = {
   exit: { pub: pubCode, sub: subCode },
 };
 console.log(JSON.stringify(report));
-if (values.prof) writeFileSync(join(profDir, `summary-${label}-${shm ? "ring" : "stream"}.json`), JSON.stringify(report, null, 2));
+if (values.prof) {
+  writeFileSync(
+    join(profDir, `summary-${label}-${shm ? "ring" : "stream"}.json`),
+    JSON.stringify(report, null, 2),
+  );
+}

@@ -163,7 +163,10 @@ async function runAttack(attack: Attack, seconds: number, runtime: Runtime): Pro
         peerDevs.set(v.name, await RawChardev.listen(socketOf(v.name)));
       } else {
         const reads = v.reads ?? true;
-        rawDevs.set(v.name, await RawChardev.listen(socketOf(v.name), { reads, keepMessages: false }));
+        rawDevs.set(
+          v.name,
+          await RawChardev.listen(socketOf(v.name), { reads, keepMessages: false }),
+        );
       }
     }
     legit = LegitProcess.spawn({

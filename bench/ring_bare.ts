@@ -43,12 +43,23 @@ function sleeper(mode: string): SleepFn {
   return (w, i, e, ms) => futexWaitSync(w, i, e, ms);
 }
 
-async function producer(path: string, regionBytes: number, size: number, count: number, mode: string, spin: number) {
+async function producer(
+  path: string,
+  regionBytes: number,
+  size: number,
+  count: number,
+  mode: string,
+  spin: number,
+) {
   const m = await mapShared(path, regionBytes);
   const region = attachRegion(m.bytes, "guest");
   const p = new RingProducer(m.bytes, region.tx);
   const bell = new Doorbell(m.bytes, region.tx, (w, i) => futexWake(w, i, 1));
-  const space = new Parker(m.bytes, region.tx, sleeper(mode), { sleeper: "producer", spinIterations: spin, sliceMs: 20 });
+  const space = new Parker(m.bytes, region.tx, sleeper(mode), {
+    sleeper: "producer",
+    spinIterations: spin,
+    sliceMs: 20,
+  });
   const payload = new Uint8Array(size);
   for (let i = 0; i < size; i++) payload[i] = i & 0xff;
   const bytes = m.bytes;
@@ -70,15 +81,34 @@ async function producer(path: string, regionBytes: number, size: number, count: 
     seq++;
   }
   const secs = (performance.now() - t0) / 1000;
-  console.log(JSON.stringify({ role: "producer", runtime, secs, rings: bell.rings, fullWaits, spaceParks: space.parks }));
+  console.log(
+    JSON.stringify({
+      role: "producer",
+      runtime,
+      secs,
+      rings: bell.rings,
+      fullWaits,
+      spaceParks: space.parks,
+    }),
+  );
   m.unmap();
 }
 
-async function consumer(path: string, regionBytes: number, size: number, count: number, mode: string, spin: number) {
+async function consumer(
+  path: string,
+  regionBytes: number,
+  size: number,
+  count: number,
+  mode: string,
+  spin: number,
+) {
   const m = await mapShared(path, regionBytes);
   const region = attachRegion(m.bytes, "host");
   const c = new RingConsumer(m.bytes, region.rx);
-  const parker = new Parker(m.bytes, region.rx, sleeper(mode), { spinIterations: spin, sliceMs: 20 });
+  const parker = new Parker(m.bytes, region.rx, sleeper(mode), {
+    spinIterations: spin,
+    sliceMs: 20,
+  });
   const spaceBell = new Doorbell(m.bytes, region.rx, (w, i) => futexWake(w, i, 1), "producer");
   const dv = new DataView(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength);
   let next = 0, t0 = 0;
@@ -125,7 +155,9 @@ function run(bin: string, argv: string[]): Promise<Record<string, number | strin
 
 function childCmd(rt: string, role: string, extra: string[]): [string, string[]] {
   const bin = `${ROOT}node_modules/.bin/${rt}`;
-  return rt === "deno" ? [bin, ["run", "-A", SELF, "--role", role, ...extra]] : [bin, [SELF, "--role", role, ...extra]];
+  return rt === "deno"
+    ? [bin, ["run", "-A", SELF, "--role", role, ...extra]]
+    : [bin, [SELF, "--role", role, ...extra]];
 }
 
 async function orchestrate(a: Map<string, string>) {
@@ -136,13 +168,28 @@ async function orchestrate(a: Map<string, string>) {
   const regionBytes = Number(a.get("region-mib") ?? 16) << 20;
   const rows: Record<string, unknown>[] = [];
   for (const size of sizes) {
-    const count = Number(a.get("count") ?? (size <= 1024 ? 2_000_000 : Math.max(1000, Math.floor((2 << 30) / size))));
+    const count = Number(
+      a.get("count") ?? (size <= 1024 ? 2_000_000 : Math.max(1000, Math.floor((2 << 30) / size))),
+    );
     for (const pair of pairs) {
       const [prt, crt] = pair.split(":");
       const path = `/dev/shm/vbus-bench-${process.pid}`;
       const m = await mapShared(path, regionBytes, { create: true });
       const region = initRegion(m.bytes);
-      const extra = ["--path", path, "--region", String(regionBytes), "--size", String(size), "--count", String(count), "--sleep", mode, "--spin", spin];
+      const extra = [
+        "--path",
+        path,
+        "--region",
+        String(regionBytes),
+        "--size",
+        String(size),
+        "--count",
+        String(count),
+        "--sleep",
+        mode,
+        "--spin",
+        spin,
+      ];
       try {
         const cons = run(...childCmd(crt, "consumer", extra));
         const prod = run(...childCmd(prt, "producer", extra));
@@ -162,8 +209,12 @@ async function orchestrate(a: Map<string, string>) {
         rows.push(row);
         if (!a.has("json")) {
           console.log(
-            `${String(size).padStart(6)} B  ${row.pair.padEnd(10)} ${String(row.msgsPerSec).padStart(9)} msgs/s ` +
-              `${String(row.mbPerSec).padStart(6)} MB/s  rings ${row.dataRings} parks ${row.consumerParks} ` +
+            `${String(size).padStart(6)} B  ${row.pair.padEnd(10)} ${
+              String(row.msgsPerSec).padStart(9)
+            } msgs/s ` +
+              `${
+                String(row.mbPerSec).padStart(6)
+              } MB/s  rings ${row.dataRings} parks ${row.consumerParks} ` +
               `full-waits ${row.producerFullWaits}`,
           );
         }
@@ -178,14 +229,23 @@ async function orchestrate(a: Map<string, string>) {
 
 const a = args();
 const role = a.get("role");
-if ((process.env.VBUS_BENCH_CHILD || role !== undefined) && role !== "producer" && role !== "consumer") {
+if (
+  (process.env.VBUS_BENCH_CHILD || role !== undefined) && role !== "producer" && role !== "consumer"
+) {
   // Guard: a child must never orchestrate (that would spawn children recursively).
   console.error(`ring_bare child started without a valid --role (${role}); refusing`);
   process.exit(2);
 }
 if (role) {
   const f = role === "producer" ? producer : consumer;
-  await f(a.get("path")!, Number(a.get("region")), Number(a.get("size")), Number(a.get("count")), a.get("sleep") ?? "sync", Number(a.get("spin") ?? 256));
+  await f(
+    a.get("path")!,
+    Number(a.get("region")),
+    Number(a.get("size")),
+    Number(a.get("count")),
+    a.get("sleep") ?? "sync",
+    Number(a.get("spin") ?? 256),
+  );
 } else {
   await orchestrate(a);
 }

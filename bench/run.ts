@@ -6,11 +6,29 @@ import { spawnSync } from "node:child_process";
 import { cpus, loadavg, release, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Child, type ClientMessage, freePort, killAllSync, onInterrupt, procCpu, ROOT, RUNTIME_BIN, runtimeCommand, waitForPath, waitForPort } from "./lib/proc.ts";
+import {
+  Child,
+  type ClientMessage,
+  freePort,
+  killAllSync,
+  onInterrupt,
+  procCpu,
+  ROOT,
+  RUNTIME_BIN,
+  runtimeCommand,
+  waitForPath,
+  waitForPort,
+} from "./lib/proc.ts";
 import type { BenchSystem, RuntimeName, ServerContext, ServerHandle } from "./lib/system.ts";
 import { fmtSize, parseSize, STRUCTURED } from "./lib/stats.ts";
 import { payloadBytes } from "./lib/values.ts";
-import { summarize, writeReports, type CaseRun, type LatencyUs, type Report } from "./lib/report.ts";
+import {
+  type CaseRun,
+  type LatencyUs,
+  type Report,
+  summarize,
+  writeReports,
+} from "./lib/report.ts";
 
 /** bench/client.ts's "done" from a publisher (pub) or, with the latency fields, a requester (req). */
 interface PubDone extends ClientMessage {
@@ -76,7 +94,8 @@ if (opt.help) {
 }
 
 const quick = opt.quick!;
-const list = (s: string | undefined, d: string) => (s ?? d).split(",").map((x) => x.trim()).filter(Boolean);
+const list = (s: string | undefined, d: string) =>
+  (s ?? d).split(",").map((x) => x.trim()).filter(Boolean);
 const num = (s: string | undefined, d: number) => {
   const n = s === undefined ? d : Number(s);
   if (!Number.isFinite(n) || n <= 0) throw new Error(`bad number "${s}"`);
@@ -104,7 +123,9 @@ const settings = {
 };
 
 for (const s of settings.shapes) {
-  if (!["1:1", "1:4", "4:1", "rr"].includes(s)) throw new Error(`unknown shape "${s}" (1:1, 1:4, 4:1, rr)`);
+  if (!["1:1", "1:4", "4:1", "rr"].includes(s)) {
+    throw new Error(`unknown shape "${s}" (1:1, 1:4, 4:1, rr)`);
+  }
 }
 
 interface Pair {
@@ -114,13 +135,17 @@ interface Pair {
 }
 const pairs: Pair[] = settings.runtimes.map((r) => {
   const [a, b] = r === "mixed" ? ["deno", "bun"] : r.includes(">") ? r.split(">") : [r, r];
-  for (const x of [a, b]) if (x !== "deno" && x !== "bun") throw new Error(`unknown runtime "${x}" (deno, bun)`);
+  for (const x of [a, b]) {
+    if (x !== "deno" && x !== "bun") throw new Error(`unknown runtime "${x}" (deno, bun)`);
+  }
   return { name: a === b ? a : `${a}>${b}`, pub: a as RuntimeName, sub: b as RuntimeName };
 });
 
 // ---------------------------------------------------------------- systems
 const onDisk = existsSync(SYSTEMS_DIR)
-  ? readdirSync(SYSTEMS_DIR).filter((f) => f.endsWith(".ts") && !f.startsWith("_")).map((f) => f.slice(0, -3))
+  ? readdirSync(SYSTEMS_DIR).filter((f) => f.endsWith(".ts") && !f.startsWith("_")).map((f) =>
+    f.slice(0, -3)
+  )
   : [];
 // Fixed order (peers first, then the plug-in slots, then anything else alphabetically) so that
 // the report's columns do not depend on directory order.
@@ -128,15 +153,26 @@ const ORDER = ["nats", "redis", "unix", "tcp", ...PLUGIN_SLOTS];
 const rank = (n: string) => (ORDER.includes(n) ? ORDER.indexOf(n) : ORDER.length);
 const requested = opt.systems
   ? [...new Set(list(opt.systems, ""))]
-  : [...new Set([...onDisk, ...PLUGIN_SLOTS])].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  : [...new Set([...onDisk, ...PLUGIN_SLOTS])].sort((a, b) =>
+    rank(a) - rank(b) || a.localeCompare(b)
+  );
 const systems = new Map<string, BenchSystem>();
 const systemInfo: Report["systems"] = [];
 for (const name of requested) {
   const file = join(SYSTEMS_DIR, `${name}.ts`);
   if (!existsSync(file)) {
     const slot = PLUGIN_SLOTS.includes(name);
-    if (!slot && opt.systems) throw new Error(`unknown system "${name}" (have: ${onDisk.join(", ")})`);
-    systemInfo.push({ name, describe: "", peer: false, available: false, reason: `bench/systems/${name}.ts not written yet`, info: {} });
+    if (!slot && opt.systems) {
+      throw new Error(`unknown system "${name}" (have: ${onDisk.join(", ")})`);
+    }
+    systemInfo.push({
+      name,
+      describe: "",
+      peer: false,
+      available: false,
+      reason: `bench/systems/${name}.ts not written yet`,
+      info: {},
+    });
     continue;
   }
   try {
@@ -144,13 +180,29 @@ for (const name of requested) {
     if (sys.name !== name) throw new Error(`module's name is "${sys.name}", expected "${name}"`);
     const reason = sys.check ? await sys.check() : null;
     const info = reason === null && sys.info ? await sys.info() : {};
-    systemInfo.push({ name, describe: sys.describe, peer: sys.peer, available: reason === null, reason, info });
+    systemInfo.push({
+      name,
+      describe: sys.describe,
+      peer: sys.peer,
+      available: reason === null,
+      reason,
+      info,
+    });
     if (reason === null) systems.set(name, sys);
   } catch (e) {
-    systemInfo.push({ name, describe: "", peer: false, available: false, reason: `failed to load: ${e}`, info: {} });
+    systemInfo.push({
+      name,
+      describe: "",
+      peer: false,
+      available: false,
+      reason: `failed to load: ${e}`,
+      info: {},
+    });
   }
 }
-for (const s of systemInfo) if (!s.available) process.stderr.write(`bench: skipping ${s.name}: ${s.reason}\n`);
+for (const s of systemInfo) {
+  if (!s.available) process.stderr.write(`bench: skipping ${s.name}: ${s.reason}\n`);
+}
 
 // ---------------------------------------------------------------- case list (interleaved)
 interface CaseDef {
@@ -164,12 +216,23 @@ interface CaseDef {
   pubs: number;
   subs: number;
 }
-const workloads: { kind: "throughput" | "latency"; shape: string; size: number; pubs: number; subs: number }[] = [];
+const workloads: {
+  kind: "throughput" | "latency";
+  shape: string;
+  size: number;
+  pubs: number;
+  subs: number;
+}[] = [];
 for (const shape of settings.shapes) {
-  if (shape === "rr") for (const size of settings.rrSizes) workloads.push({ kind: "latency", shape, size, pubs: 1, subs: 1 });
-  else {
+  if (shape === "rr") {
+    for (const size of settings.rrSizes) {
+      workloads.push({ kind: "latency", shape, size, pubs: 1, subs: 1 });
+    }
+  } else {
     const [p, s] = shape.split(":").map(Number);
-    for (const size of settings.sizes) workloads.push({ kind: "throughput", shape, size, pubs: p, subs: s });
+    for (const size of settings.sizes) {
+      workloads.push({ kind: "throughput", shape, size, pubs: p, subs: s });
+    }
   }
 }
 const cases: CaseDef[] = [];
@@ -191,7 +254,10 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: ReturnType<typeof setTimeout>;
   return Promise.race([
     p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms))),
+    new Promise<T>((
+      _,
+      rej,
+    ) => (t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms))),
   ]);
 }
 
@@ -203,8 +269,16 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
   const servers: Child[] = [];
   const clients: { child: Child; role: string }[] = [];
   const result: CaseRun = {
-    id: c.id, run: c.run, system: c.system, runtime: c.pair.name, kind: c.kind, shape: c.shape, size: c.size,
-    ok: false, error: null, loadavg1: loadavg()[0],
+    id: c.id,
+    run: c.run,
+    system: c.system,
+    runtime: c.pair.name,
+    kind: c.kind,
+    shape: c.shape,
+    size: c.size,
+    ok: false,
+    error: null,
+    loadavg1: loadavg()[0],
   };
   let server: ServerHandle | null = null;
   const ctx: ServerContext = {
@@ -229,18 +303,31 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
   };
   const throughput = c.kind === "throughput";
   const perPub = throughput
-    ? Math.max(1, Math.floor(Math.min(settings.count, settings.bytesBudget / payloadBytes(c.size)) / c.pubs))
+    ? Math.max(
+      1,
+      Math.floor(Math.min(settings.count, settings.bytesBudget / payloadBytes(c.size)) / c.pubs),
+    )
     : settings.rrCount;
   const seconds = throughput ? settings.seconds : settings.rrSeconds;
   const hardLimitS = Math.ceil(seconds * 4 + 60);
   const spec = (role: string, id: string, rt: RuntimeName) => ({
-    system: c.system, role, id, runtime: rt, endpoint: server!.endpoint, size: c.size,
-    count: perPub, seconds, batch: Math.max(1, Math.min(1024, Math.floor((256 * 1024) / payloadBytes(c.size)))),
+    system: c.system,
+    role,
+    id,
+    runtime: rt,
+    endpoint: server!.endpoint,
+    size: c.size,
+    count: perPub,
+    seconds,
+    batch: Math.max(1, Math.min(1024, Math.floor((256 * 1024) / payloadBytes(c.size)))),
     warmup: throughput ? 0 : Math.min(500, Math.ceil(settings.rrCount / 10)),
-    idleMs: settings.idleMs, hardLimitS,
+    idleMs: settings.idleMs,
+    hardLimitS,
   });
   const launch = (role: string, id: string, rt: RuntimeName) => {
-    const [cmd, args] = runtimeCommand(rt, sys.clientScript ?? "bench/client.ts", [JSON.stringify(spec(role, id, rt))]);
+    const [cmd, args] = runtimeCommand(rt, sys.clientScript ?? "bench/client.ts", [
+      JSON.stringify(spec(role, id, rt)),
+    ]);
     const child = new Child(id, "client", cmd, args);
     clients.push({ child, role });
     return child;
@@ -249,9 +336,15 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
     server = await withTimeout(sys.start(ctx), 30000, `${c.system}.start`);
     const subRole = throughput ? "sub" : "rep";
     const pubRole = throughput ? "pub" : "req";
-    const subs = Array.from({ length: c.subs }, (_, i) => launch(subRole, `${subRole}-${i}`, c.pair.sub));
+    const subs = Array.from(
+      { length: c.subs },
+      (_, i) => launch(subRole, `${subRole}-${i}`, c.pair.sub),
+    );
     await Promise.all(subs.map((s) => s.next("ready", 30000)));
-    const pubs = Array.from({ length: c.pubs }, (_, i) => launch(pubRole, `${pubRole}-${i}`, c.pair.pub));
+    const pubs = Array.from(
+      { length: c.pubs },
+      (_, i) => launch(pubRole, `${pubRole}-${i}`, c.pair.pub),
+    );
     await Promise.all(pubs.map((p) => p.next("ready", 30000)));
 
     const all: { name: string; role: string; pid: number }[] = [
@@ -260,12 +353,16 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
     ];
     const cpu0 = all.map((p) => procCpu(p.pid));
     for (const p of pubs) p.send("go");
-    const pubDone = await Promise.all(pubs.map((p) => p.next<PubDone>("done", (seconds + 60) * 1000)));
+    const pubDone = await Promise.all(
+      pubs.map((p) => p.next<PubDone>("done", (seconds + 60) * 1000)),
+    );
     const totalSent = pubDone.reduce((a, d) => a + d.sent, 0);
     let subDone: SubDone[] = [];
     if (throughput) {
       for (const s of subs) s.send(`expect ${totalSent}`);
-      const first = await Promise.allSettled(subs.map((s) => s.next<SubDone>("done", (seconds * 3 + 20) * 1000)));
+      const first = await Promise.allSettled(
+        subs.map((s) => s.next<SubDone>("done", (seconds * 3 + 20) * 1000)),
+      );
       subDone = await Promise.all(first.map((r, i) => {
         if (r.status === "fulfilled") return r.value;
         subs[i].send("stop"); // stalled: report what arrived so far
@@ -303,8 +400,15 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
       result.cpuPerMillionS = delivered ? cpuTotal / (delivered / 1e6) : NaN;
       result.subReasons = subDone.map((d) => d.reason);
       result.ok = delivered > 0 && result.badSize === 0;
-      if (!result.ok) result.error = delivered === 0 ? "nothing delivered" : `${result.badSize} messages of the wrong size`;
-      else if (result.lost > 0) result.error = `${result.lost} of ${result.expected} messages not delivered (${subDone.map((d) => d.reason).join(",")})`;
+      if (!result.ok) {
+        result.error = delivered === 0
+          ? "nothing delivered"
+          : `${result.badSize} messages of the wrong size`;
+      } else if (result.lost > 0) {
+        result.error = `${result.lost} of ${result.expected} messages not delivered (${
+          subDone.map((d) => d.reason).join(",")
+        })`;
+      }
     } else {
       const d = pubDone[0];
       result.latencyUs = d.latencyUs;
@@ -314,7 +418,13 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
       result.cpuPerMillionS = d.latencyUs.n ? cpuTotal / ((2 * d.latencyUs.n) / 1e6) : NaN;
       result.badSize = d.badSize;
       result.ok = d.latencyUs.n > 0 && d.badSize === 0 && d.timeouts === 0;
-      if (!result.ok) result.error = d.timeouts ? "reply timed out" : d.badSize ? "wrong reply size" : "no round trips";
+      if (!result.ok) {
+        result.error = d.timeouts
+          ? "reply timed out"
+          : d.badSize
+          ? "wrong reply size"
+          : "no round trips";
+      }
     }
   } catch (e) {
     result.ok = false;
@@ -379,22 +489,37 @@ onInterrupt(() => {
 for (let i = 0; i < cases.length; i++) {
   const c = cases[i];
   const elapsed = (Date.now() - t0) / 1000;
-  const label = `${c.system} ${c.pair.name} ${c.kind === "latency" ? "req/rep" : c.shape} ${fmtSize(c.size)} run ${c.run}/${settings.runs}`;
+  const label = `${c.system} ${c.pair.name} ${c.kind === "latency" ? "req/rep" : c.shape} ${
+    fmtSize(c.size)
+  } run ${c.run}/${settings.runs}`;
   if (elapsed > settings.deadlineS) {
     runs.push({
-      id: c.id, run: c.run, system: c.system, runtime: c.pair.name, kind: c.kind, shape: c.shape, size: c.size,
-      ok: false, error: "skipped: --deadline reached", loadavg1: loadavg()[0], skipped: true,
+      id: c.id,
+      run: c.run,
+      system: c.system,
+      runtime: c.pair.name,
+      kind: c.kind,
+      shape: c.shape,
+      size: c.size,
+      ok: false,
+      error: "skipped: --deadline reached",
+      loadavg1: loadavg()[0],
+      skipped: true,
     });
     continue;
   }
   const eta = i ? Math.round((elapsed / i) * (cases.length - i)) : 0;
-  const line = `[${i + 1}/${cases.length}] ${label}  (${cases.length - i - 1} left, ${Math.round(elapsed)}s elapsed${i ? `, ~${eta}s to go` : ""})`;
+  const line = `[${i + 1}/${cases.length}] ${label}  (${cases.length - i - 1} left, ${
+    Math.round(elapsed)
+  }s elapsed${i ? `, ~${eta}s to go` : ""})`;
   process.stderr.write(isTTY ? `\r\x1b[K${line}` : `${line}\n`);
   const r = await runCase(c);
   runs.push(r);
   if (!r.ok || r.error) {
     failures += r.ok ? 0 : 1;
-    process.stderr.write(`${isTTY ? "\n" : ""}  ${r.ok ? "warning" : "FAILED"}: ${label}: ${r.error}\n`);
+    process.stderr.write(
+      `${isTTY ? "\n" : ""}  ${r.ok ? "warning" : "FAILED"}: ${label}: ${r.error}\n`,
+    );
   }
 }
 if (isTTY) process.stderr.write("\n");
@@ -419,7 +544,11 @@ function finish(interrupted: boolean): void {
   summarize(report);
   mkdirSync(settings.out, { recursive: true });
   const written = writeReports(report, settings.out);
-  process.stderr.write(`bench: ${runs.length} runs${interrupted ? ` of ${cases.length} (interrupted)` : ""}, ${failures} failed, ${report.durationS}s; wrote ${written.join(", ")}\n`);
+  process.stderr.write(
+    `bench: ${runs.length} runs${
+      interrupted ? ` of ${cases.length} (interrupted)` : ""
+    }, ${failures} failed, ${report.durationS}s; wrote ${written.join(", ")}\n`,
+  );
   killAllSync();
 }
 process.exit(failures && failures === runs.length ? 1 : 0);

@@ -130,7 +130,10 @@ if (values.role) {
 // Orchestrator: every mode in both runtimes, one pair of processes each.
 const dir = join(tmpdir(), `vbus-wake-${process.pid}`);
 mkdirSync(dir, { recursive: true });
-const runtimes = { bun: join(ROOT, "node_modules/.bin/bun"), deno: join(ROOT, "node_modules/.bin/deno") };
+const runtimes = {
+  bun: join(ROOT, "node_modules/.bin/bun"),
+  deno: join(ROOT, "node_modules/.bin/deno"),
+};
 function run(rt: "bun" | "deno", role: string, mode: Mode, path: string) {
   const args = ["--role", role, "--mode", mode, "--path", path, "--count", String(COUNT)];
   const child = rt === "bun"
@@ -150,8 +153,9 @@ for (const rt of ["bun", "deno"] as const) {
       unlinkSync(path);
     } catch { /* fresh */ }
     const ping = run(rt, "ping", mode, path);
-    if (mode === "socket") while (!ping.out().includes("listening")) await new Promise((r) => setTimeout(r, 10));
-    else await new Promise((r) => setTimeout(r, 100));
+    if (mode === "socket") {
+      while (!ping.out().includes("listening")) await new Promise((r) => setTimeout(r, 10));
+    } else await new Promise((r) => setTimeout(r, 100));
     const pong = run(rt, "pong", mode, path);
     await Promise.all([ping.exited, pong.exited]);
     const line = ping.out().trim().split("\n").pop()!;
@@ -166,7 +170,9 @@ rmSync(dir, { recursive: true, force: true });
 const md = [
   "# One wake-up between two processes: round trips (two wake-ups each), microseconds",
   "",
-  `Command: \`bun bench/wake_pingpong.ts --count ${COUNT}\`, ${new Date().toISOString()}, ${COUNT} round trips after ${WARMUP} warm-up.`,
+  `Command: \`bun bench/wake_pingpong.ts --count ${COUNT}\`, ${
+    new Date().toISOString()
+  }, ${COUNT} round trips after ${WARMUP} warm-up.`,
   "",
   "| runtime | mechanism | p50 | p90 | p99 |",
   "|---|---|---|---|---|",

@@ -23,21 +23,26 @@ const say = (who: string, text: string) => console.log(`${who.padEnd(6)} | ${tex
 
 // Each simulated VM's "ivshmem BAR" is a /dev/shm file the broker maps too: the fast path.
 const shm = (vm: string) => `/dev/shm/${basename(dir)}-${vm}`;
-const config = parseConfig(JSON.stringify({
-  listen: join(dir, "broker.sock"),
-  vms: [
-    {
-      name: "vm1",
-      socket: join(dir, "vm1.sock"),
-      shm: shm("vm1"),
-      shmSize: 4 * 1024 * 1024,
-      permissions: { publish: ["sensors.vm1.>"], subscribe: ["cmd.vm1.>"] },
-    },
-    { name: "vm2", socket: join(dir, "vm2.sock"), shm: shm("vm2"), shmSize: 4 * 1024 * 1024 },
-  ],
-}), "demo config");
+const config = parseConfig(
+  JSON.stringify({
+    listen: join(dir, "broker.sock"),
+    vms: [
+      {
+        name: "vm1",
+        socket: join(dir, "vm1.sock"),
+        shm: shm("vm1"),
+        shmSize: 4 * 1024 * 1024,
+        permissions: { publish: ["sensors.vm1.>"], subscribe: ["cmd.vm1.>"] },
+      },
+      { name: "vm2", socket: join(dir, "vm2.sock"), shm: shm("vm2"), shmSize: 4 * 1024 * 1024 },
+    ],
+  }),
+  "demo config",
+);
 
-console.log(`vbus demo on ${runtime}: a broker, two simulated guests (vm1, vm2) and a host process\n`);
+console.log(
+  `vbus demo on ${runtime}: a broker, two simulated guests (vm1, vm2) and a host process\n`,
+);
 const vms = config.vms.map((v) => new SimulatedVm(v.name, v.socket));
 for (const vm of vms) await vm.start();
 const broker = new Broker(config, { logger: createLogger("broker", "error") });
@@ -47,7 +52,10 @@ say("broker", `listening on ${config.listen}, connecting to the ports of vm1 and
 const vm1 = await connect({ transport: () => vms[0].open(), shm: shm("vm1"), name: "sensor" });
 const vm2 = await connect({ transport: () => vms[1].open(), shm: shm("vm2"), name: "math" });
 const host = await connect({ server: config.listen!, name: "dashboard" });
-say("vm1", `connected; the broker knows it as "${vm1.info?.identity}" (from its port, not from what it claims); data path: ${vm1.dataPath}`);
+say(
+  "vm1",
+  `connected; the broker knows it as "${vm1.info?.identity}" (from its port, not from what it claims); data path: ${vm1.dataPath}`,
+);
 say("vm2", `connected as "${vm2.info?.identity}"; data path: ${vm2.dataPath}`);
 say("host", `connected as "${host.info?.identity}"; data path: ${host.dataPath}`);
 
@@ -68,7 +76,10 @@ try {
 
 const stats = broker.stats();
 for (const s of stats.vms) {
-  say("broker", `${s.name}: ${s.msgsIn} in (${s.ringMsgsIn} via its ring), ${s.msgsOut} out (${s.ringMsgsOut} via its ring), ${s.denied} denied, path=${s.path}`);
+  say(
+    "broker",
+    `${s.name}: ${s.msgsIn} in (${s.ringMsgsIn} via its ring), ${s.msgsOut} out (${s.ringMsgsOut} via its ring), ${s.denied} denied, path=${s.path}`,
+  );
 }
 for (const bus of [vm1, vm2, host]) await bus.drain();
 await broker.stop();

@@ -17,7 +17,10 @@ import type { Reading } from "./sensor_publisher.ts";
  * watchSensors(bus, (subject, r) => console.log(subject, r.celsius));
  * ```
  */
-export function watchSensors(bus: Bus, onReading: (subject: string, reading: Reading) => void): Subscription<Reading> {
+export function watchSensors(
+  bus: Bus,
+  onReading: (subject: string, reading: Reading) => void,
+): Subscription<Reading> {
   return bus.subscribe<Reading>("sensors.*.temp", {
     callback: (err, msg) => {
       if (err) return console.error("subscription ended:", err.message);
@@ -29,7 +32,10 @@ export function watchSensors(bus: Bus, onReading: (subject: string, reading: Rea
 if (import.meta.main) {
   const bus = await connect({ name: "host-subscriber" });
   bus.on("disconnected", (e) => console.log(`disconnected: ${e.reason}`));
-  bus.on("reconnected", (e) => console.log(`reconnected, ${e.resubscribed} subscription(s) restored`));
+  bus.on(
+    "reconnected",
+    (e) => console.log(`reconnected, ${e.resubscribed} subscription(s) restored`),
+  );
   watchSensors(bus, (subject, r) => console.log(`${subject}: ${r.celsius.toFixed(1)} °C`));
   console.log("watching sensors.*.temp (Ctrl-C to stop)");
   await bus.closed;

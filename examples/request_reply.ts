@@ -43,7 +43,9 @@ export function serveAdd(bus: Bus): Subscription<AddRequest> {
  * ```
  */
 export async function askAdd(bus: Bus, a: number, b: number): Promise<number> {
-  const reply = await bus.request<number>("math.add", { a, b } satisfies AddRequest, { timeout: 2000 });
+  const reply = await bus.request<number>("math.add", { a, b } satisfies AddRequest, {
+    timeout: 2000,
+  });
   return reply.data;
 }
 

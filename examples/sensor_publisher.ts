@@ -25,7 +25,12 @@ export interface Reading {
  * await publishReadings(bus, "kitchen", 3, 100);
  * ```
  */
-export async function publishReadings(bus: Bus, name: string, count: number, intervalMs: number): Promise<void> {
+export async function publishReadings(
+  bus: Bus,
+  name: string,
+  count: number,
+  intervalMs: number,
+): Promise<void> {
   let celsius = 20;
   for (let i = 0; i < count; i++) {
     celsius += Math.round((Math.random() - 0.5) * 10) / 10;

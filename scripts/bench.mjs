@@ -24,7 +24,9 @@ if (!existsSync(bin[which])) {
   process.exit(2);
 }
 const script = join(root, "bench", "run.ts");
-const cmd = which === "deno" ? [bin.deno, ["run", "-A", "--quiet", script, ...args]] : [bin.bun, ["run", script, ...args]];
+const cmd = which === "deno"
+  ? [bin.deno, ["run", "-A", "--quiet", script, ...args]]
+  : [bin.bun, ["run", script, ...args]];
 
 // Whole-run bound: the orchestrator's own --deadline stops new cases; this is the backstop.
 const quick = args.includes("--quick");

@@ -42,34 +42,62 @@ function setup() {
   const isRoot = process.getuid?.() === 0;
   const hasApt = existsSync("/usr/bin/apt-get");
   if (!isRoot || !hasApt) {
-    console.log(`setup skipped (${!isRoot ? "not root" : "no apt-get"}): real-guest tests and peer benchmarks will skip`);
+    console.log(
+      `setup skipped (${
+        !isRoot ? "not root" : "no apt-get"
+      }): real-guest tests and peer benchmarks will skip`,
+    );
     return;
   }
   step("setup: Debian packages and the VM lab");
   const lab = spawnSync("bash", [join(root, "lab", "setup.sh")], { stdio: "inherit" });
-  if (lab.status !== 0) console.log(`lab/setup.sh failed (exit ${lab.status}): real-guest tests will skip`);
+  if (lab.status !== 0) {
+    console.log(`lab/setup.sh failed (exit ${lab.status}): real-guest tests will skip`);
+  }
   const missing = ["nats-server", "redis-server", "chromium", "tmux"].filter(
     (p) => spawnSync("dpkg", ["-s", p], { stdio: "ignore" }).status !== 0,
   );
   if (missing.length) {
-    const r = spawnSync("bash", ["-c", `apt-get install -y --no-install-recommends ${missing.join(" ")} || (apt-get update && apt-get install -y --no-install-recommends ${missing.join(" ")})`], {
+    const r = spawnSync("bash", [
+      "-c",
+      `apt-get install -y --no-install-recommends ${
+        missing.join(" ")
+      } || (apt-get update && apt-get install -y --no-install-recommends ${missing.join(" ")})`,
+    ], {
       stdio: "inherit",
       env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
     });
-    if (r.status !== 0) console.log(`could not install ${missing.join(", ")}: peer benchmarks and monitoring tests will skip (or fail, as root or in CI)`);
+    if (r.status !== 0) {
+      console.log(
+        `could not install ${
+          missing.join(", ")
+        }: peer benchmarks and monitoring tests will skip (or fail, as root or in CI)`,
+      );
+    }
   }
   if (!existsSync("/usr/bin/promtool") && !existsSync(join(root, PROMTOOL))) {
     // `apt-get download` fetches the .deb without installing it (no prometheus user, no service).
     const dir = join(root, "lab", "build", "prometheus");
-    const r = spawnSync("bash", ["-c", `set -e; mkdir -p "${dir}"; cd "${dir}"; rm -f prometheus_*.deb; apt-get download prometheus || (apt-get update && apt-get download prometheus); dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb usr/bin/prometheus`], { stdio: "inherit" });
-    if (r.status !== 0) console.log("could not unpack promtool from Debian's prometheus package: the /metrics test will fail as root");
+    const r = spawnSync("bash", [
+      "-c",
+      `set -e; mkdir -p "${dir}"; cd "${dir}"; rm -f prometheus_*.deb; apt-get download prometheus || (apt-get update && apt-get download prometheus); dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb usr/bin/prometheus`,
+    ], { stdio: "inherit" });
+    if (r.status !== 0) {
+      console.log(
+        "could not unpack promtool from Debian's prometheus package: the /metrics test will fail as root",
+      );
+    }
   }
 }
 
 /** Run a command, stream its output, and return it. */
 function run(cmd, argv, env = {}) {
   return new Promise((resolve) => {
-    const child = spawn(cmd, argv, { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(cmd, argv, {
+      cwd: root,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let out = "";
     const onData = (stream) => (d) => {
       out += d;
@@ -84,7 +112,11 @@ function run(cmd, argv, env = {}) {
 // deno: "ok | 12 passed (3 steps) | 0 failed | 2 ignored (2s)"; ANSI colours stripped.
 function denoCounts(out) {
   const clean = stripVTControlCharacters(out);
-  const m = [...clean.matchAll(/^(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \((\d+) steps?\))?(?: \| (\d+) ignored)?/gm)].pop();
+  const m = [
+    ...clean.matchAll(
+      /^(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \((\d+) steps?\))?(?: \| (\d+) ignored)?/gm,
+    ),
+  ].pop();
   if (!m) return null;
   return { passed: +m[1], failed: +m[3], skipped: +(m[5] ?? 0) };
 }
@@ -113,7 +145,9 @@ function add(name, counts, code) {
     counts.failed = 1;
   }
   for (const k of Object.keys(totals)) totals[k] += counts[k];
-  lines.push(`${name}: ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`);
+  lines.push(
+    `${name}: ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`,
+  );
 }
 
 step("deno test");
@@ -129,7 +163,11 @@ if (!skipSoak) {
   // messages, a growing broker RSS and the soak's other fatal checks (bench/README.md).
   step("chaos soak smoke (bun bench/soak.ts --quick)");
   const out = join(root, "bench", "results", "tmp", "soak-smoke");
-  const soak = await run(bin("bun"), [join(root, "bench", "soak.ts"), "--quick", "--out", out], env);
+  const soak = await run(
+    bin("bun"),
+    [join(root, "bench", "soak.ts"), "--quick", "--out", out],
+    env,
+  );
   let ok = soak.code === 0;
   if (ok && !existsSync(join(out, "latest.json"))) {
     ok = false;
@@ -140,12 +178,19 @@ if (!skipSoak) {
 
 if (!skipBench) {
   step("benchmark smoke (npm run bench -- --quick)");
-  const bench = await run(process.execPath, [join(root, "scripts", "bench.mjs"), "--quick", "--out", join(root, "bench", "results", "smoke")]);
+  const bench = await run(process.execPath, [
+    join(root, "scripts", "bench.mjs"),
+    "--quick",
+    "--out",
+    join(root, "bench", "results", "smoke"),
+  ]);
   let ok = bench.code === 0;
   if (ok) {
     const { readFileSync } = await import("node:fs");
     try {
-      const json = JSON.parse(readFileSync(join(root, "bench", "results", "smoke", "latest.json"), "utf8"));
+      const json = JSON.parse(
+        readFileSync(join(root, "bench", "results", "smoke", "latest.json"), "utf8"),
+      );
       ok = Array.isArray(json.runs) && json.runs.length > 0;
       if (!ok) console.log("benchmark smoke: latest.json has no runs");
     } catch (err) {

@@ -106,7 +106,10 @@ test("backlog: a backlog of 300k messages drains in order and the broker keeps s
     const t0 = performance.now();
     for (let i = 0; i < 20; i++) await other.flush();
     const stalledMs = performance.now() - t0;
-    assert.ok(stalledMs < 15_000, `another client waited ${stalledMs.toFixed(0)} ms for 20 round trips`);
+    assert.ok(
+      stalledMs < 15_000,
+      `another client waited ${stalledMs.toFixed(0)} ms for 20 round trips`,
+    );
     await sent;
     assert.equal(await exited, 0);
     const result = JSON.parse(out.trim().split("\n").pop()!);

@@ -19,10 +19,22 @@ async function rawGuest(lab: Lab, vm: string) {
   const frames: Frame[] = [];
   let closed = false;
   const decoder = new FrameDecoder(1 << 24);
-  port.start((chunk) => decoder.push(chunk, (f) => frames.push({ ...f, head: f.head.slice() })), () => closed = true);
-  const send = (op: number, head: unknown, payload = new Uint8Array(0)) => port.write(encodeFrame(op, encodeValue(head), payload));
+  port.start(
+    (chunk) => decoder.push(chunk, (f) => frames.push({ ...f, head: f.head.slice() })),
+    () => closed = true,
+  );
+  const send = (op: number, head: unknown, payload = new Uint8Array(0)) =>
+    port.write(encodeFrame(op, encodeValue(head), payload));
   const errs = () => frames.filter((f) => f.op === Op.Err).map((f) => decodeErrHead(f.head));
-  return { port, frames, send, errs, get closed() { return closed; } };
+  return {
+    port,
+    frames,
+    send,
+    errs,
+    get closed() {
+      return closed;
+    },
+  };
 }
 
 async function hello(g: Awaited<ReturnType<typeof rawGuest>>) {
@@ -164,7 +176,9 @@ test("bad input: a flooding VM is rate limited with FLOOD errors; others keep fl
     let reported = 0;
     flooder.on("error", (e) => {
       errors.push(e.code);
-      if (e.code === ErrorCode.Flood) reported += Number(/: (\d+) message/.exec(e.message)?.[1] ?? 0);
+      if (e.code === ErrorCode.Flood) {
+        reported += Number(/: (\d+) message/.exec(e.message)?.[1] ?? 0);
+      }
     });
     for (let i = 0; i < 2000; i++) flooder.publish("alive", -1);
     await flooder.flush();
@@ -173,7 +187,11 @@ test("bad input: a flooding VM is rate limited with FLOOD errors; others keep fl
     assert.ok(vm1.dropped >= 1000, `dropped ${vm1.dropped}`);
     assert.ok(vm1.msgsIn <= 400, `accepted ${vm1.msgsIn}`);
     // Every rejected message is reported to the flooder, including the tail of the burst.
-    await waitFor(() => reported === vm1.dropped, `all ${vm1.dropped} drops reported (got ${reported})`, 4000);
+    await waitFor(
+      () => reported === vm1.dropped,
+      `all ${vm1.dropped} drops reported (got ${reported})`,
+      4000,
+    );
     await flooder.close();
     await healthy.check(5);
   } finally {
@@ -195,7 +213,11 @@ test("bad input: a stale batch of frames before HELLO (a guest write that was bl
     g.send(Op.Ping, []);
     await hello(g);
     assert.ok(!g.closed, "the session survives stale frames");
-    assert.deepEqual(g.errs().map((e) => e.code), [ErrorCode.BadState], "one ERR, not one per stale frame");
+    assert.deepEqual(
+      g.errs().map((e) => e.code),
+      [ErrorCode.BadState],
+      "one ERR, not one per stale frame",
+    );
     const vm1 = lab.broker.stats().vms.find((v) => v.name === "vm1")!;
     assert.equal(vm1.msgsIn, 0, "nothing stale was routed");
     await healthy.check(5);

@@ -302,7 +302,8 @@ function collect<T = unknown>(bus: Bus, subject: string, opts: { queue?: string 
   const got: Pick<Msg<T>, "subject" | "reply" | "headers" | "data">[] = [];
   const sub = bus.subscribe<T>(subject, {
     ...opts,
-    callback: (_e, m) => got.push({ subject: m.subject, reply: m.reply, headers: m.headers, data: m.data }),
+    callback: (_e, m) =>
+      got.push({ subject: m.subject, reply: m.reply, headers: m.headers, data: m.data }),
   });
   return { got, sub, data: () => got.map((m) => m.data) };
 }

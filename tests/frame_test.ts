@@ -8,7 +8,9 @@ import { ErrorCode, VbusError } from "../src/protocol/errors.ts";
 
 function collect(decoder: FrameDecoder, chunks: Uint8Array[]): Frame[] {
   const out: Frame[] = [];
-  for (const c of chunks) decoder.push(c, (f) => out.push({ ...f, head: f.head.slice(), payload: f.payload.slice() }));
+  for (const c of chunks) {
+    decoder.push(c, (f) => out.push({ ...f, head: f.head.slice(), payload: f.payload.slice() }));
+  }
   return out;
 }
 
@@ -17,7 +19,10 @@ test("frame: round trip, split at every byte boundary", () => {
   const b = encodeFrame(Op.Ping, encodeValue([]));
   const stream = new Uint8Array([...a, ...b]);
   for (let cut = 0; cut <= stream.length; cut++) {
-    const frames = collect(new FrameDecoder(1 << 20), [stream.subarray(0, cut), stream.subarray(cut)]);
+    const frames = collect(new FrameDecoder(1 << 20), [
+      stream.subarray(0, cut),
+      stream.subarray(cut),
+    ]);
     assert.equal(frames.length, 2, `cut at ${cut}`);
     assert.equal(frames[0].op, Op.Pub);
     assert.deepEqual(decodePubHead(frames[0].head), ["a.b", null, null]);
@@ -40,7 +45,10 @@ test("frame: bad magic, unknown op, oversized frames are errors with codes", () 
   const good = encodeFrame(Op.Ping, encodeValue([]));
   const badMagic = good.slice();
   badMagic[0] = 0;
-  assert.throws(() => new FrameDecoder(1024).push(badMagic, () => {}), (e) => e instanceof VbusError && e.code === ErrorCode.BadFrame);
+  assert.throws(
+    () => new FrameDecoder(1024).push(badMagic, () => {}),
+    (e) => e instanceof VbusError && e.code === ErrorCode.BadFrame,
+  );
   const badOp = good.slice();
   badOp[FrameHeader.OP_OFFSET] = 99;
   assert.throws(() => new FrameDecoder(1024).push(badOp, () => {}), /unknown op 99/);
@@ -85,7 +93,12 @@ test("codec: binary travels as binary, values round trip", () => {
   const back = decodeValue<Uint8Array>(encodeValue(bin));
   assert.ok(back instanceof Uint8Array);
   assert.deepEqual([...back], [1, 2, 3]);
-  const v = { a: [1, "two", null, true], n: -1.5, big: 2 ** 40, nested: { x: new Uint8Array([9]) } };
+  const v = {
+    a: [1, "two", null, true],
+    n: -1.5,
+    big: 2 ** 40,
+    nested: { x: new Uint8Array([9]) },
+  };
   const r = decodeValue<typeof v>(encodeValue(v));
   assert.deepEqual(r.a, v.a);
   assert.equal(r.n, -1.5);

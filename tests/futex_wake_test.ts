@@ -23,7 +23,9 @@ test("futex wake: a parked host subscriber is woken by FUTEX_WAKE; every message
   try {
     assert.equal(sub.dataPath, "ring");
     const it = sub.subscribe<number>("tick");
-    const replies = sub.subscribe<number>("svc.inc", { callback: (_e, m) => m.respond(m.data + 1) });
+    const replies = sub.subscribe<number>("svc.inc", {
+      callback: (_e, m) => m.respond(m.data + 1),
+    });
     await sub.flush();
     // Bursts with pauses longer than the reader's spin, so it parks between them.
     const N = 40;
@@ -37,9 +39,15 @@ test("futex wake: a parked host subscriber is woken by FUTEX_WAKE; every message
       assert.equal((await guest.request<number>("svc.inc", i)).data, i + 1);
     }
     const rs = sub.ringStats!;
-    assert.ok(rs.futex!.data.sleeps >= N / 2, `the subscriber parked in FUTEX_WAIT only ${rs.futex!.data.sleeps} times`);
+    assert.ok(
+      rs.futex!.data.sleeps >= N / 2,
+      `the subscriber parked in FUTEX_WAIT only ${rs.futex!.data.sleeps} times`,
+    );
     // Each burst wakes it: a sleep that runs the whole 50 ms slice means a lost wake-up.
-    assert.ok(rs.futex!.data.timeouts <= 2, `${rs.futex!.data.timeouts} sleeps ran to their timeout`);
+    assert.ok(
+      rs.futex!.data.timeouts <= 2,
+      `${rs.futex!.data.timeouts} sleeps ran to their timeout`,
+    );
     const host = lab.broker.stats().host;
     assert.equal(host.wake, "futex");
     assert.ok(host.futexWakes > 0, `futex wakes ${host.futexWakes}`);
@@ -78,9 +86,16 @@ test("futex wake: a publisher waiting for ring space is woken by futex; nothing 
     }
     await sent;
     const rs = pub.ringStats!;
-    assert.ok(rs.spaceWaits > 0, "the publisher never had to wait for space: make the test send more");
+    assert.ok(
+      rs.spaceWaits > 0,
+      "the publisher never had to wait for space: make the test send more",
+    );
     assert.ok(rs.futex!.space.sleeps > 0, "the publisher never slept in FUTEX_WAIT");
-    assert.equal(rs.futex!.space.timeouts, 0, "a futex sleep ran to its timeout while the broker was reading: lost wake-up");
+    assert.equal(
+      rs.futex!.space.timeouts,
+      0,
+      "a futex sleep ran to its timeout while the broker was reading: lost wake-up",
+    );
     assert.ok(lab.broker.stats().host.futexWakes > 0, "the publisher was never woken by futex");
   } finally {
     await pub.close();
@@ -122,7 +137,11 @@ test("futex wake: a subscriber process of the other runtime sleeps on futexes (C
     let out = "";
     sub.stdout.on("data", (d) => out += d);
     const subDone = new Promise<number>((r) => sub.on("close", (c) => r(c ?? -1)));
-    await waitFor(() => lab.broker.stats().host.subscriptions >= 1, `${other} subscriber subscribed`, 20_000);
+    await waitFor(
+      () => lab.broker.stats().host.subscriptions >= 1,
+      `${other} subscriber subscribed`,
+      20_000,
+    );
     // Gaps longer than the reader's spin: it parks (in FUTEX_WAIT) before each message. A
     // message that lands in the instant between two sleep slices needs no wake, so several.
     for (let i = 0; i < N; i++) {

@@ -13,7 +13,7 @@ import { Broker, type BrokerOptions } from "../src/broker/broker.ts";
 import { validateConfig } from "../src/broker/config.ts";
 import type { Permissions } from "../src/broker/config.ts";
 import type { Limits } from "../src/protocol/limits.ts";
-import { connect, type Bus } from "../src/client/bus.ts";
+import { type Bus, connect } from "../src/client/bus.ts";
 import type { ConnectOptions } from "../src/client/options.ts";
 import { SimulatedVm } from "../src/sim/simulated_vm.ts";
 import { createLogger } from "../src/util/log.ts";
@@ -123,7 +123,10 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
       cleanup();
     },
   };
-  await waitFor(() => Object.values(vms).every((v) => v.vm.hostConnected), "broker linked to every VM");
+  await waitFor(
+    () => Object.values(vms).every((v) => v.vm.hostConnected),
+    "broker linked to every VM",
+  );
   return lab;
 }
 
@@ -142,7 +145,11 @@ const iterators = new WeakMap<object, AsyncIterator<unknown>>();
  * Collect the next `n` messages' data from a subscription, failing after `timeoutMs`. The
  * subscription stays open (one iterator per subscription is kept and reused).
  */
-export async function take<T>(it: AsyncIterable<{ data: T }>, n: number, timeoutMs = 5000): Promise<T[]> {
+export async function take<T>(
+  it: AsyncIterable<{ data: T }>,
+  n: number,
+  timeoutMs = 5000,
+): Promise<T[]> {
   let iterator = iterators.get(it) as AsyncIterator<{ data: T }> | undefined;
   if (!iterator) iterators.set(it, iterator = it[Symbol.asyncIterator]());
   const out: T[] = [];

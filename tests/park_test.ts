@@ -105,7 +105,10 @@ test(`park/unpark across processes: ${OTHER} producer, ${runtime} consumer, fute
 test(`park/unpark across processes: ${OTHER} producer, ${runtime} consumer, FutexWaiter (Worker)`, async () => {
   const waiter = new FutexWaiter();
   await waiter.ready;
-  await crossProcess("FutexWaiter", () => ({ sleep: (w, i, e, ms) => waiter.wait(w, i, e, ms), close: () => waiter.close() }));
+  await crossProcess(
+    "FutexWaiter",
+    () => ({ sleep: (w, i, e, ms) => waiter.wait(w, i, e, ms), close: () => waiter.close() }),
+  );
 });
 
 test("FutexWaiter: the event loop keeps running while it sleeps; a wake from a timer ends the wait", async () => {
@@ -128,7 +131,10 @@ test("FutexWaiter: the event loop keeps running while it sleeps; a wake from a t
     assert.ok(ms < 2500, `woken after ${ms.toFixed(0)} ms`);
     assert.equal(await waiter.wait(words, 5, 0, 3000), "not-equal", "the word already moved on");
     assert.equal(await waiter.wait(words, 6, 0, 30), "timed-out");
-    await assert.rejects(Promise.all([waiter.wait(words, 7, 0, 50), waiter.wait(words, 7, 0, 50)]), /one wait at a time/);
+    await assert.rejects(
+      Promise.all([waiter.wait(words, 7, 0, 50), waiter.wait(words, 7, 0, 50)]),
+      /one wait at a time/,
+    );
   } finally {
     await waiter.close();
     m.unmap();
@@ -142,7 +148,9 @@ type MakeSleeper = (words: Int32Array) => { sleep: SleepFn; close(): Promise<voi
 async function crossProcess(label: string, makeSleeper: MakeSleeper) {
   const path = `/dev/shm/vbus-test-park-${label}-${process.pid}`;
   const m = await mapShared(path, 1 << 20, { create: true });
-  const sleeper = makeSleeper(new Int32Array(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength >> 2));
+  const sleeper = makeSleeper(
+    new Int32Array(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength >> 2),
+  );
   try {
     const region = initRegion(m.bytes, { outboundCapacity: 1 << 16, inboundCapacity: 1 << 16 });
     const consumer = new RingConsumer(m.bytes, region.rx);
@@ -216,11 +224,17 @@ async function crossProcess(label: string, makeSleeper: MakeSleeper) {
     assert.equal(code_, 0, err);
     const stats = JSON.parse(out.trim().split("\n").pop()!);
     assert.equal(next, N);
-    assert.equal(timeouts, 0, "consumer slept into a timeout while the producer was active: lost wake-up");
+    assert.equal(
+      timeouts,
+      0,
+      "consumer slept into a timeout while the producer was active: lost wake-up",
+    );
     assert.ok(parker.parks > 50, `consumer parked only ${parker.parks} times`);
     console.log(
       `  cross-process (${label}): ${N} msgs, ${parker.parks} parks, ${stats.rings} rings / ${stats.notifies} notifies, ` +
-        `${parker.spinHits} spin hits, ${(performance.now() - t0).toFixed(0)} ms (incl. child start)`,
+        `${parker.spinHits} spin hits, ${
+          (performance.now() - t0).toFixed(0)
+        } ms (incl. child start)`,
     );
   } finally {
     await sleeper.close();

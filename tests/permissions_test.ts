@@ -7,7 +7,10 @@ import type { StatusEvent } from "../src/client/status.ts";
 test("permissions: denied publish and subscribe get an ERR naming the subject, and are counted", async () => {
   const lab = await startLab({
     vms: [
-      { name: "sensor", permissions: { publish: ["sensors.sensor.>"], subscribe: ["cmd.sensor.>"] } },
+      {
+        name: "sensor",
+        permissions: { publish: ["sensors.sensor.>"], subscribe: ["cmd.sensor.>"] },
+      },
       "free",
     ],
   });
@@ -34,7 +37,10 @@ test("permissions: denied publish and subscribe get an ERR naming the subject, a
       errors.map((e) => e.type === "error" && [e.code, e.subject]),
       [[ErrorCode.PermissionDenied, "cmd.other.reboot"], [ErrorCode.PermissionDenied, "sensors.>"]],
     );
-    assert.match((errors[0] as { message: string }).message, /publish to "cmd\.other\.reboot" is not permitted/);
+    assert.match(
+      (errors[0] as { message: string }).message,
+      /publish to "cmd\.other\.reboot" is not permitted/,
+    );
     assert.deepEqual(await take(watch, 1), [1], "only the allowed publish was routed");
     const stats = lab.broker.stats().vms.find((v) => v.name === "sensor")!;
     assert.equal(stats.denied, 2);
@@ -72,9 +78,12 @@ test("permissions: a restricted VM can still make requests and answer them", asy
     await waitFor(() => errs.length === 1, "denied");
     // cli cannot snoop other sessions' inboxes.
     const snoop = cli.subscribe("_INBOX.>");
-    await assert.rejects((async () => {
-      for await (const _ of snoop) { /* */ }
-    })(), (e: VbusError) => e.code === ErrorCode.PermissionDenied);
+    await assert.rejects(
+      (async () => {
+        for await (const _ of snoop) { /* */ }
+      })(),
+      (e: VbusError) => e.code === ErrorCode.PermissionDenied,
+    );
   } finally {
     await svc.close();
     await cli.close();
@@ -87,12 +96,17 @@ test("permissions: $VBUS subjects are the broker's; host clients can read stats"
   const guest = await lab.vms.vm1.connect();
   const host = await lab.host();
   try {
-    const stats = await host.request<{ vms: { name: string; connected: boolean }[] }>("$VBUS.STATS");
+    const stats = await host.request<{ vms: { name: string; connected: boolean }[] }>(
+      "$VBUS.STATS",
+    );
     assert.equal(stats.data.vms[0].name, "vm1");
     assert.equal(stats.data.vms[0].connected, true);
     const errs: StatusEvent[] = [];
     guest.on("error", (e) => errs.push(e));
-    await assert.rejects(guest.request("$VBUS.STATS", null, { timeout: 1000 }), (e: VbusError) => e.code === ErrorCode.PermissionDenied);
+    await assert.rejects(
+      guest.request("$VBUS.STATS", null, { timeout: 1000 }),
+      (e: VbusError) => e.code === ErrorCode.PermissionDenied,
+    );
     assert.equal(errs.length, 1);
   } finally {
     await guest.close();

@@ -37,7 +37,16 @@ test("pubsub: host and guest exchange values of every msgpack kind; binary stays
   try {
     const sub = host.subscribe("kinds");
     await host.flush();
-    const values = [null, true, 42, -1.25, "text", [1, [2]], { nested: { ok: 1 } }, new Uint8Array([0, 255, 7])];
+    const values = [
+      null,
+      true,
+      42,
+      -1.25,
+      "text",
+      [1, [2]],
+      { nested: { ok: 1 } },
+      new Uint8Array([0, 255, 7]),
+    ];
     for (const v of values) await guest.publish("kinds", v);
     const got = await take(sub, values.length);
     assert.deepEqual(got.slice(0, 7), values.slice(0, 7));
@@ -109,9 +118,15 @@ test("pubsub: client-side validation rejects bad subjects before sending", async
   const lab = await startLab({ vms: ["vm1"] });
   const guest = await lab.vms.vm1.connect();
   try {
-    await assert.rejects(guest.publish("a.*", 1), (e: VbusError) => e.code === ErrorCode.BadSubject);
+    await assert.rejects(
+      guest.publish("a.*", 1),
+      (e: VbusError) => e.code === ErrorCode.BadSubject,
+    );
     await assert.rejects(guest.publish("", 1), /subject is empty/);
-    assert.throws(() => guest.subscribe("a.>.b"), (e: VbusError) => e.code === ErrorCode.BadSubject);
+    assert.throws(
+      () => guest.subscribe("a.>.b"),
+      (e: VbusError) => e.code === ErrorCode.BadSubject,
+    );
     await assert.rejects(
       guest.publish("big", new Uint8Array(9 * 1024 * 1024)),
       (e: VbusError) => e.code === ErrorCode.FrameTooLarge,

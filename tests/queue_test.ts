@@ -18,10 +18,16 @@ test("queue groups: each message goes to exactly one member; plain subscribers g
     const N = 200;
     for (let i = 0; i < N; i++) pub.publish(`jobs.${i % 3}`, i);
     await pub.flush();
-    await waitFor(() => seen[0].length + seen[1].length === N && all.length === N, "all jobs delivered");
+    await waitFor(
+      () => seen[0].length + seen[1].length === N && all.length === N,
+      "all jobs delivered",
+    );
     const union = [...seen[0], ...seen[1]].sort((a, b) => a - b);
     assert.deepEqual(union, Array.from({ length: N }, (_, i) => i), "each job exactly once");
-    assert.ok(seen[0].length > N / 4 && seen[1].length > N / 4, `load shared: ${seen[0].length}/${seen[1].length}`);
+    assert.ok(
+      seen[0].length > N / 4 && seen[1].length > N / 4,
+      `load shared: ${seen[0].length}/${seen[1].length}`,
+    );
     // A member leaving: the other gets everything.
     await w1.drain();
     const before = seen[1].length;

@@ -52,9 +52,16 @@ test("reconnect: a VM port that disappears and comes back gets a fresh session; 
     await Promise.all([host.flush(), flaky.flush()]);
     await lab.vms.vm1.vm.stop(); // QEMU killed
     await waitFor(() => !flaky.isConnected, "flaky sees the port drop");
-    await waitFor(() => !lab.broker.stats().vms.find((v) => v.name === "vm1")!.connected, "broker notices");
+    await waitFor(
+      () => !lab.broker.stats().vms.find((v) => v.name === "vm1")!.connected,
+      "broker notices",
+    );
     for (let i = 0; i < 5; i++) await steady.publish("steady", i);
-    assert.deepEqual(await take(fromSteady, 5), [0, 1, 2, 3, 4], "vm2 keeps flowing while vm1 is down");
+    assert.deepEqual(
+      await take(fromSteady, 5),
+      [0, 1, 2, 3, 4],
+      "vm2 keeps flowing while vm1 is down",
+    );
     await lab.vms.vm1.vm.start(); // QEMU back
     await waitFor(() => flaky.isConnected, "flaky reconnected", 10_000);
     await flaky.flush();
@@ -96,7 +103,11 @@ test("reconnect: publishes while disconnected are buffered up to the bound, then
     await lab.vms.vm1.vm.start();
     const ev = await reconnected;
     assert.equal(ev.type === "reconnected" && ev.flushed, accepted);
-    assert.deepEqual(await take(sub, accepted), Array.from({ length: accepted }, (_, i) => i), "every accepted publish arrives once, in order");
+    assert.deepEqual(
+      await take(sub, accepted),
+      Array.from({ length: accepted }, (_, i) => i),
+      "every accepted publish arrives once, in order",
+    );
     await guest.flush();
     await host.flush();
     assert.equal(sub.pending, 0, "nothing duplicated");
@@ -137,7 +148,8 @@ test("reconnect: no reconnect when disabled; connect() fails clearly when nothin
     assert.ok(guest.isClosed);
     await assert.rejects(
       lab.vms.vm1.connect({ timeout: 300 }),
-      (e: VbusError) => e.code === ErrorCode.Port && /could not connect within 300 ms/.test(e.message),
+      (e: VbusError) =>
+        e.code === ErrorCode.Port && /could not connect within 300 ms/.test(e.message),
     );
   } finally {
     await lab.close();
@@ -157,7 +169,10 @@ test("reconnect: a guest process restarting on a live port starts a fresh sessio
     await second.flush();
     assert.equal(lab.broker.stats().vms[0].subscriptions, 0, "old subscriptions were dropped");
     assert.equal(lab.broker.stats().vms[0].sessions, 2);
-    await assert.rejects(host.request("old.interest", 1, { timeout: 1000 }), (e: VbusError) => e.code === ErrorCode.NoResponders);
+    await assert.rejects(
+      host.request("old.interest", 1, { timeout: 1000 }),
+      (e: VbusError) => e.code === ErrorCode.NoResponders,
+    );
     await second.close();
   } finally {
     await lab.close();

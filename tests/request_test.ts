@@ -57,10 +57,15 @@ test("request/reply: queue-group services answer once each", async () => {
   const host = await lab.host();
   try {
     for (const s of [s1, s2]) {
-      s.subscribe("echo", { queue: "svc", callback: (_e, m) => m.respond({ by: s.info!.identity, v: m.data }) });
+      s.subscribe("echo", {
+        queue: "svc",
+        callback: (_e, m) => m.respond({ by: s.info!.identity, v: m.data }),
+      });
       await s.flush();
     }
-    const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => host.request<{ by: string; v: number }>("echo", i)));
+    const replies = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => host.request<{ by: string; v: number }>("echo", i)),
+    );
     assert.deepEqual(replies.map((r) => r.data.v), Array.from({ length: 20 }, (_, i) => i));
     const by = new Set(replies.map((r) => r.data.by));
     assert.deepEqual([...by].sort(), ["vm1", "vm2"]);

@@ -4,8 +4,20 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import process from "node:process";
-import { CONTROL_BLOCK_SIZE, RECORD, recordLength, RecordType, ringControl, RingId } from "../src/ring/layout.ts";
-import { RingConsumer, RingCorruptError, type RingDescriptor, RingProducer } from "../src/ring/ring.ts";
+import {
+  CONTROL_BLOCK_SIZE,
+  RECORD,
+  recordLength,
+  RecordType,
+  ringControl,
+  RingId,
+} from "../src/ring/layout.ts";
+import {
+  RingConsumer,
+  RingCorruptError,
+  type RingDescriptor,
+  RingProducer,
+} from "../src/ring/ring.ts";
 
 const SEED = Number(process.env.VBUS_FUZZ_SEED ?? 0x5eed1234) >>> 0;
 const BUDGET_MS = Number(process.env.VBUS_FUZZ_MS ?? 4000);
@@ -75,7 +87,11 @@ class Harness {
   }
   assertUntouched(): void {
     assert.deepEqual(this.outside(), this.guardSnapshot, "consumer wrote outside the ring");
-    assert.deepEqual(this.controlMinusConsumer(), this.controlSnapshot, "consumer wrote a control word it does not own");
+    assert.deepEqual(
+      this.controlMinusConsumer(),
+      this.controlSnapshot,
+      "consumer wrote a control word it does not own",
+    );
   }
   get producerPos(): number {
     return Atomics.load(this.i32, this.d.control.PRODUCER_POSITION >> 2) >>> 0;
@@ -99,12 +115,17 @@ type Outcome = { delivered: number; corrupt: RingCorruptError | null };
  * Poll until the ring is empty or corrupt, checking every delivered view is inside the ring
  * and that the whole drain is bounded (no hang). `mutate` may scribble during the handler.
  */
-function drainChecked(h: Harness, c: RingConsumer, rnd: () => number, mutate?: () => void): Outcome {
+function drainChecked(
+  h: Harness,
+  c: RingConsumer,
+  rnd: () => number,
+  mutate?: () => void,
+): Outcome {
   const lo = h.d.dataOffset + RECORD.HEADER_SIZE, hi = h.d.dataOffset + h.capacity;
   const maxRecords = h.capacity / RECORD.ALIGNMENT;
   let delivered = 0;
   h.snapControl();
-  for (let polls = 0; ; polls++) {
+  for (let polls = 0;; polls++) {
     // A sane consumer needs at most capacity/8 records per lap; allow a few laps of refill.
     assert.ok(polls <= 4 * maxRecords + 4, "consumer did not terminate");
     let n: number;
@@ -112,10 +133,16 @@ function drainChecked(h: Harness, c: RingConsumer, rnd: () => number, mutate?: (
       n = c.poll((bytes, off, len, type, flags) => {
         assert.equal(bytes, h.bytes);
         assert.ok(Number.isInteger(off) && Number.isInteger(len), "non-integer view");
-        assert.ok(off >= lo && off + len <= hi, `view [${off}, ${off + len}) outside ring [${lo}, ${hi})`);
+        assert.ok(
+          off >= lo && off + len <= hi,
+          `view [${off}, ${off + len}) outside ring [${lo}, ${hi})`,
+        );
         assert.equal((off - lo) % RECORD.ALIGNMENT, 0, "misaligned body");
         assert.notEqual(flags, 0xfeed, "delivered a guard record");
-        assert.ok(type === RecordType.DATA || type === RecordType.CONTROL, `delivered type ${type}`);
+        assert.ok(
+          type === RecordType.DATA || type === RecordType.CONTROL,
+          `delivered type ${type}`,
+        );
         // touch the whole view: reads must stay inside the ring
         let sum = 0;
         for (let i = off; i < off + len; i += 61) sum += bytes[i];
@@ -152,7 +179,11 @@ function fillValid(h: Harness, p: RingProducer, rnd: () => number, count: number
   const lens: number[] = [];
   for (let i = 0; i < count; i++) {
     const len = rnd() < 0.2 ? 0 : Math.floor(rnd() * Math.min(300, p.maxBodyLength));
-    const at = p.tryClaim(len, rnd() < 0.1 ? RecordType.CONTROL : RecordType.DATA, Math.floor(rnd() * 0xfeed));
+    const at = p.tryClaim(
+      len,
+      rnd() < 0.1 ? RecordType.CONTROL : RecordType.DATA,
+      Math.floor(rnd() * 0xfeed),
+    );
     if (at < 0) break;
     for (let j = 0; j < len; j++) h.bytes[at + j] = (i + j) & 0xff;
     const commitLen = rnd() < 0.2 ? Math.floor(rnd() * (len + 1)) : len;
@@ -162,7 +193,11 @@ function fillValid(h: Harness, p: RingProducer, rnd: () => number, count: number
   return lens;
 }
 
-function within(budget: number, body: (rnd: () => number, iter: number) => void, seed: number): number {
+function within(
+  budget: number,
+  body: (rnd: () => number, iter: number) => void,
+  seed: number,
+): number {
   const rnd = mulberry32(seed);
   const t0 = performance.now();
   let iter = 0;
@@ -178,7 +213,9 @@ const CAPS = [64, 128, 256, 1024, 4096];
 test("fuzz: valid streams are delivered exactly (no false positives)", () => {
   const iters = within(BUDGET_MS / 4, (rnd, iter) => {
     const h = new Harness(CAPS[iter % CAPS.length]);
-    const start = rnd() < 0.3 ? (0x1_0000_0000 - 8 * Math.floor(rnd() * 64)) >>> 0 : 8 * Math.floor(rnd() * 1000);
+    const start = rnd() < 0.3
+      ? (0x1_0000_0000 - 8 * Math.floor(rnd() * 64)) >>> 0
+      : 8 * Math.floor(rnd() * 1000);
     h.reset(start);
     const p = new RingProducer(h.bytes, h.d), c = new RingConsumer(h.bytes, h.d);
     for (let round = 0; round < 4; round++) {
@@ -209,7 +246,11 @@ test("fuzz: random corruption of records and positions", () => {
           h.bytes[h.d.dataOffset + Math.floor(rnd() * h.capacity)] ^= 1 << Math.floor(rnd() * 8);
           break;
         case 1: // random 32-bit length at a record-aligned spot
-          h.dv.setUint32(dataAt, rnd() < 0.5 ? Math.floor(rnd() * 0x1_0000_0000) : Math.floor(rnd() * 2 * h.capacity), true);
+          h.dv.setUint32(
+            dataAt,
+            rnd() < 0.5 ? Math.floor(rnd() * 0x1_0000_0000) : Math.floor(rnd() * 2 * h.capacity),
+            true,
+          );
           break;
         case 2: // random type
           h.dv.setUint16(dataAt + 4, Math.floor(rnd() * 0x10000), true);
@@ -218,14 +259,17 @@ test("fuzz: random corruption of records and positions", () => {
           h.producerPos = Math.floor(rnd() * 0x1_0000_0000);
           break;
         case 4: // producer position: small move either way, maybe misaligned
-          h.producerPos = h.producerPos + Math.floor(rnd() * 2 * h.capacity) - h.capacity + (rnd() < 0.3 ? Math.floor(rnd() * 8) : 0);
+          h.producerPos = h.producerPos + Math.floor(rnd() * 2 * h.capacity) - h.capacity +
+            (rnd() < 0.3 ? Math.floor(rnd() * 8) : 0);
           break;
         case 5: // padding record somewhere
           h.dv.setUint32(dataAt, Math.floor(rnd() * h.capacity), true);
           h.dv.setUint16(dataAt + 4, RecordType.PADDING, true);
           break;
         case 6: // random bytes over a whole stretch
-          for (let i = 0; i < 32; i++) h.bytes[h.d.dataOffset + Math.floor(rnd() * h.capacity)] = Math.floor(rnd() * 256);
+          for (let i = 0; i < 32; i++) {
+            h.bytes[h.d.dataOffset + Math.floor(rnd() * h.capacity)] = Math.floor(rnd() * 256);
+          }
           break;
       }
     }
@@ -324,9 +368,15 @@ test("fuzz: producer scribbles while the consumer's handler runs", () => {
       const r = rnd();
       if (r < 0.5) {
         // flip bytes anywhere in the ring, including headers of the current and later records
-        for (let i = 0; i < 4; i++) h.bytes[h.d.dataOffset + Math.floor(rnd() * h.capacity)] ^= 0xff;
+        for (let i = 0; i < 4; i++) {
+          h.bytes[h.d.dataOffset + Math.floor(rnd() * h.capacity)] ^= 0xff;
+        }
       } else if (r < 0.7) {
-        h.dv.setUint32(h.d.dataOffset + 8 * Math.floor(rnd() * (h.capacity / 8)), Math.floor(rnd() * 0x1_0000_0000), true);
+        h.dv.setUint32(
+          h.d.dataOffset + 8 * Math.floor(rnd() * (h.capacity / 8)),
+          Math.floor(rnd() * 0x1_0000_0000),
+          true,
+        );
       } else if (r < 0.85) {
         h.producerPos = h.producerPos + 8 * (Math.floor(rnd() * 9) - 4);
       } else {
@@ -352,13 +402,18 @@ test("fuzz: producer never writes outside the ring whatever the consumer positio
     const guards = h.outside();
     for (let step = 0; step < 20; step++) {
       if (rnd() < 0.3) {
-        h.consumerPos = rnd() < 0.5 ? Math.floor(rnd() * 0x1_0000_0000) : p.position - 8 * Math.floor(rnd() * (h.capacity / 4));
+        h.consumerPos = rnd() < 0.5
+          ? Math.floor(rnd() * 0x1_0000_0000)
+          : p.position - 8 * Math.floor(rnd() * (h.capacity / 4));
       }
       try {
         const len = Math.floor(rnd() * (h.capacity / 2));
         const at = p.tryClaim(len);
         if (at >= 0) {
-          assert.ok(at >= h.d.dataOffset + 8 && at + len <= h.d.dataOffset + h.capacity, "claim outside ring");
+          assert.ok(
+            at >= h.d.dataOffset + 8 && at + len <= h.d.dataOffset + h.capacity,
+            "claim outside ring",
+          );
           h.bytes.fill(0xab, at, at + len);
           p.commit();
         }

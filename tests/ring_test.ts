@@ -11,7 +11,12 @@ import {
   ringControl,
   RingId,
 } from "../src/ring/layout.ts";
-import { RingConsumer, RingCorruptError, type RingDescriptor, RingProducer } from "../src/ring/ring.ts";
+import {
+  RingConsumer,
+  RingCorruptError,
+  type RingDescriptor,
+  RingProducer,
+} from "../src/ring/ring.ts";
 import { attachRegion, initRegion, RegionError, resyncRegion } from "../src/ring/region.ts";
 
 /** A region with a tiny outbound ring (capacity bytes), returns bytes + descriptor. */
@@ -27,9 +32,15 @@ function body(n: number, seed: number): Uint8Array {
   return b;
 }
 
-function drain(c: RingConsumer, limit = Infinity): { len: number; first: number; type: number; flags: number }[] {
+function drain(
+  c: RingConsumer,
+  limit = Infinity,
+): { len: number; first: number; type: number; flags: number }[] {
   const out: { len: number; first: number; type: number; flags: number }[] = [];
-  c.poll((b, off, len, type, flags) => out.push({ len, first: len ? b[off] : -1, type, flags }), limit);
+  c.poll(
+    (b, off, len, type, flags) => out.push({ len, first: len ? b[off] : -1, type, flags }),
+    limit,
+  );
   return out;
 }
 
@@ -44,7 +55,10 @@ test("layout: record length alignment and geometry", () => {
   assert.ok(g.inboundOffset >= g.outboundOffset + g.outboundCapacity);
   const c0 = ringControl(RingId.OUTBOUND), c1 = ringControl(RingId.INBOUND);
   // producer and consumer positions on distinct cache lines
-  assert.equal(Math.floor(c0.PRODUCER_POSITION / 64) !== Math.floor(c0.CONSUMER_POSITION / 64), true);
+  assert.equal(
+    Math.floor(c0.PRODUCER_POSITION / 64) !== Math.floor(c0.CONSUMER_POSITION / 64),
+    true,
+  );
   assert.ok(c1.PRODUCER_POSITION >= c0.PRODUCER_PARKED + 4);
 });
 
@@ -218,7 +232,10 @@ test("handler exception: record counts as consumed, position published", () => {
   const p = new RingProducer(bytes, d), c = new RingConsumer(bytes, d);
   p.tryWrite(body(4, 1));
   p.tryWrite(body(4, 2));
-  assert.throws(() => c.poll(() => { throw new Error("boom"); }), /boom/);
+  assert.throws(() =>
+    c.poll(() => {
+      throw new Error("boom");
+    }), /boom/);
   assert.equal(drain(c).length, 1);
 });
 
@@ -228,11 +245,20 @@ test("consumer detects obvious corruption with typed errors", () => {
   const P = d.control.PRODUCER_POSITION >> 2;
   const c = new RingConsumer(bytes, d);
   Atomics.store(i32, P, 512);
-  assert.throws(() => c.poll(() => {}), (e: unknown) => e instanceof RingCorruptError && e.reason === "producer-position-past-capacity");
+  assert.throws(
+    () => c.poll(() => {}),
+    (e: unknown) => e instanceof RingCorruptError && e.reason === "producer-position-past-capacity",
+  );
   Atomics.store(i32, P, 12);
-  assert.throws(() => c.poll(() => {}), (e: unknown) => e instanceof RingCorruptError && e.reason === "producer-position-misaligned");
+  assert.throws(
+    () => c.poll(() => {}),
+    (e: unknown) => e instanceof RingCorruptError && e.reason === "producer-position-misaligned",
+  );
   Atomics.store(i32, P, 16); // garbage zeroed memory: type 0
-  assert.throws(() => c.poll(() => {}), (e: unknown) => e instanceof RingCorruptError && e.reason === "record-type-invalid");
+  assert.throws(
+    () => c.poll(() => {}),
+    (e: unknown) => e instanceof RingCorruptError && e.reason === "record-type-invalid",
+  );
   // producer going backwards
   const { bytes: b2, d: d2 } = makeRing(256);
   const p2 = new RingProducer(b2, d2), c2 = new RingConsumer(b2, d2);
@@ -240,7 +266,10 @@ test("consumer detects obvious corruption with typed errors", () => {
   p2.tryWrite(body(8, 1));
   assert.equal(c2.available(), 32);
   Atomics.store(new Int32Array(b2.buffer), d2.control.PRODUCER_POSITION >> 2, 16);
-  assert.throws(() => c2.poll(() => {}), (e: unknown) => e instanceof RingCorruptError && e.reason === "producer-position-backwards");
+  assert.throws(
+    () => c2.poll(() => {}),
+    (e: unknown) => e instanceof RingCorruptError && e.reason === "producer-position-backwards",
+  );
 });
 
 test("producer distrusts a hostile consumer position", () => {
@@ -248,12 +277,18 @@ test("producer distrusts a hostile consumer position", () => {
   const p = new RingProducer(bytes, d);
   p.tryWrite(body(8, 1));
   Atomics.store(new Int32Array(bytes.buffer), d.control.CONSUMER_POSITION >> 2, 4096);
-  assert.throws(() => p.freeBytes(), (e: unknown) => e instanceof RingCorruptError && e.reason === "consumer-position-invalid");
+  assert.throws(
+    () => p.freeBytes(),
+    (e: unknown) => e instanceof RingCorruptError && e.reason === "consumer-position-invalid",
+  );
 });
 
 test("region: init bumps epoch, guest attach validates, resync after reset", () => {
   const bytes = new Uint8Array(1 << 16);
-  assert.throws(() => attachRegion(bytes, "guest"), (e: unknown) => e instanceof RegionError && e.reason === "bad-magic");
+  assert.throws(
+    () => attachRegion(bytes, "guest"),
+    (e: unknown) => e instanceof RegionError && e.reason === "bad-magic",
+  );
   const h1 = initRegion(bytes, { pid: 1 });
   const g1 = attachRegion(bytes, "guest", { pid: 2 });
   assert.equal(g1.epoch, h1.epoch);
@@ -275,9 +310,15 @@ test("region: init bumps epoch, guest attach validates, resync after reset", () 
   // a tampered header is rejected with a reason
   const view = new DataView(bytes.buffer);
   view.setUint32(28, 3, true); // outbound capacity not a power of two
-  assert.throws(() => attachRegion(bytes, "guest"), (e: unknown) => e instanceof RegionError && e.reason === "bad-geometry");
+  assert.throws(
+    () => attachRegion(bytes, "guest"),
+    (e: unknown) => e instanceof RegionError && e.reason === "bad-geometry",
+  );
   view.setUint32(16, 12345, true);
-  assert.throws(() => attachRegion(bytes, "guest"), (e: unknown) => e instanceof RegionError && e.reason === "size-mismatch");
+  assert.throws(
+    () => attachRegion(bytes, "guest"),
+    (e: unknown) => e instanceof RegionError && e.reason === "size-mismatch",
+  );
   view.setUint32(8, 1, true); // initialising
   assert.equal(resyncRegion(g2), null);
 });
@@ -304,7 +345,10 @@ test("producer-side parking: Doorbell/Parker with sleeper 'producer' use the pro
   while (p.tryWrite(body(24, 1)));
   let rang = 0;
   const spaceBell = new Doorbell(bytes, d, () => void rang++, "producer");
-  const parker = new Parker(bytes, d, () => new Promise((r) => setTimeout(r, 1)), { sleeper: "producer", spinIterations: 1 });
+  const parker = new Parker(bytes, d, () => new Promise((r) => setTimeout(r, 1)), {
+    sleeper: "producer",
+    spinIterations: 1,
+  });
   const waiting = parker.waitForData(() => p.canClaim(24), 5000);
   // the producer has announced itself parked in PRODUCER_PARKED; consumer frees space and rings
   const i32 = new Int32Array(bytes.buffer);

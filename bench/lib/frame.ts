@@ -88,7 +88,8 @@ export class FrameParser {
       this.onFrame(frame);
     }
     while (n - off >= 4) {
-      const len = chunk[off] | (chunk[off + 1] << 8) | (chunk[off + 2] << 16) | (chunk[off + 3] * 0x1000000);
+      const len = chunk[off] | (chunk[off + 1] << 8) | (chunk[off + 2] << 16) |
+        (chunk[off + 3] * 0x1000000);
       if (n - off - 4 >= len) {
         this.onFrame(chunk.subarray(off + 4, off + 4 + len));
         off += 4 + len;
@@ -142,7 +143,8 @@ export class FrameSplitter {
     }
     const start = off;
     while (n - off >= 4) {
-      const len = chunk[off] | (chunk[off + 1] << 8) | (chunk[off + 2] << 16) | (chunk[off + 3] * 0x1000000);
+      const len = chunk[off] | (chunk[off + 1] << 8) | (chunk[off + 2] << 16) |
+        (chunk[off + 3] * 0x1000000);
       if (n - off - 4 < len) break;
       off += 4 + len;
     }
@@ -150,7 +152,9 @@ export class FrameSplitter {
     if (off < n) {
       const rest = n - off;
       const size = rest >= 4
-        ? 4 + (chunk[off] | (chunk[off + 1] << 8) | (chunk[off + 2] << 16) | (chunk[off + 3] * 0x1000000))
+        ? 4 +
+          (chunk[off] | (chunk[off + 1] << 8) | (chunk[off + 2] << 16) |
+            (chunk[off + 3] * 0x1000000))
         : 4;
       this.acc = new Uint8Array(size);
       this.acc.set(chunk.subarray(off));

@@ -1,6 +1,6 @@
 // Process management for the orchestrator: every child is tracked and killed on exit, error or
 // timeout; CPU time is read from /proc/<pid>/stat (utime + stime, all threads).
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
@@ -14,7 +14,11 @@ export const RUNTIME_BIN: Record<RuntimeName, string> = {
   bun: process.env.VBUS_BUN ?? join(ROOT, "node_modules", ".bin", "bun"),
 };
 
-export function runtimeCommand(rt: RuntimeName, script: string, args: string[]): [string, string[]] {
+export function runtimeCommand(
+  rt: RuntimeName,
+  script: string,
+  args: string[],
+): [string, string[]] {
   if (rt === "deno") return [RUNTIME_BIN.deno, ["run", "-A", "--quiet", script, ...args]];
   return [RUNTIME_BIN.bun, ["run", script, ...args]];
 }
@@ -81,7 +85,13 @@ export class Child implements ChildHandle {
   private queue: ClientMessage[] = [];
   private done = false;
 
-  constructor(name: string, kind: "server" | "client", cmd: string, args: string[], env?: Record<string, string>) {
+  constructor(
+    name: string,
+    kind: "server" | "client",
+    cmd: string,
+    args: string[],
+    env?: Record<string, string>,
+  ) {
     hookExit();
     this.name = name;
     this.kind = kind;
@@ -130,7 +140,7 @@ export class Child implements ChildHandle {
           this.keep(line);
           continue;
         }
-        if (this.handlers.length) for (const h of this.handlers) h(msg);
+        if (this.handlers.length) { for (const h of this.handlers) h(msg); }
         else this.queue.push(msg);
       } else if (line) this.keep(line);
     }
@@ -144,7 +154,9 @@ export class Child implements ChildHandle {
     const i = this.queue.findIndex((m) => m.type === type || m.type === "error");
     if (i >= 0) {
       const m = this.queue.splice(i, 1)[0];
-      return m.type === "error" ? Promise.reject(new Error(`${this.name}: ${m.message}`)) : Promise.resolve(m as T);
+      return m.type === "error"
+        ? Promise.reject(new Error(`${this.name}: ${m.message}`))
+        : Promise.resolve(m as T);
     }
     return new Promise((res, rej) => {
       const cleanup = () => {
@@ -226,7 +238,11 @@ export function freePort(): Promise<number> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function waitForPort(port: number, timeoutMs = 10000, child?: ChildHandle): Promise<void> {
+export async function waitForPort(
+  port: number,
+  timeoutMs = 10000,
+  child?: ChildHandle,
+): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (let i = 0; Date.now() < until && i < 2000; i++) {
     const ok = await new Promise<boolean>((res) => {
@@ -237,22 +253,36 @@ export async function waitForPort(port: number, timeoutMs = 10000, child?: Child
       s.on("error", () => res(false));
     });
     if (ok) return;
-    if (child && (await Promise.race([child.exited.then(() => true), sleep(0).then(() => false)]))) {
+    if (
+      child && (await Promise.race([child.exited.then(() => true), sleep(0).then(() => false)]))
+    ) {
       throw new Error(`${child.name} exited before listening on ${port}\n${child.output()}`);
     }
     await sleep(10);
   }
-  throw new Error(`nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms${child ? "\n" + child.output() : ""}`);
+  throw new Error(
+    `nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms${
+      child ? "\n" + child.output() : ""
+    }`,
+  );
 }
 
-export async function waitForPath(path: string, timeoutMs = 10000, child?: ChildHandle): Promise<void> {
+export async function waitForPath(
+  path: string,
+  timeoutMs = 10000,
+  child?: ChildHandle,
+): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (let i = 0; Date.now() < until && i < 2000; i++) {
     if (existsSync(path)) return;
-    if (child && (await Promise.race([child.exited.then(() => true), sleep(0).then(() => false)]))) {
+    if (
+      child && (await Promise.race([child.exited.then(() => true), sleep(0).then(() => false)]))
+    ) {
       throw new Error(`${child.name} exited before creating ${path}\n${child.output()}`);
     }
     await sleep(10);
   }
-  throw new Error(`${path} did not appear within ${timeoutMs} ms${child ? "\n" + child.output() : ""}`);
+  throw new Error(
+    `${path} did not appear within ${timeoutMs} ms${child ? "\n" + child.output() : ""}`,
+  );
 }

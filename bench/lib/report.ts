@@ -1,7 +1,7 @@
 // Summaries (median, min-max), ratios vs peers, and the files: latest.json, latest.md, *.svg.
 import { readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fmtNum, fmtSize, median, si, spread, type Spread } from "./stats.ts";
+import { fmtNum, fmtSize, median, si, type Spread, spread } from "./stats.ts";
 import { barChart, lineChart } from "./svg.ts";
 
 export interface LatencyUs {
@@ -91,14 +91,22 @@ export interface Report {
     loadavgAfter: number[];
     runtimes: Record<string, string>;
   };
-  systems: { name: string; describe: string; peer: boolean; available: boolean; reason: string | null; info: Record<string, string> }[];
+  systems: {
+    name: string;
+    describe: string;
+    peer: boolean;
+    available: boolean;
+    reason: string | null;
+    info: Record<string, string>;
+  }[];
   runs: CaseRun[];
   summary: CaseSummary[];
   ratios: Ratio[];
   charts: string[];
 }
 
-const wk = (r: { kind: string; shape: string; size: number; runtime: string }) => `${r.kind}/${r.shape}/${r.size}/${r.runtime}`;
+const wk = (r: { kind: string; shape: string; size: number; runtime: string }) =>
+  `${r.kind}/${r.shape}/${r.size}/${r.runtime}`;
 
 export function summarize(rep: Report): void {
   const groups = new Map<string, CaseRun[]>();
@@ -111,8 +119,14 @@ export function summarize(rep: Report): void {
     const ok = rs.filter((r) => r.ok);
     const f = rs[0];
     const s: CaseSummary = {
-      key, kind: f.kind, shape: f.shape, size: f.size, runtime: f.runtime, system: f.system,
-      runs: rs.length, failed: rs.length - ok.length,
+      key,
+      kind: f.kind,
+      shape: f.shape,
+      size: f.size,
+      runtime: f.runtime,
+      system: f.system,
+      runs: rs.length,
+      failed: rs.length - ok.length,
       msgsPerSec: spread(ok.map((r) => r.msgsPerSec ?? NaN)),
       bytesPerSec: spread(ok.map((r) => r.bytesPerSec ?? NaN)),
       cpuPerMillionS: spread(ok.map((r) => r.cpuPerMillionS ?? NaN)),
@@ -130,7 +144,7 @@ export function summarize(rep: Report): void {
   const subjects = avail.filter((s) => !s.peer).map((s) => s.name);
   const peers = avail.filter((s) => s.peer).map((s) => s.name);
   let pairs: [string, string][] = [];
-  if (subjects.length) for (const s of subjects) for (const p of peers) pairs.push([s, p]);
+  if (subjects.length) { for (const s of subjects) for (const p of peers) pairs.push([s, p]); }
   else if (peers.length > 1) {
     const ref = peers.includes("nats") ? "nats" : peers[0];
     pairs = peers.filter((p) => p !== ref).map((p) => [p, ref]);
@@ -150,8 +164,14 @@ export function summarize(rep: Report): void {
         else xs.push((a.msgsPerSec ?? NaN) / (b.msgsPerSec ?? NaN));
       }
       rep.ratios.push({
-        kind: w.kind, shape: w.shape, size: w.size, runtime: w.runtime, system: s, peer: p,
-        metric: w.kind === "latency" ? "p50" : "msgsPerSec", ratio: spread(xs),
+        kind: w.kind,
+        shape: w.shape,
+        size: w.size,
+        runtime: w.runtime,
+        system: s,
+        peer: p,
+        metric: w.kind === "latency" ? "p50" : "msgsPerSec",
+        ratio: spread(xs),
       });
     }
   }
@@ -159,19 +179,34 @@ export function summarize(rep: Report): void {
 
 const cell = (s: Spread, f: (x: number) => string = si) =>
   s.n === 0 ? "–" : s.n === 1 ? f(s.median) : `${f(s.median)} (${f(s.min)}–${f(s.max)})`;
-const SHAPES: Record<string, string> = { "1:1": "1 publisher : 1 subscriber", "1:4": "1 publisher : 4 subscribers (fan-out)", "4:1": "4 publishers : 1 subscriber (fan-in)" };
+const SHAPES: Record<string, string> = {
+  "1:1": "1 publisher : 1 subscriber",
+  "1:4": "1 publisher : 4 subscribers (fan-out)",
+  "4:1": "4 publishers : 1 subscriber (fan-in)",
+};
 const fileShape = (s: string) => s.replace(":", "x");
 
 export function writeReports(rep: Report, outDir: string): string[] {
-  const settings = rep.settings as { sizes: number[]; rrSizes: number[]; shapes: string[]; runtimes: string[]; runs: number };
+  const settings = rep.settings as {
+    sizes: number[];
+    rrSizes: number[];
+    shapes: string[];
+    runtimes: string[];
+    runs: number;
+  };
   const systems = rep.systems.filter((s) => s.available).map((s) => s.name);
   const find = (kind: string, shape: string, size: number, runtime: string, system: string) =>
-    rep.summary.find((s) => s.kind === kind && s.shape === shape && s.size === size && s.runtime === runtime && s.system === system);
+    rep.summary.find((s) =>
+      s.kind === kind && s.shape === shape && s.size === size && s.runtime === runtime &&
+      s.system === system
+    );
   const mark = (s: CaseSummary | undefined, f: (s: CaseSummary) => string) =>
     !s ? "–" : s.runs === s.failed ? "FAILED" : f(s) + (s.failed ? ` [${s.failed} failed]` : "");
 
   // ---- charts (removing old ones first so the set of files matches this run)
-  for (const f of readdirSync(outDir)) if (/^(throughput|latency)-.*\.svg$/.test(f)) rmSync(join(outDir, f));
+  for (const f of readdirSync(outDir)) {
+    if (/^(throughput|latency)-.*\.svg$/.test(f)) rmSync(join(outDir, f));
+  }
   rep.charts = [];
   const tpShapes = settings.shapes.filter((s) => s !== "rr");
   for (const shape of tpShapes) {
@@ -184,7 +219,15 @@ export function writeReports(rep: Report, outDir: string): string[] {
           return s && s.msgsPerSec.n ? s.msgsPerSec : null;
         }),
       }));
-      writeFileSync(join(outDir, name), lineChart(`Delivered msg/s, ${shape}, ${rt} (median, min–max)`, "messages/s", settings.sizes.map(fmtSize), series));
+      writeFileSync(
+        join(outDir, name),
+        lineChart(
+          `Delivered msg/s, ${shape}, ${rt} (median, min–max)`,
+          "messages/s",
+          settings.sizes.map(fmtSize),
+          series,
+        ),
+      );
       rep.charts.push(name);
     }
   }
@@ -196,50 +239,104 @@ export function writeReports(rep: Report, outDir: string): string[] {
         for (const rt of settings.runtimes) {
           const s = find("latency", "rr", size, rt, sys);
           groups.push(`${sys} ${rt}`);
-          values.push(s?.latencyUs ? [s.latencyUs.p50.median, s.latencyUs.p99.median, s.latencyUs.p999.median].map((v) => (Number.isFinite(v) ? v : null)) : [null, null, null]);
+          values.push(
+            s?.latencyUs
+              ? [s.latencyUs.p50.median, s.latencyUs.p99.median, s.latencyUs.p999.median].map((
+                v,
+              ) => (Number.isFinite(v) ? v : null))
+              : [null, null, null],
+          );
         }
       }
-      writeFileSync(join(outDir, name), barChart(`Request/reply round trip, ${fmtSize(size)} (median of runs)`, "microseconds", groups, ["p50", "p99", "p99.9"], values));
+      writeFileSync(
+        join(outDir, name),
+        barChart(
+          `Request/reply round trip, ${fmtSize(size)} (median of runs)`,
+          "microseconds",
+          groups,
+          ["p50", "p99", "p99.9"],
+          values,
+        ),
+      );
       rep.charts.push(name);
     }
   }
 
   // ---- JSON
-  writeFileSync(join(outDir, "latest.json"), JSON.stringify(rep, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2) + "\n");
+  writeFileSync(
+    join(outDir, "latest.json"),
+    JSON.stringify(rep, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2) +
+      "\n",
+  );
 
   // ---- Markdown
   const md: string[] = [];
   const m = rep.machine;
   md.push(`# vbus benchmark: latest run`, "");
-  if (rep.interrupted) md.push(`**Interrupted**: only the runs finished before the signal are included.`, "");
-  md.push(`Started ${rep.startedAt}, took ${rep.durationS} s. ${settings.runs} run(s) of every case, interleaved across systems; cells are the median with the min–max over runs in parentheses. Raw runs: \`latest.json\`. Method: \`bench/README.md\`.`, "");
+  if (rep.interrupted) {
+    md.push(`**Interrupted**: only the runs finished before the signal are included.`, "");
+  }
+  md.push(
+    `Started ${rep.startedAt}, took ${rep.durationS} s. ${settings.runs} run(s) of every case, interleaved across systems; cells are the median with the min–max over runs in parentheses. Raw runs: \`latest.json\`. Method: \`bench/README.md\`.`,
+    "",
+  );
   md.push(`## Machine`, "");
   md.push(`| item | value |`, `|---|---|`);
-  md.push(`| CPU | ${m.cpuModel} |`, `| cores | ${m.cores} |`, `| memory | ${m.memoryGiB} GiB |`, `| kernel | ${m.kernel} |`);
-  md.push(`| load average before | ${m.loadavgBefore.join(" ")} |`, `| load average after | ${m.loadavgAfter.join(" ")} |`);
+  md.push(
+    `| CPU | ${m.cpuModel} |`,
+    `| cores | ${m.cores} |`,
+    `| memory | ${m.memoryGiB} GiB |`,
+    `| kernel | ${m.kernel} |`,
+  );
+  md.push(
+    `| load average before | ${m.loadavgBefore.join(" ")} |`,
+    `| load average after | ${m.loadavgAfter.join(" ")} |`,
+  );
   for (const [k, v] of Object.entries(m.runtimes)) md.push(`| ${k} | ${v} |`);
-  md.push(`| settings | ${Object.entries(rep.settings).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join(",") : v}`).join(" ")} |`, "");
+  md.push(
+    `| settings | ${
+      Object.entries(rep.settings).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join(",") : v}`)
+        .join(" ")
+    } |`,
+    "",
+  );
   md.push(`## Systems`, "");
   md.push(`| system | peer | status | description |`, `|---|---|---|---|`);
   for (const s of rep.systems) {
     const extra = Object.values(s.info).join("; ");
-    md.push(`| ${s.name} | ${s.peer ? "yes" : "no"} | ${s.available ? "ran" : `skipped: ${s.reason}`} | ${s.describe}${extra ? ` (${extra})` : ""} |`);
+    md.push(
+      `| ${s.name} | ${s.peer ? "yes" : "no"} | ${
+        s.available ? "ran" : `skipped: ${s.reason}`
+      } | ${s.describe}${extra ? ` (${extra})` : ""} |`,
+    );
   }
   md.push("");
-  const head = (first: string[]) => [`| ${[...first, ...systems].join(" | ")} |`, `|${[...first, ...systems].map(() => "---").join("|")}|`];
+  const head = (
+    first: string[],
+  ) => [
+    `| ${[...first, ...systems].join(" | ")} |`,
+    `|${[...first, ...systems].map(() => "---").join("|")}|`,
+  ];
   for (const shape of tpShapes) {
     md.push(`## Throughput: ${SHAPES[shape] ?? shape}`, "");
     const tables: [string, (s: CaseSummary) => string][] = [
       ["Delivered messages per second (all subscribers together)", (s) => cell(s.msgsPerSec)],
       ["Delivered bytes per second (payload only)", (s) => cell(s.bytesPerSec, (x) => si(x) + "B")],
-      ["CPU seconds per million delivered messages (every process: publishers, broker/relay, subscribers)", (s) => cell(s.cpuPerMillionS, (x) => fmtNum(x))],
+      [
+        "CPU seconds per million delivered messages (every process: publishers, broker/relay, subscribers)",
+        (s) => cell(s.cpuPerMillionS, (x) => fmtNum(x)),
+      ],
     ];
     for (const [title, f] of tables) {
       md.push(`### ${title}`, "");
       md.push(...head(["size", "runtime"]));
       for (const size of settings.sizes) {
         for (const rt of settings.runtimes) {
-          md.push(`| ${fmtSize(size)} | ${rt} | ${systems.map((sys) => mark(find("throughput", shape, size, rt, sys), f)).join(" | ")} |`);
+          md.push(
+            `| ${fmtSize(size)} | ${rt} | ${
+              systems.map((sys) => mark(find("throughput", shape, size, rt, sys), f)).join(" | ")
+            } |`,
+          );
         }
       }
       md.push("");
@@ -247,36 +344,65 @@ export function writeReports(rep: Report, outDir: string): string[] {
   }
   if (settings.shapes.includes("rr")) {
     md.push(`## Request/reply round trip (microseconds)`, "");
-    md.push(`| size | runtime | system | p50 | p90 | p99 | p99.9 | max | round trips/s | CPU s per M msgs |`, `|---|---|---|---|---|---|---|---|---|---|`);
+    md.push(
+      `| size | runtime | system | p50 | p90 | p99 | p99.9 | max | round trips/s | CPU s per M msgs |`,
+      `|---|---|---|---|---|---|---|---|---|---|`,
+    );
     for (const size of settings.rrSizes) {
       for (const rt of settings.runtimes) {
         for (const sys of systems) {
           const s = find("latency", "rr", size, rt, sys);
           const l = s?.latencyUs;
           if (!s || !l || s.runs === s.failed) {
-            md.push(`| ${fmtSize(size)} | ${rt} | ${sys} | ${s ? "FAILED" : "–"} | – | – | – | – | – | – |`);
+            md.push(
+              `| ${fmtSize(size)} | ${rt} | ${sys} | ${
+                s ? "FAILED" : "–"
+              } | – | – | – | – | – | – |`,
+            );
             continue;
           }
           const f = (x: number) => fmtNum(x);
-          md.push(`| ${fmtSize(size)} | ${rt} | ${sys} | ${cell(l.p50, f)} | ${cell(l.p90, f)} | ${cell(l.p99, f)} | ${cell(l.p999, f)} | ${cell(l.max, f)} | ${cell(s.msgsPerSec)} | ${cell(s.cpuPerMillionS, f)} |`);
+          md.push(
+            `| ${fmtSize(size)} | ${rt} | ${sys} | ${cell(l.p50, f)} | ${cell(l.p90, f)} | ${
+              cell(l.p99, f)
+            } | ${cell(l.p999, f)} | ${cell(l.max, f)} | ${cell(s.msgsPerSec)} | ${
+              cell(s.cpuPerMillionS, f)
+            } |`,
+          );
         }
       }
     }
     md.push("");
   }
   md.push(`## Ratios (from the same runs)`, "");
-  md.push(`Throughput: system msg/s ÷ peer msg/s. Latency: peer p50 ÷ system p50. Above 1 means the system is better. Each ratio is taken within one interleaved round, then the median (min–max) over rounds.`, "");
+  md.push(
+    `Throughput: system msg/s ÷ peer msg/s. Latency: peer p50 ÷ system p50. Above 1 means the system is better. Each ratio is taken within one interleaved round, then the median (min–max) over rounds.`,
+    "",
+  );
   const ratioCols = [...new Map(rep.ratios.map((r) => [`${r.system} vs ${r.peer}`, r])).keys()];
   if (ratioCols.length === 0) md.push(`(no pair of systems to compare)`, "");
   else {
-    md.push(`| workload | size | runtime | ${ratioCols.join(" | ")} |`, `|---|---|---|${ratioCols.map(() => "---").join("|")}|`);
-    const rows = [...new Map(rep.ratios.map((r) => [`${r.kind}/${r.shape}/${r.size}/${r.runtime}`, r])).values()];
+    md.push(
+      `| workload | size | runtime | ${ratioCols.join(" | ")} |`,
+      `|---|---|---|${ratioCols.map(() => "---").join("|")}|`,
+    );
+    const rows = [
+      ...new Map(rep.ratios.map((r) => [`${r.kind}/${r.shape}/${r.size}/${r.runtime}`, r]))
+        .values(),
+    ];
     for (const w of rows) {
       const cells = ratioCols.map((col) => {
-        const r = rep.ratios.find((x) => x.kind === w.kind && x.shape === w.shape && x.size === w.size && x.runtime === w.runtime && `${x.system} vs ${x.peer}` === col);
+        const r = rep.ratios.find((x) =>
+          x.kind === w.kind && x.shape === w.shape && x.size === w.size &&
+          x.runtime === w.runtime && `${x.system} vs ${x.peer}` === col
+        );
         return r ? cell(r.ratio, (x) => x.toFixed(2)) : "–";
       });
-      md.push(`| ${w.kind === "latency" ? "req/rep p50" : w.shape} | ${fmtSize(w.size)} | ${w.runtime} | ${cells.join(" | ")} |`);
+      md.push(
+        `| ${w.kind === "latency" ? "req/rep p50" : w.shape} | ${
+          fmtSize(w.size)
+        } | ${w.runtime} | ${cells.join(" | ")} |`,
+      );
     }
     md.push("");
   }
@@ -285,13 +411,21 @@ export function writeReports(rep: Report, outDir: string): string[] {
   if (bad.length === 0) md.push(`None: every run delivered every message.`, "");
   else {
     md.push(`| case | run | status | detail |`, `|---|---|---|---|`);
-    for (const r of bad) md.push(`| ${r.id} | ${r.run} | ${r.ok ? "partial" : "failed"} | ${r.error!.replace(/\|/g, "/")} |`);
+    for (const r of bad) {
+      md.push(
+        `| ${r.id} | ${r.run} | ${r.ok ? "partial" : "failed"} | ${r.error!.replace(/\|/g, "/")} |`,
+      );
+    }
     md.push("");
   }
   md.push(`## Charts`, "");
   for (const c of rep.charts) md.push(`![${c}](${c})`, "");
   writeFileSync(join(outDir, "latest.md"), md.join("\n"));
-  return [join(outDir, "latest.json"), join(outDir, "latest.md"), `${rep.charts.length} SVG charts`];
+  return [
+    join(outDir, "latest.json"),
+    join(outDir, "latest.md"),
+    `${rep.charts.length} SVG charts`,
+  ];
 }
 
 export { median };

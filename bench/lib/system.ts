@@ -44,7 +44,12 @@ export interface ServerContext {
   spawn(name: string, cmd: string, args: string[], env?: Record<string, string>): ChildHandle;
   /** Start a TypeScript file (path relative to the repo root) under ctx.runtime with the
    *  harness's usual flags (Deno: run -A). Counted as a "server" process for CPU. */
-  spawnScript(name: string, script: string, args: string[], env?: Record<string, string>): ChildHandle;
+  spawnScript(
+    name: string,
+    script: string,
+    args: string[],
+    env?: Record<string, string>,
+  ): ChildHandle;
   /** Resolve once a TCP connect to 127.0.0.1:port succeeds (throws after timeoutMs). */
   waitForPort(port: number, timeoutMs?: number, child?: ChildHandle): Promise<void>;
   /** Resolve once a filesystem path exists (e.g. a unix socket, a shm file). */

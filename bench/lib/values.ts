@@ -6,14 +6,17 @@ import { Packr } from "msgpackr";
 import { STRUCTURED } from "./stats.ts";
 
 /** The value published as message `i` of an "obj4" case. */
-export function structuredValue(i: number): { id: number; sensor: string; celsius: number; ok: boolean } {
+export function structuredValue(
+  i: number,
+): { id: number; sensor: string; celsius: number; ok: boolean } {
   return { id: i, sensor: "vm1.cpu.temp", celsius: 21.5 + (i & 7), ok: true };
 }
 
 /** True when a received value is an intact {@link structuredValue}. */
 export function isStructuredValue(v: unknown): boolean {
   const o = v as { id?: unknown; sensor?: unknown; celsius?: unknown; ok?: unknown } | null;
-  return !!o && typeof o.id === "number" && o.sensor === "vm1.cpu.temp" && typeof o.celsius === "number" && o.ok === true;
+  return !!o && typeof o.id === "number" && o.sensor === "vm1.cpu.temp" &&
+    typeof o.celsius === "number" && o.ok === true;
 }
 
 /** msgpackr with default options, for systems that carry bytes. */

@@ -65,7 +65,7 @@ function onConnection(sock: Socket): void {
       mySubs = h.sub ?? [];
       for (const s of mySubs) {
         let set = subscribers.get(s);
-        if (!set) subscribers.set(s, (set = new Set()));
+        if (!set) subscribers.set(s, set = new Set());
         set.add(sock);
       }
       sock.write(OK);

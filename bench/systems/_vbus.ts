@@ -5,7 +5,11 @@
 import { writeFileSync } from "node:fs";
 import type { BenchSystem, Channel, Endpoint, OpenOptions, ServerContext } from "../lib/system.ts";
 
-export function vbusSystem(name: string, shm: boolean, wake: "doorbell" | "futex" = "doorbell"): BenchSystem {
+export function vbusSystem(
+  name: string,
+  shm: boolean,
+  wake: "doorbell" | "futex" = "doorbell",
+): BenchSystem {
   return {
     name,
     describe: !shm
@@ -20,7 +24,12 @@ export function vbusSystem(name: string, shm: boolean, wake: "doorbell" | "futex
       const listen = `${ctx.tmpDir}/vbus.sock`;
       const conf = `${ctx.tmpDir}/vbus.json`;
       writeFileSync(conf, JSON.stringify({ listen, vms: [] }));
-      const child = ctx.spawnScript("vbus-broker", "src/cli/main.ts", ["broker", "--config", conf], { VBUS_LOG: "warn" });
+      const child = ctx.spawnScript(
+        "vbus-broker",
+        "src/cli/main.ts",
+        ["broker", "--config", conf],
+        { VBUS_LOG: "warn" },
+      );
       await ctx.waitForPath(listen, 15000, child);
       return { endpoint: { listen }, stop: () => child.kill() };
     },
@@ -34,7 +43,9 @@ export function vbusSystem(name: string, shm: boolean, wake: "doorbell" | "futex
         name: opts.id,
         ...(shm ? { wake } : {}),
       });
-      if (shm && bus.dataPath !== "ring") throw new Error(`${name}: expected the ring path, got ${bus.dataPath}`);
+      if (shm && bus.dataPath !== "ring") {
+        throw new Error(`${name}: expected the ring path, got ${bus.dataPath}`);
+      }
       if (opts.sub) {
         const on = opts.onValue ?? opts.onMessage as (v: unknown) => void;
         bus.subscribe<Uint8Array>(opts.sub, { callback: (_err, m) => on(m.data) });

@@ -27,15 +27,23 @@ const system: BenchSystem = {
   async start(ctx: ServerContext) {
     const port = await ctx.freePort();
     const child = ctx.spawn("redis-server", BIN, [
-      "--port", String(port),
-      "--bind", "127.0.0.1",
-      "--save", "",
-      "--appendonly", "no",
-      "--dir", ctx.tmpDir,
-      "--protected-mode", "no",
-      "--loglevel", "warning",
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--dir",
+      ctx.tmpDir,
+      "--protected-mode",
+      "no",
+      "--loglevel",
+      "warning",
       // a slower subscriber is measured, not disconnected (default hard limit is 32 MB)
-      "--client-output-buffer-limit", "pubsub 0 0 0",
+      "--client-output-buffer-limit",
+      "pubsub 0 0 0",
     ]);
     await ctx.waitForPort(port, 15000, child);
     return { endpoint: { port }, stop: () => child.kill() };
@@ -72,7 +80,10 @@ const system: BenchSystem = {
     return {
       publish: (p) => {
         if (!pipe) pipe = pub!.pipeline();
-        pipe.publish(subject, Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength));
+        pipe.publish(
+          subject,
+          Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength),
+        );
       },
       flush: () => {
         if (!pipe) return Promise.resolve();

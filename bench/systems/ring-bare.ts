@@ -11,7 +11,8 @@ const FULL_SPIN_MS = 10_000;
 
 const system: BenchSystem = {
   name: "ring-bare",
-  describe: "bare shared-memory SPSC ring (src/ring), no broker, no codec, polling consumer: the ceiling",
+  describe:
+    "bare shared-memory SPSC ring (src/ring), no broker, no codec, polling consumer: the ceiling",
   peer: false,
   shapes: ["1:1", "rr"],
 
@@ -39,7 +40,10 @@ const system: BenchSystem = {
     const { RingConsumer, RingProducer } = await import("../../src/ring/ring.ts");
     const m = await mapShared(String(endpoint.path), REGION_BYTES);
     // Requesters and publishers write the outbound ring; subscribers and repliers read it.
-    const region = attachRegion(m.bytes, opts.role === "pub" || opts.role === "req" ? "guest" : "host");
+    const region = attachRegion(
+      m.bytes,
+      opts.role === "pub" || opts.role === "req" ? "guest" : "host",
+    );
     const producer = opts.pub ? new RingProducer(m.bytes, region.tx) : undefined;
     let running = true;
     let loop: Promise<void> = Promise.resolve();
@@ -60,7 +64,9 @@ const system: BenchSystem = {
         if (producer.tryWrite(p)) return;
         const deadline = Date.now() + FULL_SPIN_MS;
         while (!producer.tryWrite(p)) {
-          if (Date.now() > deadline) throw new Error("ring-bare: ring full for 10 s (consumer gone?)");
+          if (Date.now() > deadline) {
+            throw new Error("ring-bare: ring full for 10 s (consumer gone?)");
+          }
         }
       },
       flush: () => new Promise((r) => setImmediate(r)),
