@@ -14,7 +14,7 @@ import { openAgentPort } from "../src/agent/attach.ts";
 import { connect } from "../src/client/bus.ts";
 import { createLogger } from "../src/util/log.ts";
 import { encodeEnvelope, EnvelopeKind, MUX_VERSION } from "../src/protocol/channel_frame.ts";
-import { spawnLocal } from "./fixtures/agent_children.ts";
+import { type LocalProcess, spawnLocal } from "./fixtures/agent_children.ts";
 import type { SessionStats } from "../src/broker/session_stats.ts";
 
 const quiet = createLogger("test-agent", "silent");
@@ -24,7 +24,7 @@ test("agent: two subscribers and a publisher (Deno and Bun processes) through on
   const v = lab.vms.vm1;
   const socket = join(lab.dir, "agent.sock");
   const agent = new Agent({ socket, transport: () => v.vm.open(), shm: v.shm!, logger: quiet });
-  const procs = [];
+  const procs: LocalProcess[] = [];
   try {
     await agent.start();
     const subA = spawnLocal("deno", socket, ["sub", "t.>"]);
