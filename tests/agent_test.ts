@@ -7,8 +7,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { startLab, waitFor } from "./helpers.ts";
+import { startLab, tempDir, waitFor } from "./helpers.ts";
 import { Agent } from "../src/agent/agent.ts";
 import { openAgentPort } from "../src/agent/attach.ts";
 import { connect } from "../src/client/bus.ts";
@@ -222,3 +225,32 @@ function concat(parts: Uint8Array[]): Uint8Array {
   }
   return out;
 }
+
+test("agent: deploy/systemd/vbus-agent.service starts `vbus agent --group vbus`, keeps /run/vbus across restarts, and systemd accepts it", (t) => {
+  const root = fileURLToPath(new URL("..", import.meta.url));
+  const unit = readFileSync(join(root, "deploy/systemd/vbus-agent.service"), "utf8");
+  const value = (key: string) => new RegExp(`^${key}=(.*)$`, "m").exec(unit)?.[1];
+  assert.match(value("ExecStart") ?? "", / agent --group vbus$/);
+  assert.equal(value("Restart"), "always");
+  assert.equal(value("RuntimeDirectory"), "vbus");
+  assert.equal(value("RuntimeDirectoryPreserve"), "restart");
+  const analyze = spawnSync("systemd-analyze", ["--version"], { encoding: "utf8" });
+  if (analyze.status !== 0) {
+    t.skip("systemd-analyze is not installed (apt-get install systemd): the unit was only read");
+    return;
+  }
+  const { dir, cleanup } = tempDir();
+  try {
+    const local = unit.replace(/\/opt\/vbus\//g, `${root}`);
+    mkdirSync(join(dir, "units"));
+    const copy = join(dir, "units/vbus-agent.service");
+    writeFileSync(copy, local);
+    const r = spawnSync("systemd-analyze", ["verify", "--man=no", copy], { encoding: "utf8" });
+    const problems = (r.stdout + r.stderr).split("\n").filter((l) =>
+      l.includes("vbus-agent.service") && !/Failed to .*(bus|connect)/i.test(l)
+    );
+    assert.deepEqual(problems, [], `systemd-analyze verify: ${r.stdout}${r.stderr}`);
+  } finally {
+    cleanup();
+  }
+});

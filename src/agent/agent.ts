@@ -148,7 +148,10 @@ export class Agent {
     });
     this.#server = server;
     chmodSync(this.#socketPath, this.#o.socketMode ?? DEFAULT_SOCKET_MODE);
-    if (this.#o.socketGroup !== undefined) chownSync(this.#socketPath, -1, this.#o.socketGroup);
+    if (this.#o.socketGroup !== undefined) {
+      chownSync(this.#socketPath, -1, this.#o.socketGroup);
+      this.#shareDevice(this.#o.socketGroup);
+    }
     this.#log.info("listening", {
       socket: this.#socketPath,
       mode: (this.#o.socketMode ?? DEFAULT_SOCKET_MODE).toString(8),
@@ -172,6 +175,24 @@ export class Agent {
     try {
       unlinkSync(this.#socketPath);
     } catch { /* already gone */ }
+  }
+
+  /**
+   * Give the ivshmem device the socket's group (mode 0660): each local process maps its slot
+   * itself. Whoever is in the group can map every slot; that is the boundary (see the doc).
+   */
+  #shareDevice(gid: number) {
+    const dev = this.#device;
+    if (!dev) return;
+    try {
+      chownSync(dev.path, -1, gid);
+      chmodSync(dev.path, DEFAULT_SOCKET_MODE);
+    } catch (err) {
+      this.#log.warn("cannot give the ivshmem device the socket's group", {
+        device: dev.path,
+        error: (err as Error).message,
+      });
+    }
   }
 
   async #findDevice() {
