@@ -63,6 +63,8 @@ const CLOSE_FLUSH_MS = 2000;
  *
  * @example
  * ```ts
+ * import { connect } from "./bus.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
  * const info = bus.info;
  * if (info) console.log(`${info.identity} on ${info.port}, session ${info.session}`);
  * ```
@@ -295,6 +297,8 @@ export class Bus {
    *
    * @example
    * ```ts
+   * import { connect } from "./bus.ts";
+   * const bus = await connect({ server: "/run/vbus/broker.sock" });
    * const off = bus.on("reconnected", (e) => console.log(`resubscribed ${e.resubscribed}`));
    * off();
    * ```
@@ -319,6 +323,8 @@ export class Bus {
    *
    * @example
    * ```ts
+   * import { connect } from "./bus.ts";
+   * const bus = await connect({ server: "/run/vbus/broker.sock" });
    * const s = bus.ringStats;
    * if (s) console.log(`${s.framesOut} frames out, waited for space ${s.spaceWaits} times`);
    * ```
@@ -341,7 +347,10 @@ export class Bus {
    *
    * @example
    * ```ts
+   * import { connect } from "./bus.ts";
+   * const bus = await connect({ server: "/run/vbus/broker.sock" });
    * const { resent, maybeLost } = bus.stats;
+   * console.log(`${resent} publishes re-sent from the rings of sessions that ended`);
    * if (maybeLost > 0) console.warn(`${maybeLost} publishes may have been lost in broker crashes`);
    * ```
    */
@@ -359,6 +368,7 @@ export class Bus {
  *
  * @example
  * ```ts
+ * import { connect } from "./bus.ts";
  * const bus = await connect({ name: "sensor" });
  * await bus.publish("sensors.temp", 21.5);
  * await bus.drain();

@@ -27,7 +27,18 @@
  * @module
  */
 
-/** Cumulative counters of one connection (all sessions), as `bus.stats` returns them. */
+/**
+ * Cumulative counters of one connection (all sessions), as `bus.stats` returns them.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./bus.ts";
+ * import type { ClientStats } from "./delivery_ledger.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * const { disconnects, resent, maybeLost, undecodable }: ClientStats = bus.stats;
+ * console.log({ disconnects, resent, maybeLost, undecodable });
+ * ```
+ */
 export interface ClientStats {
   /** Sessions that ended other than by `close()`/`drain()`. */
   disconnects: number;

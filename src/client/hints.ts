@@ -71,7 +71,10 @@ export function isMissingDevice(err: Error): boolean {
  *
  * @example
  * ```ts
- * if (isPermanentConnectError(err, false)) throw err; // no point waiting for the timeout
+ * import { isPermanentConnectError } from "./hints.ts";
+ * const err = new Error("cannot open /dev/virtio-ports/org.vbus.0: ENOENT: no such file");
+ * isPermanentConnectError(err, false); // true: a first connect gives up at once
+ * isPermanentConnectError(err, true); // false: a reconnect keeps trying (the port may come back)
  * ```
  */
 export function isPermanentConnectError(err: Error, everConnected: boolean): boolean {

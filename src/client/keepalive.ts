@@ -6,11 +6,16 @@
  *
  * @example
  * ```ts
- * import { Pings } from "./keepalive.ts";
+ * import { MAX_PINGS_OUT, Pings } from "./keepalive.ts";
  * const pings = new Pings();
- * pings.startKeepalive(10_000, { active: () => true, ping: (w) => send(w), dead: () => hangUp() });
+ * pings.startKeepalive(10_000, {
+ *   active: () => true, // a session is established
+ *   ping: (w) => pings.sent(w), // the connection also writes the PING frame
+ *   dead: () => console.warn(`no PONG to ${MAX_PINGS_OUT} PINGs: hang up and reconnect`),
+ * });
  * pings.sent({ resolve: () => console.log("PONG"), reject: console.error, portMark: 0, ringMark: 0 });
  * pings.answered()?.resolve(); // when the PONG arrives
+ * pings.stopKeepalive(); // the session ended
  * ```
  * @module
  */

@@ -212,6 +212,12 @@ export class Msg<T = unknown> {
  *
  * @example
  * ```ts
+ * import { createMsg, type MsgContext } from "./msg.ts";
+ * import { encodeValue } from "../protocol/codec.ts";
+ * const ctx: MsgContext = {
+ *   respond: (reply, value) => console.log("answer", value, "to", reply),
+ *   undecodable: (msg, err) => console.error(msg.subject, err.message),
+ * };
  * const msg = createMsg<number>(ctx, 1, "a.b", undefined, undefined, encodeValue(42), false);
  * msg.data; // 42
  * ```
@@ -234,7 +240,14 @@ export function createMsg<T>(
  *
  * @example
  * ```ts
- * if (result instanceof Promise) keepMsg(msg);
+ * import { expireMsg, keepMsg, type Msg } from "./msg.ts";
+ * declare const msg: Msg<unknown>; // lent from a ring slot
+ * declare const callback: (err: Error | null, msg: Msg<unknown>) => unknown;
+ * const result = callback(null, msg);
+ * if (result instanceof Promise) {
+ *   keepMsg(msg); // readable until the promise settles
+ *   result.then(() => expireMsg(msg), () => expireMsg(msg));
+ * } else expireMsg(msg);
  * ```
  */
 export function keepMsg(msg: Msg<unknown>): void {
@@ -246,6 +259,8 @@ export function keepMsg(msg: Msg<unknown>): void {
  *
  * @example
  * ```ts
+ * import { expireMsg, type Msg } from "./msg.ts";
+ * declare const msg: Msg<unknown>; // a message whose callback returned
  * expireMsg(msg); // msg.data now throws CODEC
  * ```
  */

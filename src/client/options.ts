@@ -16,7 +16,23 @@ import { DEFAULT_PORT_NAME } from "../port/device_port.ts";
 import type { Msg } from "./msg.ts";
 import type { Logger } from "../util/log.ts";
 
-/** Where and how to connect. */
+/**
+ * Where and how to connect.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./bus.ts";
+ * import type { ConnectOptions } from "./options.ts";
+ * const opts: ConnectOptions = {
+ *   server: "/run/vbus/broker.sock", // on the host; a guest leaves it out (or names its `port`)
+ *   name: "my-service",
+ *   wake: "futex",
+ *   reconnectBufferBytes: 1 << 20,
+ *   timeout: 5000,
+ * };
+ * const bus = await connect(opts);
+ * ```
+ */
 export interface ConnectOptions {
   /**
    * Guest side: the virtio-serial port, a name under /dev/virtio-ports or a full path.
@@ -77,7 +93,16 @@ export interface ConnectOptions {
   logger?: Logger;
 }
 
-/** Options of `publish()`. */
+/**
+ * Options of `publish()`.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./bus.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * await bus.publish("jobs.new", { id: 7 }, { reply: "jobs.done", headers: { "trace-id": "a1" } });
+ * ```
+ */
 export interface PublishOptions {
   /** Subject the receiver should answer to. */
   reply?: string;
@@ -85,7 +110,23 @@ export interface PublishOptions {
   headers?: Headers;
 }
 
-/** Options of `subscribe()`. */
+/**
+ * Options of `subscribe()`.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./bus.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * bus.subscribe<{ id: number }>("jobs.new", {
+ *   queue: "workers", // each job goes to one member of the group
+ *   max: 100,
+ *   callback: (err, msg) => {
+ *     if (err) return console.error(`refused: ${err.message}`);
+ *     console.log("job", msg.data.id);
+ *   },
+ * });
+ * ```
+ */
 export interface SubscribeOptions<T = unknown> {
   /** Queue group: one member of the group receives each message. */
   queue?: string;
@@ -112,7 +153,22 @@ export interface SubscribeOptions<T = unknown> {
   maxPending?: number;
 }
 
-/** Options of `request()`. */
+/**
+ * Options of `request()`.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./bus.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * const stop = new AbortController(); // e.g. aborted when the user cancels
+ * const answer = await bus.request<number>("math.double", 21, {
+ *   timeout: 1000,
+ *   headers: { "trace-id": "a1" },
+ *   signal: stop.signal,
+ * });
+ * console.log(answer.data);
+ * ```
+ */
 export interface RequestOptions {
   /** Milliseconds to wait for the reply. Default: the connection's `requestTimeout`. */
   timeout?: number;

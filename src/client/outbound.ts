@@ -8,11 +8,23 @@
  * @example
  * ```ts
  * import { Outbound } from "./outbound.ts";
- * const out = new Outbound(8 << 20, { sendable: () => true, welcome: () => welcome });
- * out.open(port, ring);          // a session started
- * subs.resubscribe(welcome.inbox);
- * out.sendBuffered();            // then what waited for it
- * await out.publish("sensors.temp", 21.5);
+ * import type { Port } from "../port/port.ts";
+ * import type { WelcomeHead } from "../protocol/ops.ts";
+ * import type { RingChannel } from "../shm/ring_channel.ts";
+ * declare const port: Port; // the new session's port
+ * declare const ring: RingChannel | undefined; // and its ring, when it has shared memory
+ * declare const welcome: WelcomeHead; // and its WELCOME
+ * let connected = false;
+ * const out = new Outbound(8 << 20, {
+ *   sendable: () => true,
+ *   connected: () => connected,
+ *   welcome: () => (connected ? welcome : undefined),
+ * });
+ * await out.publish("sensors.temp", 21.5); // disconnected: into the reconnect buffer
+ * out.open(port, ring); // a session started
+ * connected = true;
+ * out.sendBuffered(); // (the subscriptions are re-sent first) { flushed: 1, recovered: 0 }
+ * await out.publish("sensors.temp", 22.0);
  * ```
  * @module
  */

@@ -8,9 +8,13 @@
  * @example
  * ```ts
  * import { ReconnectBuffer } from "./reconnect_buffer.ts";
+ * import { encodeValue } from "../protocol/codec.ts";
+ * import { encodeFrame } from "../protocol/frame.ts";
+ * import { Op } from "../protocol/ops.ts";
  * const buffer = new ReconnectBuffer(8 * 1024 * 1024);
- * buffer.add(encodeFrame(Op.Pub, head, payload), "sensors.temp"); // throws when full
- * const { frames, recovered } = buffer.take(); // on the next session
+ * const head = encodeValue(["sensors.temp", null, null]); // [subject, reply, headers]
+ * buffer.add(encodeFrame(Op.Pub, head, encodeValue(21.5)), "sensors.temp"); // throws when full
+ * const { frames, recovered } = buffer.take(); // on the next session: 1 frame, 0 recovered
  * ```
  * @module
  */

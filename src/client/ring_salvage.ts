@@ -19,8 +19,13 @@
  * @example
  * ```ts
  * import { salvageOutboundRing } from "./ring_salvage.ts";
- * const { frames, problem } = salvageOutboundRing(ring.region.bytes, ring.region.tx, 1 << 20);
- * for (const frame of frames) buffer.push(frame); // PUB frames as on the port, oldest first
+ * import { ReconnectBuffer } from "./reconnect_buffer.ts";
+ * import type { RingChannel } from "../shm/ring_channel.ts";
+ * declare const ring: RingChannel; // the ring of the session that just ended
+ * const buffer = new ReconnectBuffer(8 << 20);
+ * const { region } = ring;
+ * const { frames, problem } = salvageOutboundRing(region.bytes, region.tx, ring.maxFrameOut);
+ * buffer.addRecovered(frames); // PUB frames as on the port, oldest first
  * if (problem) console.warn(`outbound ring: ${problem}`);
  * ```
  * @module
@@ -131,8 +136,18 @@ function stop(out: SalvagedRing, problem: string): SalvagedRing {
  *
  * @example
  * ```ts
+ * import { recoverRingSession } from "./ring_salvage.ts";
+ * import { DeliveryLedger } from "./delivery_ledger.ts";
+ * import { ReconnectBuffer } from "./reconnect_buffer.ts";
+ * import type { RingSender } from "./ring_sender.ts";
+ * import type { RingChannel } from "../shm/ring_channel.ts";
+ * declare const ring: RingChannel; // the ring of the session that ended
+ * declare const sender: RingSender; // that session's sender on it
+ * const buffer = new ReconnectBuffer(8 << 20);
+ * const ledger = new DeliveryLedger();
  * const { end, problem } = recoverRingSession(sender, ring, buffer, false);
- * ledger.sessionEnded(end);
+ * const maybeLost = ledger.sessionEnded(end);
+ * if (problem) console.warn(problem, { maybeLost });
  * ```
  */
 export function recoverRingSession(

@@ -11,9 +11,15 @@
  * @example
  * ```ts
  * import { RingSender } from "./ring_sender.ts";
+ * import { PubHeads } from "./pub_heads.ts";
+ * import type { FrameWriter } from "../protocol/frame_writer.ts";
+ * import type { RingChannel } from "../shm/ring_channel.ts";
+ * declare const ring: RingChannel; // the session's ring channel
+ * declare const writer: FrameWriter; // and its port writer
  * const sender = new RingSender(ring, { sendOversize: (frame) => writer.raw(frame) });
+ * const head = new PubHeads().head("sensors.temp", undefined, undefined);
  * await sender.publish(head, { temp: 21.5 }, "sensors.temp");
- * const waiting = sender.close(); // at the end of the session
+ * const waiting = sender.close(); // at the end of the session: what still waits, oldest first
  * ```
  * @module
  */

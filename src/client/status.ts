@@ -18,7 +18,27 @@
  */
 import { QueuedIterator } from "./queued_iterator.ts";
 
-/** Every status event the client emits. */
+/**
+ * Every status event the client emits.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./bus.ts";
+ * import type { StatusEvent } from "./status.ts";
+ * function describe(e: StatusEvent): string {
+ *   switch (e.type) {
+ *     case "disconnected":
+ *       return `lost ${e.port}: ${e.reason} (${e.maybeLost} publishes may be lost)`;
+ *     case "reconnected":
+ *       return `back on ${e.port}: ${e.resubscribed} resubscribed, ${e.resent} re-sent`;
+ *     default:
+ *       return e.type;
+ *   }
+ * }
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * for await (const e of bus.status()) console.log(describe(e));
+ * ```
+ */
 export type StatusEvent =
   | { type: "connected"; session: string; identity: string; port: string }
   | {
@@ -78,7 +98,18 @@ export type StatusEvent =
   }
   | { type: "closed"; error?: Error };
 
-/** The `type` of a {@link StatusEvent}. */
+/**
+ * The `type` of a {@link StatusEvent}.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./bus.ts";
+ * import type { StatusType } from "./status.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock" });
+ * const logged: StatusType[] = ["disconnected", "reconnected", "slowConsumer"];
+ * for (const type of logged) bus.on(type, (e) => console.log(JSON.stringify(e)));
+ * ```
+ */
 export type StatusType = StatusEvent["type"];
 /** The event of a given type. */
 export type StatusOf<K extends StatusType> = Extract<StatusEvent, { type: K }>;

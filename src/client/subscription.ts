@@ -252,8 +252,13 @@ function isThenable(v: unknown): v is PromiseLike<unknown> {
  *
  * @example
  * ```ts
+ * import { openSubscription, type SubscriptionHooks } from "./subscription.ts";
+ * import type { Msg } from "./msg.ts";
+ * declare const hooks: SubscriptionHooks; // the connection's (see subscriptions.ts)
+ * declare const msg: Msg<number>; // a MSG the connection received for sid 1
  * const handle = openSubscription<number>(hooks, 1, "sensors.>", {});
  * handle.dispatch(msg); // queued for `for await (const m of handle.sub)`
+ * handle.end(); // the iterator ends after the queued messages
  * ```
  */
 export function openSubscription<T>(

@@ -12,11 +12,19 @@
  *
  * @example
  * ```ts
- * import { SubscriptionTable } from "./subscriptions.ts";
- * const subs = new SubscriptionTable(hooks, requests, msgContext);
+ * import { SubscriptionTable, type SubscriptionTableHooks } from "./subscriptions.ts";
+ * import { RequestTable } from "./requests.ts";
+ * import type { MsgContext } from "./msg.ts";
+ * import type { Frame } from "../protocol/frame.ts";
+ * import type { WelcomeHead } from "../protocol/ops.ts";
+ * declare const hooks: SubscriptionTableHooks; // the connection's sending and status closures
+ * declare const msgContext: MsgContext; // how its messages answer requests
+ * declare const welcome: WelcomeHead; // a new session's WELCOME
+ * declare const frame: Frame; // a MSG frame of that session, from the port
+ * const subs = new SubscriptionTable(hooks, new RequestTable(), msgContext);
  * const sub = subs.subscribe<number>("sensors.>", {}, 256);
- * subs.resubscribe(welcome.inbox); // on every new session
- * subs.deliver(frame, false); // each MSG frame
+ * subs.resubscribe(welcome.inbox); // on every new session: 1
+ * subs.deliver(frame, false); // each MSG frame: to `sub`, or to the request it answers
  * ```
  * @module
  */
