@@ -12,10 +12,21 @@
  * @example
  * ```ts
  * import { ClientShm, shmPlanFor } from "./client_shm.ts";
- * const shm = new ClientShm(shmPlanFor({ kind: "server" }, true, "doorbell"), logger);
+ * import { createLogger } from "../util/log.ts";
+ * import type { WelcomeHead } from "../protocol/ops.ts";
+ * import type { ShmAnswer } from "../shm/negotiation.ts";
+ * declare const welcome: WelcomeHead; // the broker's answer to the HELLO carrying the offer
+ * const plan = shmPlanFor({ kind: "server" }, true, "doorbell"); // { kind: "host", futex: false }
+ * const shm = new ClientShm(plan, createLogger("client"));
  * await shm.prepare();
- * const offer = shm.offer(); // goes into HELLO
- * const problem = shm.attach(welcome.shm, hooks); // undefined: the session runs on the ring
+ * const offer = shm.offer(); // goes into HELLO: { want: true }
+ * const problem = shm.attach(welcome.shm as ShmAnswer | undefined, {
+ *   ringDoorbell: (ring, kind) => console.log("send a DOORBELL frame", ring, kind),
+ *   onFrame: (frame) => console.log("a frame from the inbound ring, op", frame.op),
+ *   onCorrupt: (err) => console.error("hang up and start a new session:", err.message),
+ * }); // undefined: the session runs on shm.ring, which the caller starts
+ * if (problem === undefined) shm.ring?.start();
+ * shm.shutdown(); // the connection closed
  * ```
  * @module
  */
@@ -46,7 +57,18 @@ export type ShmPlan =
   /** Through `vbus agent`: map the device its ATTACH names and use this process's slot. */
   | { kind: "agent" };
 
-/** FUTEX_WAIT sleeps of a `wake: "futex"` client, waiting for data and for space. */
+/**
+ * FUTEX_WAIT sleeps of a `wake: "futex"` client, waiting for data and for space.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./bus.ts";
+ * import type { FutexSleepCounts } from "./client_shm.ts";
+ * const bus = await connect({ server: "/run/vbus/broker.sock", wake: "futex" });
+ * const futex: FutexSleepCounts | undefined = bus.ringStats?.futex;
+ * if (futex) console.log(`${futex.data.sleeps} sleeps for data, ${futex.data.timeouts} timed out`);
+ * ```
+ */
 export interface FutexSleepCounts {
   /** Sleeps waiting for records to read, and how many ran to their timeout. */
   data: { sleeps: number; timeouts: number };
