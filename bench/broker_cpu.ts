@@ -4,7 +4,7 @@
  * messages of SIZE bytes, 1 publisher -> broker -> 1 subscriber. Reports the broker's CPU
  * seconds (utime + stime from /proc, all threads) per million messages between "go" and the
  * last arrival, msgs/s, the clients' CPU, and the broker's CPU over IDLE seconds with both
- * clients connected and no traffic (as % of one core).
+ * clients connected and no traffic (as % of one core), before the traffic and after it.
  *
  *   bun bench/broker_cpu.ts [--size 64] [--count 1000000] [--idle 5] [--broker bun|deno] [--runs 1]
  *     [--prof DIR]   (Bun broker: writes its CPU profile as Markdown, broker-cpu.md, into DIR)
@@ -155,6 +155,15 @@ function start(role: string, runtime: string, socket: string) {
   };
 }
 
+/** CPU of `pid` over `seconds` of nothing happening, in % of one core. */
+async function idleCpuPct(pid: number, seconds: number): Promise<number> {
+  const cpu0 = cpuSeconds(pid);
+  const t0 = performance.now();
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const wall = (performance.now() - t0) / 1000;
+  return +((100 * (cpuSeconds(pid) - cpu0)) / wall).toFixed(2);
+}
+
 async function run() {
   const dir = mkdtempSync(join(tmpdir(), "vbus-cpu-"));
   const socket = join(dir, "broker.sock");
@@ -167,6 +176,7 @@ async function run() {
     const pub = start("pub", "bun", socket);
     await pub.until("ready");
     await new Promise((r) => setTimeout(r, 300)); // let start-up work settle
+    const idleBefore = await idleCpuPct(broker.pid, Number(values.idle));
     const before = {
       broker: cpuSeconds(broker.pid),
       sub: cpuSeconds(sub.pid),
@@ -180,14 +190,9 @@ async function run() {
       pub: cpuSeconds(pub.pid),
     };
     await pub.until("sent");
-    // Idle: both clients connected, rings set up, nothing sent.
+    // Idle again after the traffic (what it left behind, e.g. garbage, shows here).
     await new Promise((r) => setTimeout(r, 500));
-    const idleSeconds = Number(values.idle);
-    const idle0 = cpuSeconds(broker.pid);
-    const t0 = performance.now();
-    await new Promise((r) => setTimeout(r, idleSeconds * 1000));
-    const idleCpu = cpuSeconds(broker.pid) - idle0;
-    const idleWall = (performance.now() - t0) / 1000;
+    const idleAfter = await idleCpuPct(broker.pid, Number(values.idle));
     sub.send("quit");
     pub.send("quit");
     await Promise.all([sub.exited, pub.exited]);
@@ -204,7 +209,8 @@ async function run() {
       brokerCpuSPerM: perM("broker"),
       subCpuSPerM: perM("sub"),
       pubCpuSPerM: perM("pub"),
-      idleBrokerCpuPct: +((100 * idleCpu) / idleWall).toFixed(2),
+      idleBrokerCpuPct: idleBefore,
+      idleAfterTrafficCpuPct: idleAfter,
       loadavgBefore: load,
     };
   } finally {

@@ -87,6 +87,15 @@ export const MAX_HELLOS_PER_SECOND = 20;
 const HELLO_WORK = WORK_PER_TURN / 16;
 
 const EMPTY_ARRAY_HEAD = encodeValue([]);
+/** DOORBELL heads by ring and kind, encoded once (a busy stream rings many times a second). */
+const DOORBELL_HEADS = new Map<number, Uint8Array>();
+
+function doorbellHead(ring: number, kind: number): Uint8Array {
+  const key = ring * 256 + kind; // both are small: RingId, DoorbellKind
+  let head = DOORBELL_HEADS.get(key);
+  if (head === undefined) DOORBELL_HEADS.set(key, head = encodeValue([ring, kind]));
+  return head;
+}
 /** Input holds that are not another session (see #holdInput). */
 const TURN_HOLD = { reason: "work per turn, or a port frame waiting for the ring" };
 const OUTPUT_HOLD = { reason: "output backed up" };
@@ -779,7 +788,7 @@ export class Session implements DeliveryTarget, Holdable {
           // A peer that does not read its port gets no more doorbells than the bound allows;
           // its parked reader still wakes on its own time slice.
           if (this.#port.pending > OUTPUT_HOLD_BYTES) return;
-          this.#writer.urgent(Op.Doorbell, encodeValue([ring, kind]));
+          this.#writer.urgent(Op.Doorbell, doorbellHead(ring, kind));
         },
         futex: futexWake
           ? {
@@ -790,6 +799,8 @@ export class Session implements DeliveryTarget, Holdable {
             },
           }
           : undefined,
+        // Handled before the call returns (only port frames ever wait): one frame object will do.
+        reuseFrames: true,
         onFrame: (frame) => this.#onRingFrame(frame),
         onBatch: () => this.#onRingBatch(),
         onCorrupt: (err) => this.#ringViolation(err),

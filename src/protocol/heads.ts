@@ -25,6 +25,9 @@ import type {
   WelcomeHead,
 } from "./ops.ts";
 
+/** msgpack marker of an array of two elements. */
+const FIXARRAY_2 = 0x92;
+
 function bad(what: string): never {
   throw new VbusError(ErrorCode.BadFrame, `malformed ${what}`);
 }
@@ -163,6 +166,10 @@ export function decodeErrHead(bytes: Uint8Array): ErrHead {
 
 /** Decode a DOORBELL head: [ring, kind]. */
 export function decodeDoorbellHead(bytes: Uint8Array): [ring: number, kind: number] {
+  // The only shape peers send (two small integers): read the three bytes, skip msgpackr.
+  if (bytes.length === 3 && bytes[0] === FIXARRAY_2 && bytes[1] < 0x80 && bytes[2] < 0x80) {
+    return [bytes[1], bytes[2]];
+  }
   const h = decodeHead(bytes, "DOORBELL");
   if (!Array.isArray(h) || h.length !== 2 || !Number.isInteger(h[0]) || !Number.isInteger(h[1])) {
     bad("DOORBELL head");
