@@ -7,11 +7,31 @@
  *
  * @example
  * ```ts
- * import { connectLoop, handshake } from "./session_setup.ts";
+ * import {
+ *   connectLoop,
+ *   handshake,
+ *   type HandshakeHooks,
+ *   type HandshakeOptions,
+ * } from "./session_setup.ts";
+ * import { connectUnix } from "../port/socket_port.ts";
+ * declare const hooks: HandshakeHooks; // the connection's closures (see connection.ts)
+ * const stop = new AbortController(); // aborted when the connection closes
+ * const setup: HandshakeOptions = {
+ *   timeout: 10_000,
+ *   signal: stop.signal,
+ *   offerShm: false,
+ *   require: [],
+ * };
  * const outcome = await connectLoop({
  *   opener: () => connectUnix("/run/vbus/broker.sock"),
- *   attempt: (port) => handshake(port, { timeout: 10_000, signal, offerShm: false, require: [] }, hooks),
- *   // ...backoff, limits and state, see ConnectLoopOptions
+ *   attempt: (port) => handshake(port, setup, hooks),
+ *   delay: 50,
+ *   maxDelay: 2000,
+ *   maxAttempts: -1,
+ *   signal: stop.signal,
+ *   everConnected: false,
+ *   closed: () => false,
+ *   retrying: (attempt, delay, err) => console.log(`attempt ${attempt}: ${err.message}`, delay),
  * });
  * if (outcome.kind === "failed") throw outcome.error;
  * ```
@@ -86,7 +106,12 @@ export interface HandshakeOptions {
  *
  * @example
  * ```ts
- * await handshake(port, { timeout: 5000, signal, offerShm: true, require: [] }, hooks);
+ * import { handshake, type HandshakeHooks } from "./session_setup.ts";
+ * import { connectUnix } from "../port/socket_port.ts";
+ * declare const hooks: HandshakeHooks; // the connection's (see connection.ts)
+ * const port = await connectUnix("/run/vbus/broker.sock");
+ * const signal = new AbortController().signal; // aborted when the connection closes
+ * await handshake(port, { timeout: 5000, signal, offerShm: true, require: ["no-echo"] }, hooks);
  * ```
  */
 export function handshake(
@@ -220,6 +245,8 @@ export type ConnectOutcome =
  *
  * @example
  * ```ts
+ * import { connectLoop, type ConnectLoopOptions } from "./session_setup.ts";
+ * declare const opts: ConnectLoopOptions; // written out in the module doc's example
  * const outcome = await connectLoop(opts);
  * if (outcome.kind !== "connected") console.error("no session", outcome);
  * ```
