@@ -95,6 +95,12 @@ const MSGPACK_HEADROOM = 2048 + 64;
 const SCRATCH = Buffer.alloc(64 * 1024);
 /** Longest sleep before re-checking the ring even without a doorbell (a lost frame costs this). */
 const PARK_SLICE_MS = 50;
+/**
+ * An idle receive loop doubles its slice after each one that found nothing, up to this: a
+ * timer wake-up costs Bun about 0.25 ms of CPU, so a 50 ms slice alone kept an idle broker
+ * at ~1% of a core per ring session. The first slice after traffic is PARK_SLICE_MS again.
+ */
+const IDLE_PARK_SLICE_MAX_MS = 800;
 
 /** Callbacks and settings of a {@link RingChannel}. */
 export interface RingChannelOptions {
@@ -238,7 +244,7 @@ export class RingChannel {
       "producer",
     );
     this.#dataParker = new Parker(bytes, region.rx, futex?.sleep?.data ?? this.#sleep("data"), {
-      sliceMs: PARK_SLICE_MS,
+      sliceMs: IDLE_PARK_SLICE_MAX_MS, // each wait passes its own, shorter, timeout
     });
     this.#spaceParker = new Parker(bytes, region.tx, futex?.sleep?.space ?? this.#sleep("space"), {
       sliceMs: PARK_SLICE_MS,
@@ -533,9 +539,10 @@ export class RingChannel {
   async #receiveLoop() {
     const spinMs = this.#opts.spinMs ?? DEFAULT_SPIN_MS;
     let idleSince = 0;
-    // A park that timed out found nothing: park again at once. Spinning after every slice
-    // would cost an idle channel a spin per slice (most of an idle broker's CPU).
+    // A park that timed out found nothing: park again at once, for twice as long. Spinning
+    // after every slice would cost an idle channel a spin per slice.
     let parkAgain = false;
+    let slice = PARK_SLICE_MS;
     while (this.#running) {
       if (this.#paused) {
         await new Promise<void>((r) => this.#resumeWaiters.push(r));
@@ -554,6 +561,7 @@ export class RingChannel {
       if (n > 0) {
         idleSince = 0;
         parkAgain = false;
+        slice = PARK_SLICE_MS;
         await yieldToEventLoop();
         continue;
       }
@@ -566,8 +574,9 @@ export class RingChannel {
       this.stats.parks++;
       parkAgain = !(await this.#dataParker.waitForData(
         () => this.#stopped || this.#consumer.hasData(),
-        PARK_SLICE_MS,
+        slice,
       ));
+      slice = parkAgain ? Math.min(2 * slice, IDLE_PARK_SLICE_MAX_MS) : PARK_SLICE_MS;
       idleSince = 0;
     }
   }
