@@ -1,8 +1,8 @@
 /**
  * One peer's session inside the broker: a VM arriving on its port, or a host-local client. It
  * decodes frames from an untrusted stream (and, on the fast path, from the peer's ring),
- * enforces limits and permissions, and hands PUBs to the router; what goes back to the peer
- * goes through its {@link Outbox}. A misbehaving session gets ERR frames and, for faults that
+ * enforces limits and permissions, and hands PUBs to its data plane (`publish_path.ts`, which
+ * checks them and calls the router); what goes back to the peer goes through its {@link Outbox}. A misbehaving session gets ERR frames and, for faults that
  * break the stream or persist, is closed; other sessions never notice.
  *
  * What one peer may cost the broker is bounded here:
