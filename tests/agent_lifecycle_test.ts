@@ -121,6 +121,13 @@ test("agent lifecycle: when the agent restarts, and when the broker restarts, lo
     for (const s of procs) {
       await s.waitLine((l) => "reconnected" in l, "reconnected to the new agent", 30_000);
     }
+    // "reconnected" is said before the re-subscription reaches the broker: a publish from
+    // another VM in between is routed to nobody (as in NATS). Wait until the broker has both.
+    await waitFor(
+      () => vm1Subscribed(lab, 2),
+      "both re-subscribed after the agent restart",
+      10_000,
+    );
     await other.publish("r.b", 2);
     await waitFor(
       () => procs.every((p) => p.msgs().length === 2),
@@ -144,6 +151,11 @@ test("agent lifecycle: when the agent restarts, and when the broker restarts, lo
       "both processes have sessions again",
       10_000,
     );
+    await waitFor(
+      () => vm1Subscribed(lab, 2),
+      "both re-subscribed after the broker restart",
+      10_000,
+    );
     await other.publish("r.c", 3);
     await waitFor(
       () => procs.every((p) => p.msgs().length === 3),
@@ -163,3 +175,10 @@ test("agent lifecycle: when the agent restarts, and when the broker restarts, lo
     await lab.close();
   }
 });
+
+/** Whether `n` of vm1's sessions hold a subscription at the broker. */
+function vm1Subscribed(lab: Awaited<ReturnType<typeof startLab>>, n: number): boolean {
+  return lab.broker.stats().sessions.filter((s: SessionStats) =>
+    s.endpoint === "vm1" && s.subscriptions > 0
+  ).length === n;
+}
