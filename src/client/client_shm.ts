@@ -169,7 +169,10 @@ export class ClientShm {
       try {
         this.#ffi = await loadFfi();
       } catch (err) {
-        this.#plan = { kind: "none", reason: `shared memory unavailable: ${(err as Error).message}` };
+        this.#plan = {
+          kind: "none",
+          reason: `shared memory unavailable: ${(err as Error).message}`,
+        };
       }
       return;
     }

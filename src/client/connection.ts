@@ -128,7 +128,9 @@ export class Connection {
       const agent = endpoint.kind === "device" && !opts.port ? agentSocket() : undefined;
       if (agent) {
         const shmAgent = new ClientShm(
-          shm === false ? { kind: "none", reason: "disabled by the shm option" } : { kind: "agent" },
+          shm === false
+            ? { kind: "none", reason: "disabled by the shm option" }
+            : { kind: "agent" },
           log,
         );
         this.shm = shmAgent;
