@@ -7,7 +7,9 @@
  * clients connected and no traffic (as % of one core), before the traffic and after it.
  *
  *   bun bench/broker_cpu.ts [--size 64] [--count 1000000] [--idle 5] [--broker bun|deno] [--runs 1]
- *     [--prof DIR]   (Bun broker: writes its CPU profile as Markdown, broker-cpu.md, into DIR)
+ *     [--prof DIR]   (Bun broker: writes its CPU profile as Markdown, broker-cpu.md, into DIR;
+ *                     Deno broker: V8's tick log DIR/deno-broker.log, read it with
+ *                     `node --prof-process DIR/deno-broker.log`)
  *
  * Wrap it in `flock /tmp/vbus-heavy.lock` on a shared machine. One JSON line per run.
  * Roles (internal): `broker`, `sub`, `pub` are started by the parent with --role.
@@ -125,7 +127,17 @@ function start(role: string, runtime: string, socket: string) {
   const prof = role === "broker" && values.prof && runtime === "bun"
     ? ["--cpu-prof-md", `--cpu-prof-dir=${values.prof}`, "--cpu-prof-name=broker-cpu.md"]
     : [];
-  const cmd = runtime === "deno" ? ["run", "-A", SELF, ...args] : [...prof, SELF, ...args];
+  // Deno: V8's tick log (`node --prof-process DIR/deno-broker.log` reads it).
+  const v8prof = role === "broker" && values.prof && runtime === "deno"
+    ? [
+      `--v8-flags=--prof,--logfile=${
+        join(values.prof, "deno-broker.log")
+      },--no-logfile-per-isolate`,
+    ]
+    : [];
+  const cmd = runtime === "deno"
+    ? ["run", "-A", ...v8prof, SELF, ...args]
+    : [...prof, SELF, ...args];
   const child = spawn(bin(runtime), cmd, {
     stdio: ["pipe", "pipe", "inherit"],
     env: { ...process.env, VBUS_LOG: "warn" },
