@@ -101,6 +101,38 @@ test("agent: the VM's permissions apply to every process through its agent", asy
   }
 });
 
+test("agent: the VM stays connected (and on the ring) while any of its processes is; not after the last one leaves", async () => {
+  const lab = await startLab({ shm: true });
+  const v = lab.vms.vm1;
+  const socket = join(lab.dir, "agent.sock");
+  const agent = new Agent({ socket, transport: () => v.vm.open(), shm: v.shm!, logger: quiet });
+  const saved = process.env.VBUS_AGENT;
+  const vm1 = () => lab.broker.stats().vms.find((s) => s.name === "vm1")!;
+  const sessions = () =>
+    lab.broker.stats().sessions.filter((s: SessionStats) => s.endpoint === "vm1").length;
+  try {
+    await agent.start();
+    process.env.VBUS_AGENT = socket;
+    const a = await connect({ timeout: 5000 });
+    const b = await connect({ timeout: 5000 });
+    assert.equal(b.dataPath, "ring");
+    await waitFor(() => sessions() === 2, "both processes are sessions of vm1");
+    assert.equal(vm1().connected, true);
+    await a.close();
+    await waitFor(() => sessions() === 1, "the first process's session ended");
+    assert.equal(vm1().connected, true, "one process of vm1 is still connected");
+    assert.equal(vm1().path, "ring", "and it is on the ring");
+    await b.close();
+    await waitFor(() => sessions() === 0, "the last process's session ended");
+    assert.equal(vm1().connected, false, "no process of vm1 is connected");
+  } finally {
+    if (saved === undefined) delete process.env.VBUS_AGENT;
+    else process.env.VBUS_AGENT = saved;
+    await agent.stop();
+    await lab.close();
+  }
+});
+
 test("agent: slot exhaustion refuses the next process with an error naming the limit", async () => {
   const lab = await startLab({ shm: true });
   const v = lab.vms.vm1;

@@ -85,6 +85,11 @@ export const PRE_HELLO_MAX_FRAME_BYTES = 64 * 1024;
 export const MAX_HELLOS_PER_SECOND = 20;
 /** Work a HELLO counts for (a session restart: subscriptions dropped, a region re-initialised). */
 const HELLO_WORK = WORK_PER_TURN / 16;
+/**
+ * Open sessions per endpoint's counters: the processes of one VM behind its agent share the
+ * VM's stats, so `connected` is true while any of them is open, not just the last to HELLO.
+ */
+const openSessions = new WeakMap<EndpointStats, number>();
 
 const EMPTY_ARRAY_HEAD = encodeValue([]);
 /** DOORBELL heads by ring and kind, encoded once (a busy stream rings many times a second). */
@@ -371,7 +376,12 @@ export class Session implements DeliveryTarget, Holdable {
     this.#stalledChunks = [];
     this.#writer.flush();
     this.#port.close();
-    if (wasOpen) this.#opts.stats.connected = false;
+    if (wasOpen) {
+      const stats = this.#opts.stats;
+      const left = (openSessions.get(stats) ?? 1) - 1;
+      openSessions.set(stats, left);
+      if (left <= 0) stats.connected = false;
+    }
     this.#opts.onClose(this, reason);
   }
 
@@ -701,8 +711,9 @@ export class Session implements DeliveryTarget, Holdable {
     this.#guard = new PermissionGuard(this.#opts.permissions, inbox);
     this.#features = new Set(hello.features.filter((f) => BROKER_FEATURES.includes(f)));
     this.#pub.open(this.#guard, this.#opts.permissions?.publish, this.#features);
-    this.#state = "open";
     const stats = this.#opts.stats;
+    if (this.#state !== "open") openSessions.set(stats, (openSessions.get(stats) ?? 0) + 1);
+    this.#state = "open";
     stats.connected = true;
     stats.sessions++;
     const offer = hello.shm as ShmOffer | undefined;
