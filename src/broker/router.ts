@@ -130,7 +130,7 @@ export class Router {
     // Queue group -> members matched (first pass), then the index of the one to deliver to.
     let groups: Map<string, number> | undefined;
     // Iterate a copy only if a delivery may remove entries (auto-unsubscribe at max).
-    const list = matched.some((e) => e.max > 0) ? matched.slice() : matched;
+    const list = anyLimited(matched) ? matched.slice() : matched;
     for (const entry of list) {
       if (entry.queue === null) {
         this.#deliver(entry, subject, reply, headers, payload, volatile, pubTail);
@@ -205,3 +205,9 @@ export class Router {
 
 /** Queue group names whose round-robin position is remembered (then they start afresh). */
 const QUEUE_TURNS_KEPT = 4096;
+
+/** Does any entry auto-unsubscribe at a max? (A loop: no closure per publish.) */
+function anyLimited(entries: readonly RouteEntry[]): boolean {
+  for (let i = 0; i < entries.length; i++) if (entries[i].max > 0) return true;
+  return false;
+}
