@@ -67,20 +67,25 @@ export interface Frame {
 /**
  * A frame located in a buffer (a port chunk or a ring record): views are made only if someone
  * asks for them, so a flood of PINGs or PONGs costs one small object per frame, nothing more.
+ * The fields are writable so that one object can be reused for every record of a ring
+ * ({@link parseFrameInto}); every frame the broker sees has this one shape.
  */
-class LazyFrame implements Frame {
+export class LocatedFrame implements Frame {
+  /** A frame of nothing yet, for {@link parseFrameInto} to fill. */
   constructor(
-    readonly op: number,
-    readonly flags: number,
-    readonly buf: Uint8Array,
-    readonly headStart: number,
-    readonly headEnd: number,
-    readonly payloadStart: number,
-    readonly payloadEnd: number,
+    public op = 0,
+    public flags = 0,
+    public buf: Uint8Array = EMPTY,
+    public headStart = 0,
+    public headEnd = 0,
+    public payloadStart = 0,
+    public payloadEnd = 0,
   ) {}
+  /** The head, a view into {@link buf}. */
   get head(): Uint8Array {
     return this.buf.subarray(this.headStart, this.headEnd);
   }
+  /** The payload, a view into {@link buf}. */
   get payload(): Uint8Array {
     return this.buf.subarray(this.payloadStart, this.payloadEnd);
   }
@@ -138,6 +143,7 @@ export function encodeFrame(
  * Parse the one frame that fills `bytes[offset, offset + length)`, e.g. a ring record's body
  * in memory the peer can change at any moment: every header field is read once, and the
  * frame must fill the record exactly. Throws a `BAD_FRAME` / `FRAME_TOO_LARGE` VbusError.
+ * Allocates the frame; {@link parseFrameInto} fills one the caller reuses.
  *
  * @example
  * ```ts
@@ -152,6 +158,31 @@ export function parseFrameAt(
   length: number,
   maxFrameBytes: number,
 ): Frame {
+  return parseFrameInto(new LocatedFrame(), bytes, offset, length, maxFrameBytes);
+}
+
+/**
+ * The checks of {@link parseFrameAt}, filling `frame` instead of allocating one: a ring's
+ * receive loop reuses one frame for every record. Each header field is read once from
+ * `bytes` (shared memory the peer may rewrite meanwhile) and the frame must fill the record
+ * exactly. Throws a `BAD_FRAME` / `FRAME_TOO_LARGE` VbusError, leaving `frame` unchanged.
+ * Returns `frame`.
+ *
+ * @example
+ * ```ts
+ * import { Op } from "./ops.ts";
+ * const reused = new LocatedFrame();
+ * const f = encodeFrame(Op.Ping, new Uint8Array([0x90]));
+ * parseFrameInto(reused, f, 0, f.length, 1024) === reused; // true
+ * ```
+ */
+export function parseFrameInto(
+  frame: LocatedFrame,
+  bytes: Uint8Array,
+  offset: number,
+  length: number,
+  maxFrameBytes: number,
+): LocatedFrame {
   if (length < FrameHeader.LENGTH) {
     throw new VbusError(
       ErrorCode.BadFrame,
@@ -183,15 +214,14 @@ export function parseFrameAt(
   }
   const headStart = offset + FrameHeader.LENGTH;
   const payloadStart = headStart + headLength + pad;
-  return new LazyFrame(
-    op,
-    flags,
-    bytes,
-    headStart,
-    headStart + headLength,
-    payloadStart,
-    payloadStart + payloadLength,
-  );
+  frame.op = op;
+  frame.flags = flags;
+  frame.buf = bytes;
+  frame.headStart = headStart;
+  frame.headEnd = headStart + headLength;
+  frame.payloadStart = payloadStart;
+  frame.payloadEnd = payloadStart + payloadLength;
+  return frame;
 }
 
 /** A shared empty payload. */
@@ -354,7 +384,7 @@ export class FrameDecoder {
         }
         const headStart = pos + FrameHeader.LENGTH;
         const payloadStart = headStart + headLength + pad;
-        const frame = new LazyFrame(
+        const frame = new LocatedFrame(
           op,
           flags,
           b,

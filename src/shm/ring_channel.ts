@@ -53,10 +53,12 @@ import {
   EMPTY,
   type Frame,
   FrameHeader,
+  LocatedFrame,
   parseFrameAt,
+  parseFrameInto,
   writeFrameHeader,
 } from "../protocol/frame.ts";
-import { isOp, Op } from "../protocol/ops.ts";
+import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import type { Region } from "../ring/region.ts";
 import { RingConsumer, RingCorruptError, RingProducer } from "../ring/ring.ts";
@@ -250,11 +252,12 @@ export class RingChannel {
       sliceMs: PARK_SLICE_MS,
       sleeper: "producer",
     });
-    const reused = opts.reuseFrames ? new RecordFrame(bytes) : undefined;
+    // One frame object for every record (reuseFrames): parseFrameInto fills it in place.
+    const reused = opts.reuseFrames ? new LocatedFrame() : undefined;
     this.#handler = reused
       ? (b, offset, length) => {
         this.stats.framesIn++;
-        return opts.onFrame(reused.parse(b, offset, length, opts.maxFrameBytes));
+        return opts.onFrame(parseFrameInto(reused, b, offset, length, opts.maxFrameBytes));
       }
       : (b, offset, length) => {
         this.stats.framesIn++;
@@ -662,64 +665,6 @@ export class RingChannel {
     this.stop();
     this.#opts.onCorrupt(err);
   }
-}
-
-/**
- * One frame object reused for every record of a ring ({@link RingChannelOptions.reuseFrames}).
- * {@link RecordFrame.parse} makes the same checks as `parseFrameAt`: each header field is read
- * once from the peer's memory, and the frame must fill the record exactly.
- */
-class RecordFrame implements Frame {
-  op = 0;
-  flags = 0;
-  headStart = 0;
-  headEnd = 0;
-  payloadStart = 0;
-  payloadEnd = 0;
-  constructor(readonly buf: Uint8Array) {}
-
-  get head(): Uint8Array {
-    return this.buf.subarray(this.headStart, this.headEnd);
-  }
-
-  get payload(): Uint8Array {
-    return this.buf.subarray(this.payloadStart, this.payloadEnd);
-  }
-
-  /** Locate the frame filling `b[offset, offset + length)`; throws as `parseFrameAt` does. */
-  parse(b: Uint8Array, offset: number, length: number, maxFrameBytes: number): Frame {
-    if (b !== this.buf || length < FrameHeader.LENGTH || length > maxFrameBytes) {
-      return parseFrameAt(b, offset, length, maxFrameBytes); // throws the usual error
-    }
-    const m0 = b[offset];
-    const m1 = b[offset + 1];
-    const op = b[offset + FrameHeader.OP_OFFSET];
-    const flags = b[offset + FrameHeader.FLAGS_OFFSET];
-    const headLength = u32be(b, offset + FrameHeader.HEAD_LENGTH_OFFSET);
-    const payloadLength = u32be(b, offset + FrameHeader.PAYLOAD_LENGTH_OFFSET);
-    if (m0 !== FrameHeader.MAGIC_0 || m1 !== FrameHeader.MAGIC_1) {
-      throw new VbusError(ErrorCode.BadFrame, "bad frame magic in ring record");
-    }
-    if (!isOp(op)) throw new VbusError(ErrorCode.BadFrame, `unknown op ${op} in ring record`);
-    const pad = flags & FrameHeader.FLAGS_PAD_MASK;
-    if (FrameHeader.LENGTH + headLength + pad + payloadLength !== length) {
-      throw new VbusError(
-        ErrorCode.BadFrame,
-        `frame lengths (head ${headLength}, pad ${pad}, payload ${payloadLength}) do not fill the ${length}-byte record`,
-      );
-    }
-    this.op = op;
-    this.flags = flags;
-    this.headStart = offset + FrameHeader.LENGTH;
-    this.headEnd = this.headStart + headLength;
-    this.payloadStart = this.headEnd + pad;
-    this.payloadEnd = this.payloadStart + payloadLength;
-    return this;
-  }
-}
-
-function u32be(b: Uint8Array, o: number): number {
-  return ((b[o] << 24) >>> 0) + (b[o + 1] << 16) + (b[o + 2] << 8) + b[o + 3];
 }
 
 function asBuffer(b: Uint8Array, start: number, end: number): Uint8Array {
