@@ -115,13 +115,18 @@ async function run(cl: CommandLine, out: (line: string) => void): Promise<number
         );
       }
       const { serveAgent, groupId } = await import("../agent/serve.ts");
-      return await serveAgent({
+      const code = await serveAgent({
         socket: values.socket,
         slots,
         port: values.port,
         ...(values.ivshmem ? { shm: connectOptions(values, command).shm as string } : {}),
         ...(values.group ? { socketGroup: groupId(values.group) } : {}),
       });
+      // Stopped: everyone disconnected, port and socket closed. But on a guest's virtio-serial
+      // device the port's pending read() sits in the runtime's thread pool and cannot be
+      // cancelled, so it would keep the process alive until SIGKILL: end it here
+      // (tests/vm_agent_stop_test.ts).
+      process.exit(code);
     }
     case "top": {
       const intervalMs = parseDuration(values.interval, "interval", command) ??
