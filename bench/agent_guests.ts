@@ -204,12 +204,13 @@ done
 `;
 
 let nextCmd = 0;
-/** Run `sh` in the guest's loop and wait (bounded) until it has finished. */
+/** Run `sh` in the guest's loop and wait (bounded) until it has finished (`timeoutMs` 0: don't). */
 async function guestCmd(sh: string, timeoutMs: number) {
   const k = nextCmd++;
   writeFileSync(join(share, `cmd-${k}.sh.tmp`), sh + "\n");
   // rename-free: write then copy, so the guest never sources half a file
   writeFileSync(join(share, `cmd-${k}.sh`), readFileSync(join(share, `cmd-${k}.sh.tmp`)));
+  if (timeoutMs === 0) return;
   await until(
     `guest command ${k} (${sh})`,
     timeoutMs,
@@ -623,7 +624,7 @@ try {
     problems.push(`vbus agent did not exit on SIGTERM: ${agentStop}`);
   }
   await runGroup({ tag: "d1", n: 1, mode: "direct", phase: "after" });
-  await guestCmd("STOP=1", 10_000);
+  await guestCmd("STOP=1", 0); // the guest powers off after it: no .done to wait for
   const end = await Promise.race([guest.exited, sleep(20_000).then(() => undefined)]);
   if (!end) problems.push("the guest did not power off within 20 s; killed");
   else if (end.code !== 0) problems.push(`guest exit code ${end.code} (${end.error ?? ""})`);
