@@ -2,13 +2,17 @@
  * Permanent connect errors fail at once with what to do, instead of being retried until the
  * connect timeout like a broker that is not up yet: a permission Deno was not given (the
  * README's permission list once lacked --allow-net, and the failure took 10 s to appear), a
- * guest port device that does not exist, and a socket this user may not open.
+ * guest port device that does not exist, a socket this user may not open, and (as the nats CLI
+ * does) a broker socket that is missing or stale, unless the caller asked to wait
+ * (`waitOnFirstConnect`).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, existsSync } from "node:fs";
+import { chmodSync, existsSync, linkSync } from "node:fs";
+import { createServer } from "node:net";
+import { join } from "node:path";
 import process from "node:process";
-import { startLab, tempDir } from "./helpers.ts";
+import { delay, startLab, tempDir } from "./helpers.ts";
 import { runClient, startClient } from "./fixtures/run_client.ts";
 import { connect } from "../src/client/bus.ts";
 
@@ -121,6 +125,87 @@ test("connect errors: a socket this user may not open fails at once (EACCES), sa
     assert.ok(run.ms < AT_ONCE_MS + 2000, `at once (${run.ms} ms, with the runtime's start)`);
   } finally {
     home.cleanup();
+    await lab.close();
+  }
+});
+
+test("connect errors: no socket file at the path fails at once (ENOENT), naming the path and what to do", async () => {
+  const { dir, cleanup } = tempDir();
+  const missing = join(dir, "no-broker.sock");
+  try {
+    const t0 = Date.now();
+    await assert.rejects(connect({ server: missing, timeout: 10_000 }), (e: unknown) => {
+      const m = (e as Error).message;
+      assert.ok(
+        m.startsWith(`could not connect: cannot connect to ${missing}:`),
+        `names the path: ${m}`,
+      );
+      assert.match(m, /ENOENT/);
+      assert.match(m, /there is no socket file: is `vbus broker`.*running\?/);
+      assert.match(m, /waitOnFirstConnect: true/);
+      return true;
+    });
+    assert.ok(Date.now() - t0 < AT_ONCE_MS, `at once (${Date.now() - t0} ms)`);
+  } finally {
+    cleanup();
+  }
+});
+
+test("connect errors: a socket file no broker listens on fails at once (ECONNREFUSED), saying it is stale", async () => {
+  const { dir, cleanup } = tempDir();
+  const live = join(dir, "live.sock");
+  const stale = join(dir, "stale.sock");
+  try {
+    // A second name for a listening socket outlives the listener: what a killed broker leaves.
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(live, r));
+    linkSync(live, stale);
+    await new Promise<void>((r) => server.close(() => r()));
+    const t0 = Date.now();
+    await assert.rejects(connect({ server: stale, timeout: 10_000 }), (e: unknown) => {
+      const m = (e as Error).message;
+      assert.ok(
+        m.startsWith(`could not connect: cannot connect to ${stale}:`),
+        `names the path: ${m}`,
+      );
+      assert.match(m, /ECONNREFUSED|connection refused/i);
+      assert.match(m, /left over from a broker that is not running/);
+      return true;
+    });
+    assert.ok(Date.now() - t0 < AT_ONCE_MS, `at once (${Date.now() - t0} ms)`);
+  } finally {
+    cleanup();
+  }
+});
+
+test("connect errors: waitOnFirstConnect waits for a broker whose socket appears later", async () => {
+  const lab = await startLab({ vms: [] });
+  try {
+    await lab.broker.stop(); // its socket is gone
+    assert.ok(!existsSync(lab.listen), "the stopped broker removed its socket");
+    const t0 = Date.now();
+    const connecting = connect({ server: lab.listen, timeout: 10_000, waitOnFirstConnect: true });
+    await delay(500);
+    await lab.restartBroker();
+    const bus = await connecting;
+    assert.ok(Date.now() - t0 >= 500, "it waited for the broker");
+    assert.equal(bus.info?.identity, "host");
+    await bus.close();
+    // Waiting stays bounded by `timeout`.
+    await lab.broker.stop();
+    const t1 = Date.now();
+    await assert.rejects(
+      connect({ server: lab.listen, timeout: 1000, waitOnFirstConnect: true }),
+      (e: unknown) => {
+        assert.match(
+          (e as Error).message,
+          /^could not connect within 1000 ms: cannot connect .*ENOENT/,
+        );
+        return true;
+      },
+    );
+    assert.ok(Date.now() - t1 >= 900, `waited for the timeout (${Date.now() - t1} ms)`);
+  } finally {
     await lab.close();
   }
 });

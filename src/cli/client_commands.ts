@@ -160,6 +160,8 @@ export function connectOptions(values: OptionValues, command: string): ConnectOp
     reconnect: true,
     wake,
     timeout: parseDuration(values["connect-timeout"], "connect-timeout", command),
+    // Asking for a connect timeout is asking to wait for a broker that is starting.
+    waitOnFirstConnect: values["connect-timeout"] !== undefined,
     ...(shm ? { shm } : {}),
   };
 }

@@ -43,7 +43,8 @@ export const OPTIONS = {
   "connect-timeout": {
     type: "string",
     arg: "DURATION",
-    help: "how long to wait for the broker (default 10s; a refusal fails at once)",
+    help:
+      "wait this long for the broker, even for its socket (default 10s; no socket fails at once)",
   },
   header: { type: "string", arg: "K=V", multiple: true, help: "add a message header (repeatable)" },
   json: { type: "boolean", help: "VALUE is JSON (the default); print messages as JSON lines" },

@@ -261,6 +261,7 @@ export class Connection {
       maxAttempts: this.opts.maxReconnectAttempts,
       signal: this.#abort.signal,
       everConnected,
+      waitOnFirstConnect: this.opts.waitOnFirstConnect,
       closed: () => this.state === "closed",
       retrying: (attempt, delay, err) => {
         this.log.debug("connect attempt failed, retrying", { attempt, delay, error: err.message });

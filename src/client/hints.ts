@@ -12,6 +12,9 @@
  * - a guest's port device that does not exist: the VM has no vbus port.
  * The last two only before the first session: once connected, a broker being restarted with
  * other settings, or a port being re-plugged, may pass, so reconnects keep trying.
+ * A broker socket that is missing or stale ({@link isNoBroker}) also fails a first connect at
+ * once, as the nats CLI and nats.js do, unless the caller asked to wait (`waitOnFirstConnect`);
+ * the connect loop decides that, since it is the caller's choice, not the error's.
  *
  * @example
  * ```ts
@@ -66,6 +69,21 @@ export function isMissingDevice(err: Error): boolean {
 }
 
 /**
+ * Is `err` a host client finding no broker behind its socket path: no such file (ENOENT), or a
+ * file no process listens on (ECONNREFUSED, left over from a broker that is not running)? The
+ * first connect gives up on it at once unless asked to wait (`waitOnFirstConnect`).
+ *
+ * @example
+ * ```ts
+ * isNoBroker(new Error("cannot connect to /s.sock: connect ENOENT /s.sock")); // true
+ * ```
+ */
+export function isNoBroker(err: Error): boolean {
+  const m = /^cannot connect to \S+:(.*)$/s.exec(err.message);
+  return m !== null && /ENOENT|ECONNREFUSED|no such file|connection refused/i.test(m[1]);
+}
+
+/**
  * Should the connect loop give up on `err` instead of retrying? See the module doc;
  * `everConnected`: a session was established before (this is a reconnect).
  *
@@ -106,12 +124,16 @@ export function connectHint(err: Error): string {
       `this user to that group: usermod -aG vbus $USER, then log in again)`;
   }
   if (/ENOENT|no such file/i.test(why)) {
-    return ` (no broker listens on ${path}: start one with \`vbus broker --config FILE\` whose ` +
-      `"listen" is this path, or point VBUS_SERVER / --server at the broker's socket)`;
+    return ` (no broker listens on ${path}, there is no socket file: is \`vbus broker\` ` +
+      `(in a guest: \`vbus agent\`) running? Start one with \`vbus broker --config FILE\` ` +
+      `whose "listen" is this path, or point VBUS_SERVER / --server at the broker's socket; ` +
+      `to wait for a broker that is starting, connect with waitOnFirstConnect: true ` +
+      `(the CLI: --connect-timeout))`;
   }
   if (/ECONNREFUSED|connection refused/i.test(why)) {
     return ` (${path} is left over from a broker that is not running: start the broker, ` +
-      `it replaces the stale socket)`;
+      `it replaces the stale socket; to wait for it, connect with waitOnFirstConnect: true ` +
+      `(the CLI: --connect-timeout))`;
   }
   return "";
 }

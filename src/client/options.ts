@@ -70,9 +70,18 @@ export interface ConnectOptions {
   reconnectBufferBytes?: number;
   /**
    * Milliseconds `connect()` waits for the first session (as nats.js's `timeout`). Default
-   * 10 000. A permanent error (permission denied, no such device) fails at once instead.
+   * 10 000. A permanent error (permission denied, no such device) fails at once instead, and so
+   * does a broker socket that is missing (ENOENT) or stale (ECONNREFUSED) unless
+   * `waitOnFirstConnect` is set.
    */
   timeout?: number;
+  /**
+   * Keep retrying a missing (ENOENT) or stale (ECONNREFUSED) broker socket on the first connect
+   * until `timeout`, for a service that may start before its broker (as nats.js's
+   * `waitOnFirstConnect`). Default false: the first connect fails at once, naming the path.
+   * Reconnects always retry these.
+   */
+  waitOnFirstConnect?: boolean;
   /** Client PING interval in milliseconds; a session missing 3 PONGs is reconnected. Default 10 000. */
   pingInterval?: number;
   /** Default timeout of `request()` in milliseconds. Default 5000. */
@@ -190,6 +199,7 @@ export const CONNECT_DEFAULTS = {
   reconnectMaxDelay: 2000,
   reconnectBufferBytes: 8 * 1024 * 1024,
   timeout: 10_000,
+  waitOnFirstConnect: false,
   pingInterval: 10_000,
   requestTimeout: 5000,
   noEcho: false,

@@ -30,6 +30,7 @@
  *   maxAttempts: -1,
  *   signal: stop.signal,
  *   everConnected: false,
+ *   waitOnFirstConnect: false, // no socket file: fail at once
  *   closed: () => false,
  *   retrying: (attempt, delay, err) => console.log(`attempt ${attempt}: ${err.message}`, delay),
  * });
@@ -45,7 +46,7 @@ import { decodeErrHead, decodeWelcomeHead } from "../protocol/heads.ts";
 import { DEFAULT_LIMITS } from "../protocol/limits.ts";
 import { type HelloHead, Op, type WelcomeHead } from "../protocol/ops.ts";
 import { Backoff, sleep } from "../util/backoff.ts";
-import { isPermanentConnectError } from "./hints.ts";
+import { isNoBroker, isPermanentConnectError } from "./hints.ts";
 import { type AttachInfo, openAgentPort } from "../agent/attach.ts";
 
 /**
@@ -225,6 +226,11 @@ export interface ConnectLoopOptions {
   signal: AbortSignal;
   /** A session was established before: this is a reconnect. */
   everConnected: boolean;
+  /**
+   * On the first connect, retry a broker socket that is missing or stale ({@link isNoBroker})
+   * instead of giving up at once.
+   */
+  waitOnFirstConnect: boolean;
   /** The connection was closed meanwhile. */
   closed(): boolean;
   /** An attempt failed and another follows after `delay` ms. */
@@ -269,6 +275,10 @@ export async function connectLoop(o: ConnectLoopOptions): Promise<ConnectOutcome
         return { kind: "failed", error: err };
       }
       if (isPermanentConnectError(err, o.everConnected)) return { kind: "failed", error: err };
+      // No broker there: nats fails at once; waiting is asked for, and reconnects always wait.
+      if (!o.everConnected && !o.waitOnFirstConnect && isNoBroker(err)) {
+        return { kind: "failed", error: err };
+      }
       const attempt = backoff.attempts + 1;
       if (o.maxAttempts >= 0 && attempt > o.maxAttempts) {
         return {
