@@ -49,7 +49,7 @@ import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { Backoff, sleep } from "../util/backoff.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { loadConfig, RESERVED_VM_NAME } from "./config.ts";
+import { INLINE_SOURCE, loadConfig, RESERVED_VM_NAME } from "./config.ts";
 import { describePlan, planReload } from "./reload.ts";
 import { applyFileAccess, type FileAccess, modeString } from "./file_access.ts";
 import { QueueAwareRouter } from "../bridge/queue_router.ts";
@@ -390,7 +390,8 @@ export class Broker {
    * changed permissions and limits apply to live sessions, and VMs whose entry did not change
    * never notice (see reload.ts for what may change). Resolves with what changed; rejects,
    * having changed nothing, when the new configuration has an error or changes what needs a
-   * restart: the running one stays. Reloads run one at a time.
+   * restart: the running one stays. Reloads run one at a time. A broker whose configuration was
+   * given inline ({@link INLINE_SOURCE}) has no file to read: without `next` it rejects, saying so.
    */
   reload(next?: BrokerConfig): Promise<string[]> {
     const run = this.#reloads.then(() => this.#reload(next));
@@ -404,6 +405,12 @@ export class Broker {
     let next: BrokerConfig;
     let plan: ReturnType<typeof planReload>;
     try {
+      if (!given && old.source === INLINE_SOURCE) {
+        throw new Error(
+          "this broker's configuration was given inline, not read from a file, so there is no " +
+            "file to reload from (start it with --config FILE, or pass reload() a configuration)",
+        );
+      }
       next = given ?? await loadConfig(old.source);
       plan = planReload(old, next);
       // What can fail comes first, so a refused reload leaves everything as it was: locks

@@ -157,6 +157,12 @@ export class ConfigError extends Error {
 }
 
 /**
+ * The `source` of a configuration given as text or an object (`parseConfig`, `validateConfig`
+ * without a file name): there is no file to read it again from, so it cannot be reloaded.
+ */
+export const INLINE_SOURCE = "<inline>";
+
+/**
  * Read and validate a broker configuration file.
  *
  * @example
@@ -182,7 +188,7 @@ export async function loadConfig(path: string): Promise<BrokerConfig> {
  * const config = parseConfig('{ "vms": [{ "name": "vm1", "socket": "/run/vm1.sock" }] }');
  * ```
  */
-export function parseConfig(text: string, source = "<inline>"): BrokerConfig {
+export function parseConfig(text: string, source = INLINE_SOURCE): BrokerConfig {
   const errors: ParseError[] = [];
   const raw = parseJsonc(text, errors, { allowTrailingComma: true, disallowComments: false });
   if (errors.length > 0) {
@@ -198,7 +204,7 @@ export function parseConfig(text: string, source = "<inline>"): BrokerConfig {
 }
 
 /** Validate an already-parsed configuration object. */
-export function validateConfig(raw: unknown, source = "<inline>"): BrokerConfig {
+export function validateConfig(raw: unknown, source = INLINE_SOURCE): BrokerConfig {
   const fail = (key: string, problem: string): never => {
     throw new ConfigError(source, key, problem);
   };
