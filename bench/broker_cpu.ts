@@ -15,14 +15,14 @@
  * Roles (internal): `broker`, `sub`, `pub` are started by the parent with --role.
  * @module
  */
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { RUNTIME_BIN } from "./lib/proc.ts";
+import { cpuSeconds, startRole, stdinCommands } from "./lib/role_process.ts";
 
 const { values } = parseArgs({
   options: {
@@ -39,29 +39,11 @@ const { values } = parseArgs({
 const size = Number(values.size);
 const count = Number(values.count);
 const SELF = fileURLToPath(import.meta.url);
-const ROOT = join(SELF, "..", "..");
-/** Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux). */
-const TICKS_PER_SECOND = 100;
 /** Messages per awaited publish (the publisher's backpressure point). */
 const PUB_BATCH = 1024;
 
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-  return (Number(f[11]) + Number(f[12])) / TICKS_PER_SECOND; // utime + stime
-}
-
-/** Lines from the parent on stdin, one at a time. */
-function commands(): () => Promise<string> {
-  const lines: string[] = [];
-  const waiting: ((l: string) => void)[] = [];
-  const rl = createInterface({ input: process.stdin });
-  rl.on("line", (l) => (waiting.length ? waiting.shift()!(l) : lines.push(l)));
-  rl.on("close", () => process.exit(0));
-  return () => new Promise((r) => (lines.length ? r(lines.shift()!) : waiting.push(r)));
-}
-
 if (values.role === "sub" || values.role === "pub") {
-  const next = commands();
+  const next = stdinCommands();
   const { connect } = await import("../mod.ts");
   const bus = await connect({ server: values.socket!, shm: true, reconnect: false });
   if (bus.dataPath !== "ring") throw new Error(`expected ring, got ${bus.dataPath}`);
@@ -111,8 +93,6 @@ if (values.role === "broker") {
 }
 
 // Parent.
-const bin = (rt: string) => join(ROOT, "node_modules", ".bin", rt);
-
 function start(role: string, runtime: string, socket: string) {
   const args = [
     "--role",
@@ -138,33 +118,7 @@ function start(role: string, runtime: string, socket: string) {
   const cmd = runtime === "deno"
     ? ["run", "-A", ...v8prof, SELF, ...args]
     : [...prof, SELF, ...args];
-  const child = spawn(bin(runtime), cmd, {
-    stdio: ["pipe", "pipe", "inherit"],
-    env: { ...process.env, VBUS_LOG: "warn" },
-  });
-  let out = "";
-  const waiters: { text: string; resolve: () => void }[] = [];
-  child.stdout!.on("data", (d) => {
-    out += d;
-    for (const w of waiters.splice(0)) {
-      if (out.includes(w.text)) w.resolve();
-      else waiters.push(w);
-    }
-  });
-  const exited = new Promise<number>((resolve) => child.on("close", (c) => resolve(c ?? -1)));
-  return {
-    pid: child.pid!,
-    send: (line: string) => child.stdin!.write(line + "\n"),
-    until: (text: string) =>
-      new Promise<void>((resolve, reject) => {
-        if (out.includes(text)) return resolve();
-        waiters.push({ text, resolve });
-        exited.then((c) => reject(new Error(`${role} exited (${c}) before "${text}"`)));
-      }),
-    output: () => out,
-    kill: () => child.kill("SIGTERM"),
-    exited,
-  };
+  return startRole(role, RUNTIME_BIN[runtime as keyof typeof RUNTIME_BIN], cmd);
 }
 
 /** CPU of `pid` over `seconds` of nothing happening, in % of one core. */

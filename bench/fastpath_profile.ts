@@ -12,13 +12,14 @@
  * Roles (internal): `broker`, `sub`, `pub` are started by the parent with --role.
  * @module
  */
-import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { ROOT, RUNTIME_BIN } from "./lib/proc.ts";
+import { cpuSeconds, startRole } from "./lib/role_process.ts";
 import { STRUCTURED } from "./lib/stats.ts";
 import { isStructuredValue, payloadBytes, structuredValue } from "./lib/values.ts";
 
@@ -39,16 +40,6 @@ const label = structured ? "obj4" : `${size}B`;
 const count = Number(values.count);
 const shm = values.shm !== "false";
 const SELF = fileURLToPath(import.meta.url);
-const ROOT = join(SELF, "..", "..");
-
-function cpuSeconds(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-    return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in clock ticks of 10 ms
-  } catch {
-    return NaN;
-  }
-}
 
 if (values.role === "sub" || values.role === "pub") {
   const { connect } = await import("../mod.ts");
@@ -102,7 +93,6 @@ const dir = mkdtempSync(join(tmpdir(), "vbus-prof-"));
 const socket = join(dir, "broker.sock");
 const profDir = join(ROOT, "bench", "results", "profiles");
 if (values.prof) mkdirSync(profDir, { recursive: true });
-const bun = join(ROOT, "node_modules", ".bin", "bun");
 function start(role: string) {
   const flags = values.prof
     ? [
@@ -111,7 +101,7 @@ function start(role: string) {
       `--cpu-prof-name=${role}-${label}-${shm ? "ring" : "stream"}.md`,
     ]
     : [];
-  const child = spawn(bun, [
+  return startRole(role, RUNTIME_BIN.bun, [
     ...flags,
     SELF,
     "--role",
@@ -124,33 +114,24 @@ function start(role: string) {
     String(count),
     "--shm",
     String(shm),
-  ], {
-    stdio: ["ignore", "pipe", "inherit"],
-    env: { ...process.env, VBUS_LOG: "warn" },
-  });
-  let out = "";
-  child.stdout!.on("data", (d) => out += d);
-  const ready = new Promise<void>((resolve) => {
-    const check = () => (out.includes("ready") ? resolve() : setTimeout(check, 5));
-    check();
-  });
-  const exited = new Promise<number>((resolve) => child.on("close", (c) => resolve(c ?? -1)));
-  return { child, ready, exited, output: () => out };
+  ]);
 }
 const broker = start("broker");
-await broker.ready;
+await broker.until("ready");
 const sub = start("sub");
-await sub.ready;
+await sub.until("ready");
 const t0 = performance.now();
+// The publisher sends at once and prints nothing, so nothing waits for a line from it (a
+// timer polling for its "ready" once kept this script alive after the report).
 const pub = start("pub");
 const timer = setTimeout(() => {
-  pub.child.kill();
-  sub.child.kill();
+  pub.kill();
+  sub.kill();
 }, Number(values.seconds) * 1000);
 const cpu = { broker: 0, sub: 0, pub: 0 };
 const sample = setInterval(() => {
   for (const [k, p] of Object.entries({ broker, sub, pub })) {
-    const c = cpuSeconds(p.child.pid!);
+    const c = cpuSeconds(p.pid);
     if (!Number.isNaN(c)) cpu[k as keyof typeof cpu] = c;
   }
 }, 50);
@@ -158,8 +139,8 @@ const [pubCode, subCode] = await Promise.all([pub.exited, sub.exited]);
 clearInterval(sample);
 clearTimeout(timer);
 const wall = (performance.now() - t0) / 1000;
-broker.child.kill("SIGTERM");
-const killer = setTimeout(() => broker.child.kill("SIGKILL"), 5000);
+broker.kill("SIGTERM");
+const killer = setTimeout(() => broker.kill("SIGKILL"), 5000);
 await broker.exited;
 clearTimeout(killer);
 rmSync(dir, { recursive: true, force: true });
@@ -183,3 +164,4 @@ if (values.prof) {
     JSON.stringify(report, null, 2),
   );
 }
+process.exit(0); // as broker_cpu.ts: the report is out, whatever handle a runtime still holds
