@@ -255,7 +255,7 @@ test("log: a client that finds no broker is told what to do", async () => {
   try {
     await assert.rejects(
       connect({ server: join(dir, "none.sock"), timeout: 300, logger: capture().log }),
-      /no broker listens on .*none\.sock: start one with `vbus broker --config FILE`/,
+      /no broker listens on .*none\.sock, there is no socket file: .*Start one with `vbus broker --config FILE`/,
     );
   } finally {
     cleanup();
