@@ -126,7 +126,7 @@ async function run(cl: CommandLine, out: (line: string) => void): Promise<number
       // device the port's pending read() sits in the runtime's thread pool and cannot be
       // cancelled, so it would keep the process alive until SIGKILL: end it here
       // (tests/vm_agent_stop_test.ts).
-      process.exit(code);
+      return process.exit(code);
     }
     case "top": {
       const intervalMs = parseDuration(values.interval, "interval", command) ??
