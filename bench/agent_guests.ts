@@ -392,30 +392,12 @@ async function pubRound(g: Group, size: number, rep: number): Promise<Row> {
   await s.unsubscribe();
   const dropped = (await vmDropped()) - drop0;
   const durationS = (tLast - tFirst) / 1000;
-  const agg = delivered / durationS;
   const error = roundError(res) ?? (badSize ? `${badSize} messages of the wrong size` : undefined);
-  return {
-    shape: "pub",
-    mode: g.mode,
-    phase: g.phase,
-    n: g.n,
-    size,
-    rep,
-    ok: !error && delivered === sent && sent > 0,
-    ...(error ? { error } : {}),
-    sent,
-    delivered,
-    lost: sent - delivered,
-    dropped,
-    durationS,
-    aggMsgsPerSec: agg,
-    perProcMsgsPerSec: agg / g.n,
-    procsCpuS: res.reduce((a, r) => a + Number(r.cpuUs ?? 0), 0) / 1e6,
-    agentCpuS: agentCpu(res),
-    qemuCpuS: cpu1.qemu - cpu0.qemu,
-    brokerCpuS: cpu1.broker - cpu0.broker,
-    loadavg1: load,
-  };
+  return roundRow("pub", g, size, rep, { sent, delivered, dropped, durationS, error, res }, {
+    cpu0,
+    cpu1,
+    load,
+  });
 }
 
 async function subRound(g: Group, size: number, rep: number): Promise<Row> {
@@ -465,29 +447,59 @@ async function subRound(g: Group, size: number, rep: number): Promise<Row> {
   const t0 = Math.min(...res.map((r) => Number(r.tFirst)));
   const t1 = Math.max(...res.map((r) => Number(r.tLast)));
   const durationS = (t1 - t0) / 1000;
-  const agg = delivered / durationS;
   const error = roundError(res) ?? (bad ? `${bad} messages of the wrong size` : undefined);
+  return roundRow(
+    "sub",
+    g,
+    size,
+    rep,
+    { sent: count * g.n, delivered, dropped, durationS, error, res },
+    { cpu0, cpu1, load },
+  );
+}
+
+/** What one round measured. */
+interface RoundOutcome {
+  sent: number;
+  delivered: number;
+  dropped: number;
+  durationS: number;
+  error: string | undefined;
+  /** The guest processes' result lines. */
+  res: Record<string, unknown>[];
+}
+
+/** A round's row, the same for both shapes (`at`: host CPU before and after, load). */
+function roundRow(
+  shape: "pub" | "sub",
+  g: Group,
+  size: number,
+  rep: number,
+  o: RoundOutcome,
+  at: { cpu0: ReturnType<typeof hostCpu>; cpu1: ReturnType<typeof hostCpu>; load: number },
+): Row {
+  const agg = o.delivered / o.durationS;
   return {
-    shape: "sub",
+    shape,
     mode: g.mode,
     phase: g.phase,
     n: g.n,
     size,
     rep,
-    ok: !error && delivered === count * g.n,
-    ...(error ? { error } : {}),
-    sent: count * g.n,
-    delivered,
-    lost: count * g.n - delivered,
-    dropped,
-    durationS,
+    ok: !o.error && o.delivered === o.sent && o.sent > 0,
+    ...(o.error ? { error: o.error } : {}),
+    sent: o.sent,
+    delivered: o.delivered,
+    lost: o.sent - o.delivered,
+    dropped: o.dropped,
+    durationS: o.durationS,
     aggMsgsPerSec: agg,
     perProcMsgsPerSec: agg / g.n,
-    procsCpuS: res.reduce((a, r) => a + Number(r.cpuUs ?? 0), 0) / 1e6,
-    agentCpuS: agentCpu(res),
-    qemuCpuS: cpu1.qemu - cpu0.qemu,
-    brokerCpuS: cpu1.broker - cpu0.broker,
-    loadavg1: load,
+    procsCpuS: o.res.reduce((a, r) => a + Number(r.cpuUs ?? 0), 0) / 1e6,
+    agentCpuS: agentCpu(o.res),
+    qemuCpuS: at.cpu1.qemu - at.cpu0.qemu,
+    brokerCpuS: at.cpu1.broker - at.cpu0.broker,
+    loadavg1: at.load,
   };
 }
 
