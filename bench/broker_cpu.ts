@@ -62,7 +62,8 @@ if (values.role === "sub" || values.role === "pub") {
     await bus.flush();
     process.stdout.write("ready\n");
     await done;
-    process.stdout.write(JSON.stringify({ got, seconds: (performance.now() - t0) / 1000 }) + "\n");
+    const seconds = (performance.now() - t0) / 1000;
+    process.stdout.write(JSON.stringify({ got, seconds, ring: bus.ringStats }) + "\n");
   } else {
     await bus.flush();
     process.stdout.write("ready\n");
@@ -73,7 +74,7 @@ if (values.role === "sub" || values.role === "pub") {
       if (i % PUB_BATCH === PUB_BATCH - 1) await p;
     }
     await bus.flush();
-    process.stdout.write("sent\n");
+    process.stdout.write(JSON.stringify({ ring: bus.ringStats }) + "\nsent\n");
   }
   await next(); // quit
   await bus.close();
@@ -163,6 +164,8 @@ async function run() {
     pub.send("quit");
     await Promise.all([sub.exited, pub.exited]);
     const result = JSON.parse(sub.output().trim().split("\n").pop()!);
+    const pubLines = pub.output().trim().split("\n");
+    const pubResult = JSON.parse(pubLines[pubLines.indexOf("sent") - 1]);
     const millions = result.got / 1e6;
     const perM = (k: keyof typeof before) => +((after[k] - before[k]) / millions).toFixed(3);
     return {
@@ -178,6 +181,8 @@ async function run() {
       idleBrokerCpuPct: idleBefore,
       idleAfterTrafficCpuPct: idleAfter,
       loadavgBefore: load,
+      subRing: result.ring,
+      pubRing: pubResult.ring,
     };
   } finally {
     broker.kill();

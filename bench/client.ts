@@ -23,6 +23,11 @@ interface Spec {
   batch: number;
   /** req: unmeasured round trips first */
   warmup: number;
+  /**
+   * pub: seconds of publishing before the measured phase (JIT tiers, caches and rings settle;
+   * a long-running broker is measured warm). Ends with @@{"type":"warm"}; 0: none.
+   */
+  warmupS: number;
   /** sub: give up this long after "expect" when no message arrives */
   idleMs: number;
   hardLimitS: number;
@@ -123,9 +128,18 @@ async function main(): Promise<void> {
     await waitLine("go");
     const t0 = wall();
     const start = now();
-    const deadline = start + spec.seconds * 1000;
+    const warmEnd = start + spec.warmupS * 1000;
+    const deadline = warmEnd + spec.seconds * 1000;
     let sent = 0;
     let stopped = false;
+    // The warm-up ends once, at its time or when the count runs out first ("early": the run
+    // then has no warm measured phase).
+    let warm: { sent: number; t: number } | null = null;
+    const endWarmUp = (early: boolean) => {
+      warm = { sent, t: now() };
+      emit({ type: "warm", sent, early });
+    };
+    if (spec.warmupS <= 0) endWarmUp(false);
     onControl = (cmd) => {
       if (cmd === "stop") stopped = true;
     };
@@ -142,11 +156,22 @@ async function main(): Promise<void> {
       const f = ch.flush();
       if (inFlight) await inFlight;
       inFlight = f;
+      if (!warm && now() >= warmEnd) endWarmUp(false);
       if (now() >= deadline) break;
     }
     if (inFlight) await inFlight;
+    if (!warm) endWarmUp(true);
     const t1 = wall();
-    emit({ type: "done", sent, t0, t1, elapsedS: (now() - start) / 1000 });
+    const w = warm as unknown as { sent: number; t: number };
+    emit({
+      type: "done",
+      sent,
+      t0,
+      t1,
+      elapsedS: (now() - start) / 1000,
+      warmSent: w.sent,
+      measuredS: (now() - w.t) / 1000,
+    });
     await waitLine("quit");
     return exit(0);
   }
@@ -185,6 +210,7 @@ async function main(): Promise<void> {
     });
     // coarse sampling of progress: tells when the last message arrived if the stream stalls
     let expectAt = 0;
+    let mark: { received: number; t: number } | null = null;
     const ticker = setInterval(() => {
       if (received !== lastCount) {
         lastCount = received;
@@ -203,6 +229,9 @@ async function main(): Promise<void> {
           if (!tLastSeen || lastCount !== received) tLastSeen = wall();
           finish("complete");
         }
+      } else if (cmd === "mark") {
+        // The publishers' warm-up is over: the measured phase starts here.
+        mark = { received, t: wall() };
       } else if (cmd === "stop" && !finished) {
         finished = true;
         finish("stopped");
@@ -211,7 +240,16 @@ async function main(): Promise<void> {
     emit({ type: "ready" });
     const reason = await doneP;
     clearInterval(ticker);
-    emit({ type: "done", received, badSize, tFirst, tLast: tLastSeen, reason });
+    emit({
+      type: "done",
+      received,
+      badSize,
+      tFirst,
+      tLast: tLastSeen,
+      reason,
+      markReceived: mark?.received ?? null,
+      tMark: mark?.t ?? null,
+    });
     await waitLine("quit");
     return exit(0);
   }

@@ -36,6 +36,9 @@ interface PubDone extends ClientMessage {
   t0: number;
   t1: number;
   elapsedS: number;
+  /** pub: messages sent in the warm-up, and seconds published after it */
+  warmSent?: number;
+  measuredS?: number;
   badSize: number;
   timeouts: number;
   latencyUs: LatencyUs;
@@ -48,6 +51,9 @@ interface SubDone extends ClientMessage {
   tFirst: number;
   tLast: number;
   reason: string;
+  /** received and wall time when the warm-up ended ("mark"); null without one */
+  markReceived?: number | null;
+  tMark?: number | null;
 }
 
 const PLUGIN_SLOTS = ["vbus-ring", "vbus-port", "ring-bare"];
@@ -65,6 +71,7 @@ const { values: opt } = parseArgs({
     runs: { type: "string" },
     out: { type: "string", default: join(ROOT, "bench", "results") },
     seconds: { type: "string" },
+    warmup: { type: "string" },
     count: { type: "string" },
     "rr-count": { type: "string" },
     deadline: { type: "string" },
@@ -85,6 +92,8 @@ if (opt.help) {
   --runtimes deno,bun,mixed runtime of publisher>subscriber ("mixed" = deno>bun; any "a>b")
   --runs N             repetitions of every case, interleaved across systems (default 3, quick 1)
   --seconds S          time bound of each pub/sub case's publishing phase (default 2, quick 0.4)
+  --warmup S           seconds of publishing before that phase, not measured (default 1,
+                       quick 0.2; 0 = none): every process JIT-warm, as a long-running one is
   --count N            message bound of each pub/sub case (default 10000000, quick 2000000)
   --rr-count N         round trips per latency case (default 20000, quick 2000)
   --deadline S         stop starting new cases after S seconds (default 3600, quick 100)
@@ -113,6 +122,7 @@ const settings = {
   shapes: list(opt.shapes, "1:1,1:4,4:1,rr"),
   runtimes: list(opt.runtimes, quick ? "bun,deno" : "deno,bun,mixed"),
   seconds: num(opt.seconds, quick ? 0.4 : 2),
+  warmupS: opt.warmup === "0" ? 0 : num(opt.warmup, quick ? 0.2 : 1),
   count: Math.floor(num(opt.count, quick ? 2_000_000 : 10_000_000)),
   bytesBudget: quick ? 512 * 2 ** 20 : 8 * 2 ** 30,
   rrCount: Math.floor(num(opt["rr-count"], quick ? 2000 : 20000)),
@@ -309,7 +319,7 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
     )
     : settings.rrCount;
   const seconds = throughput ? settings.seconds : settings.rrSeconds;
-  const hardLimitS = Math.ceil(seconds * 4 + 60);
+  const hardLimitS = Math.ceil((seconds + settings.warmupS) * 4 + 60);
   const spec = (role: string, id: string, rt: RuntimeName) => ({
     system: c.system,
     role,
@@ -321,6 +331,7 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
     seconds,
     batch: Math.max(1, Math.min(1024, Math.floor((256 * 1024) / payloadBytes(c.size)))),
     warmup: throughput ? 0 : Math.min(500, Math.ceil(settings.rrCount / 10)),
+    warmupS: throughput ? settings.warmupS : 0,
     idleMs: settings.idleMs,
     hardLimitS,
   });
@@ -351,17 +362,31 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
       ...servers.map((s) => ({ name: s.name, role: "server", pid: s.pid })),
       ...clients.map((x) => ({ name: x.child.name, role: x.role, pid: x.child.pid })),
     ];
-    const cpu0 = all.map((p) => procCpu(p.pid));
+    let cpu0 = all.map((p) => procCpu(p.pid));
     for (const p of pubs) p.send("go");
+    // The measured phase starts when every publisher's warm-up is over: CPU from here, and
+    // each subscriber notes what it had received by then.
+    const warm = throughput
+      ? await Promise.all(
+        pubs.map((p) =>
+          p.next<ClientMessage & { early?: boolean }>("warm", (settings.warmupS + 60) * 1000)
+        ),
+      )
+      : [];
+    const warmed = settings.warmupS > 0 && throughput && warm.every((w) => !w.early);
+    if (warmed) {
+      cpu0 = all.map((p) => procCpu(p.pid));
+      for (const s of subs) s.send("mark");
+    }
     const pubDone = await Promise.all(
-      pubs.map((p) => p.next<PubDone>("done", (seconds + 60) * 1000)),
+      pubs.map((p) => p.next<PubDone>("done", (seconds + settings.warmupS + 60) * 1000)),
     );
     const totalSent = pubDone.reduce((a, d) => a + d.sent, 0);
     let subDone: SubDone[] = [];
     if (throughput) {
       for (const s of subs) s.send(`expect ${totalSent}`);
       const first = await Promise.allSettled(
-        subs.map((s) => s.next<SubDone>("done", (seconds * 3 + 20) * 1000)),
+        subs.map((s) => s.next<SubDone>("done", ((seconds + settings.warmupS) * 3 + 20) * 1000)),
       );
       subDone = await Promise.all(first.map((r, i) => {
         if (r.status === "fulfilled") return r.value;
@@ -385,19 +410,29 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
 
     if (throughput) {
       const delivered = subDone.reduce((a, d) => a + d.received, 0);
-      const start = Math.min(...pubDone.map((d) => d.t0));
+      // Rates over the measured phase (after the warm-up) when there was one; loss over all.
+      const marked = warmed && subDone.every((d) => typeof d.tMark === "number");
+      const measured = marked
+        ? delivered - subDone.reduce((a, d) => a + d.markReceived!, 0)
+        : delivered;
+      const start = marked
+        ? Math.min(...subDone.map((d) => d.tMark!))
+        : Math.min(...pubDone.map((d) => d.t0));
       const end = Math.max(...subDone.map((d) => d.tLast || d.tFirst || start));
       const durS = Math.max(1e-6, (end - start) / 1000);
-      const pubS = Math.max(...pubDone.map((d) => d.elapsedS));
+      const pubS = Math.max(...pubDone.map((d) => marked ? d.measuredS! : d.elapsedS));
+      const pubSent = marked ? pubDone.reduce((a, d) => a + d.sent - d.warmSent!, 0) : totalSent;
+      result.warmupS = marked ? settings.warmupS : 0;
+      result.measuredDelivered = measured;
       result.delivered = delivered;
       result.expected = totalSent * c.subs;
       result.lost = result.expected - delivered;
       result.badSize = subDone.reduce((a, d) => a + d.badSize, 0);
       result.durationS = durS;
-      result.msgsPerSec = delivered / durS;
-      result.bytesPerSec = (delivered * payloadBytes(c.size)) / durS;
-      result.pubMsgsPerSec = totalSent / Math.max(1e-6, pubS);
-      result.cpuPerMillionS = delivered ? cpuTotal / (delivered / 1e6) : NaN;
+      result.msgsPerSec = measured / durS;
+      result.bytesPerSec = (measured * payloadBytes(c.size)) / durS;
+      result.pubMsgsPerSec = pubSent / Math.max(1e-6, pubS);
+      result.cpuPerMillionS = measured ? cpuTotal / (measured / 1e6) : NaN;
       result.subReasons = subDone.map((d) => d.reason);
       result.ok = delivered > 0 && result.badSize === 0;
       if (!result.ok) {

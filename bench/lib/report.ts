@@ -35,12 +35,14 @@ export interface CaseRun {
   lost?: number;
   badSize?: number;
   durationS?: number;
+  warmupS?: number; // throughput: seconds of publishing before the measured phase (0: none)
+  measuredDelivered?: number; // throughput: deliveries in the measured phase (rates count these)
   msgsPerSec?: number; // throughput: delivered msgs/s summed over subscribers; latency: round trips/s
   bytesPerSec?: number;
   pubMsgsPerSec?: number;
   cpuTotalS?: number;
   cpuByRoleS?: Record<string, number>;
-  cpuPerMillionS?: number; // CPU seconds of every process / million messages delivered
+  cpuPerMillionS?: number; // CPU seconds of every process / million messages delivered (measured phase)
   procs?: { name: string; role: string; pid: number; cpuS: number }[];
   subReasons?: string[];
   latencyUs?: LatencyUs;
@@ -277,7 +279,11 @@ export function writeReports(rep: Report, outDir: string): string[] {
     md.push(`**Interrupted**: only the runs finished before the signal are included.`, "");
   }
   md.push(
-    `Started ${rep.startedAt}, took ${rep.durationS} s. ${settings.runs} run(s) of every case, interleaved across systems; cells are the median with the min–max over runs in parentheses. Raw runs: \`latest.json\`. Method: \`bench/README.md\`.`,
+    `Started ${rep.startedAt}, took ${rep.durationS} s. ${settings.runs} run(s) of every case, interleaved across systems; cells are the median with the min–max over runs in parentheses.${
+      rep.settings.warmupS
+        ? ` Pub/sub rates and CPU are over the measured phase, after ${rep.settings.warmupS} s of unmeasured publishing (warm-up).`
+        : ""
+    } Raw runs: \`latest.json\`. Method: \`bench/README.md\`.`,
     "",
   );
   md.push(`## Machine`, "");

@@ -162,6 +162,10 @@ interface Waker {
 export interface RingChannelStats {
   /** Frames read from the inbound ring. */
   framesIn: number;
+  /** Receive-loop polls that found records (framesIn / batches is the mean batch). */
+  batches: number;
+  /** Receive-loop polls that found nothing (spinning before a park). */
+  emptyPolls: number;
   /** Frames written to the outbound ring. */
   framesOut: number;
   /** Doorbells this side rang (peer was parked), as frames or futex wakes. */
@@ -184,6 +188,8 @@ export class RingChannel {
   readonly region: Region;
   readonly stats: RingChannelStats = {
     framesIn: 0,
+    batches: 0,
+    emptyPolls: 0,
     framesOut: 0,
     doorbellsRung: 0,
     futexWakes: 0,
@@ -562,12 +568,14 @@ export class RingChannel {
         return;
       }
       if (n > 0) {
+        this.stats.batches++;
         idleSince = 0;
         parkAgain = false;
         slice = PARK_SLICE_MS;
         await yieldToEventLoop();
         continue;
       }
+      this.stats.emptyPolls++;
       const now = performance.now();
       if (idleSince === 0) idleSince = now;
       if (!parkAgain && now - idleSince < spinMs) {
