@@ -59,6 +59,7 @@ import { HostStatsPool } from "./host_stats.ts";
 import { MonitorServer } from "../monitor/monitor_server.ts";
 import { stampRegionSignature } from "../shm/region_signature.ts";
 import type { Port } from "../port/port.ts";
+import { memoryPortPair } from "../port/memory_port.ts";
 import { DEFAULT_AGENT_SLOTS, serveVmConnection, type VmConnection } from "./channel_mux.ts";
 
 /**
@@ -540,6 +541,41 @@ export class Broker {
     } else this.#log.info("drained: everything queued was handed to its session");
     await this.stop(); // closes the sessions, then waits for the server (serverClosed)
     return { pendingBytes: left };
+  }
+
+  /**
+   * A connection to this broker from inside its own process, for a host service that embeds
+   * the broker: pass it as `connect({ transport: () => broker.localPort() })`. The client is a
+   * host client (config `hostPermissions`) whose frames go through memory (memory_port.ts): no
+   * socket, no system call, no other process to wake, so a request served in the broker's
+   * process costs the requester's two ring hops and no more. Needs no `listen`. Rejects with
+   * `CLOSED` when the broker is not running.
+   *
+   * @example
+   * ```ts
+   * import { Broker, connect, parseConfig } from "../../mod.ts";
+   * const broker = new Broker(parseConfig('{ "listen": "/tmp/vbus-embedded.sock", "vms": [] }'));
+   * await broker.start();
+   * const service = await connect({ transport: () => broker.localPort() });
+   * service.subscribe("time.now", { callback: (_e, m) => m.respond(Date.now()) });
+   * ```
+   */
+  localPort(): Promise<Port> {
+    if (!this.running) {
+      return Promise.reject(
+        new VbusError(ErrorCode.Closed, "the broker is not running (start() it first)"),
+      );
+    }
+    const [client, server] = memoryPortPair("in-process client");
+    const stats = this.#hostPool.open();
+    // Not among #hostSessions: socket clients can neither evict it nor count it.
+    this.#startSession(server, {
+      identity: "host",
+      host: true,
+      permissions: this.config.hostPermissions ?? { block: true },
+      stats,
+    }, () => this.#hostPool.close(stats));
+    return Promise.resolve(client);
   }
 
   /** Stop listening (once): new host connections are refused, live ones stay. */
