@@ -25,6 +25,7 @@ export { Msg } from "./src/client/msg.ts";
 export { Subscription } from "./src/client/subscription.ts";
 export type {
   ConnectOptions,
+  LocalBroker,
   PublishOptions,
   RequestOptions,
   SubscribeOptions,

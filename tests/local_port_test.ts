@@ -80,3 +80,31 @@ test("local port: the client is closed when the broker stops; no port from a sto
     (err: unknown) => err instanceof VbusError && err.code === ErrorCode.Closed,
   );
 });
+
+test("local port: connect({ broker }) takes a shared-memory ring, and answers a socket client's requests", async () => {
+  const lab = await startLab({ vms: [], shm: true });
+  try {
+    const local = await connect({ broker: lab.broker, reconnect: false });
+    assert.equal(local.dataPath, "ring");
+    const streamOnly = await connect({ broker: lab.broker, reconnect: false, shm: false });
+    assert.equal(streamOnly.dataPath, "stream");
+    local.subscribe<Uint8Array>("echo", { callback: (_e, m) => m.respond(m.data) });
+    await local.flush();
+    const host = await lab.host();
+    assert.equal(host.dataPath, "ring");
+    const payload = new Uint8Array(4096).map((_, i) => (i * 7) & 0xff);
+    for (let i = 0; i < 50; i++) {
+      const reply = await host.request<Uint8Array>("echo", payload, { timeout: 5000 });
+      assert.deepEqual(new Uint8Array(reply.data), payload);
+    }
+    assert.equal(
+      (await streamOnly.request<Uint8Array>("echo", payload, { timeout: 5000 })).data.length,
+      4096,
+    );
+    assert.ok((local.ringStats?.framesIn ?? 0) >= 51, "the requests reached it through its ring");
+    await streamOnly.close();
+    await local.close();
+  } finally {
+    await lab.close();
+  }
+});

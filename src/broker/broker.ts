@@ -546,9 +546,9 @@ export class Broker {
   /**
    * A connection to this broker from inside its own process, for a host service that embeds
    * the broker: pass it as `connect({ transport: () => broker.localPort() })`. The client is a
-   * host client (config `hostPermissions`) whose frames go through memory (memory_port.ts): no
-   * socket, no system call, no other process to wake, so a request served in the broker's
-   * process costs the requester's two ring hops and no more. Needs no `listen`. Rejects with
+   * host client (config `hostPermissions`) whose port frames go through memory
+   * (memory_port.ts): no socket, no system call, no other process to wake; with `shm: true` its
+   * messages take a shared-memory ring as a socket client's do. Needs no `listen`. Rejects with
    * `CLOSED` when the broker is not running.
    *
    * @example
@@ -567,14 +567,8 @@ export class Broker {
       );
     }
     const [client, server] = memoryPortPair("in-process client");
-    const stats = this.#hostPool.open();
     // Not among #hostSessions: socket clients can neither evict it nor count it.
-    this.#startSession(server, {
-      identity: "host",
-      host: true,
-      permissions: this.config.hostPermissions ?? { block: true },
-      stats,
-    }, () => this.#hostPool.close(stats));
+    this.#startHostSession(server);
     return Promise.resolve(client);
   }
 
@@ -715,28 +709,13 @@ export class Broker {
         return;
       }
       this.#hostConnections++;
-      const port = new SocketPort(socket, `host client on ${path}`);
-      // Made only when the client's HELLO asks for shared memory: idle connections cost no memory.
-      let region: { unmap(): void } | undefined;
-      const shm = this.#opts.hostShm === false ? undefined : () => {
-        const made = this.#hostSessionShm();
-        region = made.region;
-        return made.shm;
-      };
-      const stats = this.#hostPool.open();
-      const session = this.#startSession(port, {
-        identity: "host",
-        host: true,
-        permissions: this.config.hostPermissions ?? { block: true },
-        stats,
-        shm,
-      }, () => {
-        this.#hostSessions.delete(session);
-        this.#hostConnections--;
-        this.#hostPool.close(stats);
-        const r = region;
-        if (r) session.ringStopped.then(() => r.unmap());
-      });
+      const session = this.#startHostSession(
+        new SocketPort(socket, `host client on ${path}`),
+        () => {
+          this.#hostSessions.delete(session);
+          this.#hostConnections--;
+        },
+      );
       this.#hostSessions.add(session);
     });
     await new Promise<void>((resolve, reject) => {
@@ -762,6 +741,34 @@ export class Broker {
     }
     server.on("error", (err) => this.#log.error("host socket error", { error: err.message }));
     this.#server = server;
+  }
+
+  /**
+   * A host client's session on `port` (a socket's or an in-process one): host permissions and
+   * counters, and a shared-memory region of its own, made only when its HELLO asks for one
+   * (idle connections cost no memory) and unmapped once its ring stopped.
+   */
+  #startHostSession(port: Port, onEnd?: () => void): Session {
+    let region: { unmap(): void } | undefined;
+    const shm = this.#opts.hostShm === false ? undefined : () => {
+      const made = this.#hostSessionShm();
+      region = made.region;
+      return made.shm;
+    };
+    const stats = this.#hostPool.open();
+    const session = this.#startSession(port, {
+      identity: "host",
+      host: true,
+      permissions: this.config.hostPermissions ?? { block: true },
+      stats,
+      shm,
+    }, () => {
+      onEnd?.();
+      this.#hostPool.close(stats);
+      const r = region;
+      if (r) session.ringStopped.then(() => r.unmap());
+    });
+    return session;
   }
 
   /** One ERR frame, then close: the broker already serves `limits.maxHostConnections`. */

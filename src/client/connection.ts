@@ -64,7 +64,10 @@ export type ConnectionState = "connecting" | "connected" | "reconnecting" | "dra
 /** The connect options with their defaults applied. */
 export type ResolvedOptions =
   & Required<
-    Omit<ConnectOptions, "port" | "server" | "transport" | "name" | "shm" | "wake" | "logger">
+    Omit<
+      ConnectOptions,
+      "port" | "server" | "transport" | "broker" | "name" | "shm" | "wake" | "logger"
+    >
   >
   & { name?: string };
 
@@ -103,7 +106,7 @@ export class Connection {
         );
       }
     }
-    const { port: _p, server: _s, transport, shm, wake, logger, ...rest } = opts;
+    const { port: _p, server: _s, transport, broker, shm, wake, logger, ...rest } = opts;
     // Made per connection, not at import: a bad VBUS_LOG is reported by connect() itself.
     const log = this.log = logger ?? createLogger("vbus-client");
     if (wake !== undefined && wake !== "doorbell" && wake !== "futex") {
@@ -117,7 +120,11 @@ export class Connection {
     });
     const futexOnlyOnHost =
       `wake: "futex" is only for host-local clients (server); a guest is woken by doorbell frames`;
-    if (transport) {
+    if (broker) {
+      // In this process: a host client with no socket (rings on memory it maps itself).
+      this.#opener = () => broker.localPort();
+      this.shm = new ClientShm(shmPlanFor({ kind: "server" }, shm, wake), log);
+    } else if (transport) {
       if (wake === "futex") throw new TypeError(futexOnlyOnHost);
       this.#opener = transport;
       this.shm = new ClientShm(shmPlanFor({ kind: "transport" }, shm, wake), log);

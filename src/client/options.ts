@@ -10,11 +10,27 @@
  * @module
  */
 import process from "node:process";
-import type { PortOpener } from "../port/port.ts";
+import type { Port, PortOpener } from "../port/port.ts";
 import type { Headers } from "../protocol/ops.ts";
 import { DEFAULT_PORT_NAME } from "../port/device_port.ts";
 import type { Msg } from "./msg.ts";
 import type { Logger } from "../util/log.ts";
+
+/**
+ * What `connect({ broker })` needs of a broker in this process (a `Broker` is one).
+ *
+ * @example
+ * ```ts
+ * import { Broker, connect, parseConfig } from "../../mod.ts";
+ * const broker = new Broker(parseConfig('{ "vms": [] }'));
+ * await broker.start();
+ * const bus = await connect({ broker }); // in-process: no socket
+ * ```
+ */
+export interface LocalBroker {
+  /** A new in-process port to the broker (one session each). */
+  localPort(): Promise<Port>;
+}
 
 /**
  * Where and how to connect.
@@ -43,6 +59,12 @@ export interface ConnectOptions {
   server?: string;
   /** Any other byte stream (e.g. a simulated VM in tests); called again on every reconnect. */
   transport?: PortOpener;
+  /**
+   * A `Broker` running in this process: connect to it with no socket (`Broker.localPort`), as
+   * a host client, with a shared-memory ring unless `shm: false`. For a host service that
+   * embeds the broker. Takes precedence over `server`, `port` and `transport`.
+   */
+  broker?: LocalBroker;
   /**
    * The shared-memory fast path. In a guest: `true` (default) finds the ivshmem device by PCI
    * id; a string maps that file instead (e.g. a simulated VM's /dev/shm file); `false` uses the
