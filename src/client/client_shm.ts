@@ -80,7 +80,7 @@ export interface FutexSleepCounts {
 export interface RingHooks {
   /** Send a DOORBELL frame on the port. */
   ringDoorbell(ring: number, kind: number): void;
-  /** A frame read from the inbound ring. */
+  /** A frame read from the inbound ring (the same object for every record: read it during the call). */
   onFrame(frame: Frame): void;
   /** The inbound ring cannot be trusted any more. */
   onCorrupt(err: Error): void;
@@ -299,6 +299,8 @@ export class ClientShm {
         futex,
         onFrame: hooks.onFrame,
         onCorrupt: hooks.onCorrupt,
+        // A MSG is read during the call (a Msg keeps its payload view, never the frame).
+        reuseFrames: true,
       });
       return undefined;
     } catch (err) {
