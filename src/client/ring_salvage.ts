@@ -165,6 +165,7 @@ export function recoverRingSession(
     handedBack++;
     if (p.frame) {
       buffer.requeue(p.frame);
+      p.resolve(); // a publish encoded when it had to wait: handed over now
       continue;
     }
     try {

@@ -5,6 +5,13 @@
  * goes in order: when the ring is full, later sends wait in a queue behind the first one that
  * did not fit, so a publish never overtakes the subscription or flush sent before it.
  *
+ * A publish that has to wait is encoded at once, into private memory: consecutive waiting
+ * publishes go back to back into one buffer of {@link BATCH_BYTES} (a {@link PubBatch}) and
+ * share one promise, resolved when the batch's last frame is in the ring. So the caller may
+ * reuse its buffer as soon as `publish()` returns, encoding errors and FRAME_TOO_LARGE are
+ * thrown by the call itself (as when the ring has room), and a publisher that outruns the
+ * broker costs a copy per message, not a promise, a closure and a queue entry.
+ *
  * When the session ends, {@link RingSender.close} hands back what still waits, oldest first,
  * for the reconnect buffer.
  *
@@ -23,14 +30,22 @@
  * ```
  * @module
  */
+import { Buffer } from "node:buffer";
+import { Packr, REUSE_BUFFER_MODE } from "msgpackr";
+import { MSGPACK_OPTIONS, writeBinHeader } from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
+import { FrameHeader, writeFrameHeader } from "../protocol/frame.ts";
 import { Op } from "../protocol/ops.ts";
 import type { RingChannel } from "../shm/ring_channel.ts";
 import { Fifo } from "../util/fifo.ts";
 
-/** Something waiting for room in the ring. */
+/**
+ * Something waiting for room in the ring, as {@link RingSender.close} hands it back. A PUB
+ * always comes with its encoded `frame` (port-ready: no padding); `resolve` or `reject`
+ * settles the publish that waits for it (a no-op for all but the last frame of a batch).
+ */
 export interface PendingSend {
-  /** PUB (encoded in place from `value`), a control op sent as `head` alone, or a whole frame. */
+  /** PUB, or a control op (SUB, UNSUB, PING) sent as `head` alone. */
   op: number;
   head: Uint8Array;
   value: unknown;
@@ -48,14 +63,69 @@ export interface RingSenderOptions {
   sendOversize(frame: Uint8Array): void;
 }
 
+/**
+ * Bytes of encoded publishes one {@link PubBatch} holds (a larger frame gets a batch of its
+ * own): bounds how much published after it a waiting publish's promise also waits for.
+ */
+export const BATCH_BYTES = 64 * 1024;
+/** Spare batch buffers kept for reuse (a steady backlog needs about two). */
+const SPARE_BUFFERS = 2;
+/** Room msgpackr needs after its position to encode in place (else it uses its own buffer). */
+const MSGPACK_HEADROOM = 2048 + 64;
+/** Where msgpackr writes when not encoding into a batch (its write buffer is module state). */
+const SCRATCH = Buffer.alloc(64 * 1024);
+const packr = new Packr(MSGPACK_OPTIONS);
+
 const RESOLVED: Promise<void> = Promise.resolve();
 const NOOP = () => {};
+
+/**
+ * Consecutive publishes that had to wait, encoded back to back as PUB frames (port layout, no
+ * padding) in one private buffer, sharing one promise.
+ */
+class PubBatch {
+  readonly bytes: Uint8Array;
+  /** `bytes.length`, kept as a number (checked on every publish that joins the batch). */
+  readonly limit: number;
+  /** The next frame not yet in the ring. */
+  start = 0;
+  /** End of the encoded frames. */
+  end = 0;
+  readonly promise: Promise<void>;
+  resolve!: () => void;
+  reject!: (err: Error) => void;
+
+  constructor(bytes: Uint8Array) {
+    this.bytes = bytes;
+    this.limit = bytes.length;
+    this.promise = new Promise<void>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  /** Length of the frame at `at` (written by this sender: trusted). */
+  frameLength(at: number): number {
+    const b = this.bytes;
+    return FrameHeader.LENGTH + readU32(b, at + FrameHeader.HEAD_LENGTH_OFFSET) +
+      readU32(b, at + FrameHeader.PAYLOAD_LENGTH_OFFSET);
+  }
+}
+
+type Waiting = PendingSend | PubBatch;
 
 /** The ordered outbound side of one session's ring; see the module doc. */
 export class RingSender {
   #ring: RingChannel;
+  /** The ring's largest frame (fixed for its life). */
+  #maxFrame: number;
   #opts: RingSenderOptions;
-  #queue = new Fifo<PendingSend>();
+  #queue = new Fifo<Waiting>();
+  /** The batch at the tail of the queue, while publishes may still join it. */
+  #open?: PubBatch;
+  #spare: Uint8Array[] = [];
+  /** Sends waiting (each publish of a batch counts). */
+  #waiting = 0;
   #pumping = false;
   #closed = false;
   /**
@@ -66,17 +136,20 @@ export class RingSender {
 
   constructor(ring: RingChannel, opts: RingSenderOptions) {
     this.#ring = ring;
+    this.#maxFrame = ring.maxFrameOut;
     this.#opts = opts;
   }
 
   /** Sends waiting for room. */
   get pending(): number {
-    return this.#queue.length;
+    return this.#waiting;
   }
 
   /**
    * Publish `value` with the encoded PUB `head`. Resolves at once when it went into the ring,
-   * later when it had to wait for room; throws FRAME_TOO_LARGE when it can never fit.
+   * later when it had to wait for room (it is encoded now all the same: `value` may change
+   * after the call); throws FRAME_TOO_LARGE when it can never fit, CODEC when it cannot be
+   * encoded.
    */
   publish(head: Uint8Array, value: unknown, subject: string): Promise<void> {
     if (this.#queue.length === 0) {
@@ -85,18 +158,15 @@ export class RingSender {
         this.pubsAccepted++;
         return RESOLVED;
       }
-      if (r === "too-large") {
-        throw new VbusError(
-          ErrorCode.FrameTooLarge,
-          `message does not fit in the shared-memory ring (at most ${this.#ring.maxFrameOut} bytes)`,
-          subject,
-        );
-      }
+      if (r === "too-large") throw this.#tooLarge(subject);
     }
+    const batch = value instanceof Uint8Array
+      ? this.#queueBinary(head, value, subject)
+      : this.#queueEncoded(head, value, subject);
     this.pubsAccepted++;
-    return new Promise((resolve, reject) =>
-      this.#enqueue({ op: Op.Pub, head, value, subject, resolve, reject })
-    );
+    this.#waiting++;
+    if (!this.#pumping) this.#pump();
+    return batch.promise;
   }
 
   /**
@@ -130,16 +200,133 @@ export class RingSender {
     });
   }
 
-  /** End of the session: stop, and return what still waits (oldest first). */
+  /**
+   * End of the session: stop, and return what still waits (oldest first), one entry per
+   * frame. Settling the last entry of a batch settles the publishes waiting for that batch.
+   */
   close(): PendingSend[] {
     this.#closed = true;
+    this.#open = undefined;
+    this.#spare = [];
     const waiting: PendingSend[] = [];
-    for (let p = this.#queue.shift(); p; p = this.#queue.shift()) waiting.push(p);
+    for (let w = this.#queue.shift(); w; w = this.#queue.shift()) {
+      if (!(w instanceof PubBatch)) {
+        waiting.push(w);
+        continue;
+      }
+      if (w.start >= w.end) w.resolve(); // nothing of it waits (a batch left empty)
+      for (let at = w.start; at < w.end;) {
+        const next = at + w.frameLength(at);
+        const last = next >= w.end;
+        const frame = w.bytes.subarray(at, next);
+        waiting.push({
+          op: Op.Pub,
+          head: frame,
+          value: undefined,
+          frame,
+          resolve: last ? w.resolve : NOOP,
+          reject: last ? w.reject : NOOP,
+        });
+        at = next;
+      }
+    }
+    this.#waiting = 0;
     return waiting;
   }
 
+  /** A waiting binary publish: its msgpack encoding is a bin header and the bytes. */
+  #queueBinary(head: Uint8Array, value: Uint8Array, subject: string): PubBatch {
+    const headAt = FrameHeader.LENGTH, binAt = headAt + head.length;
+    // With a bin header's largest size: the bound `RingChannel.claimSize` applies to it, so
+    // that a message is too large or not whether it waits or not.
+    const room = binAt + 5 + value.length;
+    if (room > this.#maxFrame) throw this.#tooLarge(subject);
+    const open = this.#open;
+    const batch = open && open.limit - open.end >= room ? open : this.#batchWithRoom(room);
+    const b = batch.bytes, at = batch.end;
+    const h = writeBinHeader(b, at + binAt, value.length);
+    writeFrameHeader(b, at, Op.Pub, 0, head.length, h + value.length);
+    b.set(head, at + headAt);
+    b.set(value, at + binAt + h);
+    batch.end = at + binAt + h + value.length;
+    return batch;
+  }
+
+  /** A waiting publish of any other value: msgpack-encoded into the batch where it fits. */
+  #queueEncoded(head: Uint8Array, value: unknown, subject: string): PubBatch {
+    const payloadAt = FrameHeader.LENGTH + head.length;
+    let batch = this.#batchWithRoom(payloadAt + MSGPACK_HEADROOM);
+    const b = batch.bytes, at = batch.end;
+    // A Buffer view (no copy): msgpackr writes strings with Buffer's utf8Write where it exists.
+    const slot: Uint8Array = Buffer.from(
+      b.buffer,
+      b.byteOffset + at + payloadAt,
+      b.length - at - payloadAt,
+    );
+    let out: Uint8Array & { start: number; end: number };
+    try {
+      packr.useBuffer(slot);
+      packr.position = 0;
+      out = packr.pack(value, REUSE_BUFFER_MODE) as unknown as Uint8Array & {
+        start: number;
+        end: number;
+      };
+    } catch (err) {
+      throw new VbusError(
+        ErrorCode.Codec,
+        `cannot encode value: ${(err as Error).message}`,
+        subject,
+      );
+    } finally {
+      // msgpackr's write buffer is module state shared by all Packrs: move it off the batch.
+      packr.useBuffer(SCRATCH);
+    }
+    // Where the payload is now: in place at the slot's start (nothing to move), in place but
+    // aligned further on (moved back: a batch's frames carry no padding), or in msgpackr's
+    // own buffer (the value outgrew the slot: copied).
+    let moved: Uint8Array | undefined;
+    let payloadLength: number;
+    if (out === slot) {
+      payloadLength = out.end - out.start;
+      if (out.start !== 0) moved = slot.subarray(out.start, out.end);
+    } else {
+      moved = out.subarray(out.start ?? 0, out.end ?? out.length);
+      payloadLength = moved.length;
+    }
+    const length = payloadAt + payloadLength;
+    if (length > this.#maxFrame) throw this.#tooLarge(subject);
+    if (out !== slot && length > b.length - at) batch = this.#batchWithRoom(length);
+    const target = batch.bytes, to = batch.end;
+    if (moved) target.set(moved, to + payloadAt);
+    writeFrameHeader(target, to, Op.Pub, 0, head.length, payloadLength);
+    target.set(head, to + FrameHeader.LENGTH);
+    batch.end = to + length;
+    return batch;
+  }
+
+  /** The open batch when it has `room` bytes left, else a new one at the queue's tail. */
+  #batchWithRoom(room: number): PubBatch {
+    const open = this.#open;
+    if (open && open.limit - open.end >= room) return open;
+    const bytes = room <= BATCH_BYTES
+      ? this.#spare.pop() ?? new Uint8Array(BATCH_BYTES)
+      : new Uint8Array(room);
+    const batch = new PubBatch(bytes);
+    this.#queue.push(batch);
+    this.#open = batch;
+    return batch;
+  }
+
+  #tooLarge(subject: string): VbusError {
+    return new VbusError(
+      ErrorCode.FrameTooLarge,
+      `message does not fit in the shared-memory ring (at most ${this.#maxFrame} bytes)`,
+      subject,
+    );
+  }
+
   #writeFrame(frame: Uint8Array): boolean {
-    if (frame.length > this.#ring.maxFrameOut) {
+    if (frame.length > this.#maxFrame) {
       // Buffered while disconnected under the port's limit, larger than this ring takes.
       this.#opts.sendOversize(frame);
       return true;
@@ -149,6 +336,8 @@ export class RingSender {
 
   #enqueue(p: PendingSend) {
     this.#queue.push(p);
+    this.#open = undefined; // a publish after this one must not join an earlier batch
+    this.#waiting++;
     if (!this.#pumping) this.#pump();
   }
 
@@ -157,37 +346,55 @@ export class RingSender {
     try {
       while (!this.#closed && this.#queue.length > 0) {
         const ring = this.#ring;
+        // A stopped ring takes nothing and waits for nothing: leave the queue to close().
+        if (ring.stopped) return;
         const next = this.#queue.peek()!;
-        let r: "ok" | "full" | "too-large";
-        try {
-          if (next.frame) r = this.#writeFrame(next.frame) ? "ok" : "full";
-          else if (next.op === Op.Pub) r = ring.tryPublishInPlace(next.head, next.value);
-          else r = ring.tryWriteFrame(next.op, next.head) ? "ok" : "full";
-        } catch (err) {
-          this.#queue.shift();
-          next.reject(err as Error);
+        if (next instanceof PubBatch) {
+          const need = this.#writeBatch(next);
+          if (need > 0) await ring.waitForSpace(need);
           continue;
         }
-        if (r === "full") {
-          const need = next.frame
-            ? next.frame.length
-            : next.op === Op.Pub
-            ? ring.claimSize(next.head, next.value)
-            : next.head.length + 64;
-          await ring.waitForSpace(need);
+        let ok: boolean;
+        if (next.frame) ok = this.#writeFrame(next.frame);
+        else ok = ring.tryWriteFrame(next.op, next.head);
+        if (!ok) {
+          await ring.waitForSpace(next.frame ? next.frame.length : next.head.length + 64);
           continue;
         }
         this.#queue.shift();
-        if (r === "ok") next.resolve();
-        else {next.reject(
-            new VbusError(
-              ErrorCode.FrameTooLarge,
-              "message does not fit in the shared-memory ring",
-            ),
-          );}
+        this.#waiting--;
+        next.resolve();
       }
     } finally {
       this.#pumping = false;
     }
   }
+
+  /**
+   * Copy `batch`'s frames into the ring until it is full. Returns 0 once the batch is all in
+   * (it left the queue, its promise resolved), else the size of the frame that did not fit.
+   */
+  #writeBatch(batch: PubBatch): number {
+    const ring = this.#ring, b = batch.bytes;
+    let at = batch.start;
+    try {
+      while (at < batch.end) {
+        const length = batch.frameLength(at);
+        if (!ring.tryWriteEncoded(b.subarray(at, at + length))) return length;
+        at += length;
+        this.#waiting--;
+      }
+    } finally {
+      batch.start = at;
+    }
+    this.#queue.shift();
+    if (this.#open === batch) this.#open = undefined;
+    if (b.length === BATCH_BYTES && this.#spare.length < SPARE_BUFFERS) this.#spare.push(b);
+    batch.resolve();
+    return 0;
+  }
+}
+
+function readU32(b: Uint8Array, o: number): number {
+  return ((b[o] << 24) >>> 0) + (b[o + 1] << 16) + (b[o + 2] << 8) + b[o + 3];
 }
