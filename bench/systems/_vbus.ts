@@ -55,11 +55,21 @@ export function vbusSystem(
       let failure: Error | undefined;
       const pending: Promise<unknown>[] = [];
       const fail = (err: Error) => (failure ??= err);
+      // tryPublish hands the message over at once when there is room (no Promise); only a
+      // message that must wait takes publish(), whose promise flush() then awaits. As a user
+      // publishing at full rate would (nats.js's publish() returns nothing either).
+      const send = (v: unknown) => {
+        try {
+          if (!bus.tryPublish(subject, v)) pending.push(bus.publish(subject, v).catch(fail));
+        } catch (err) {
+          fail(err as Error);
+        }
+      };
       return {
         // flush() = every publish so far was handed to the ring or the port (the Channel
         // contract); bus.flush() would add a broker round trip (PING/PONG) per call.
-        publish: (p) => void pending.push(bus.publish(subject, p).catch(fail)),
-        publishValue: (v) => void pending.push(bus.publish(subject, v).catch(fail)),
+        publish: send,
+        publishValue: send,
         flush: async () => {
           await Promise.all(pending.splice(0));
           if (failure) throw failure;
