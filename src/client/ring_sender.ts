@@ -30,9 +30,14 @@
  * ```
  * @module
  */
-import { Buffer } from "node:buffer";
-import { Packr, REUSE_BUFFER_MODE } from "msgpackr";
-import { MSGPACK_OPTIONS, writeBinHeader } from "../protocol/codec.ts";
+import { Packr } from "msgpackr";
+import {
+  bufferView,
+  MSGPACK_HEADROOM,
+  MSGPACK_OPTIONS,
+  packInto,
+  writeBinHeader,
+} from "../protocol/codec.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { FrameHeader, writeFrameHeader } from "../protocol/frame.ts";
 import { Op } from "../protocol/ops.ts";
@@ -68,12 +73,8 @@ export interface RingSenderOptions {
  * own): bounds how much published after it a waiting publish's promise also waits for.
  */
 export const BATCH_BYTES = 64 * 1024;
-/** Spare batch buffers kept for reuse (a steady backlog needs about two). */
-const SPARE_BUFFERS = 2;
-/** Room msgpackr needs after its position to encode in place (else it uses its own buffer). */
-const MSGPACK_HEADROOM = 2048 + 64;
-/** Where msgpackr writes when not encoding into a batch (its write buffer is module state). */
-const SCRATCH = Buffer.alloc(64 * 1024);
+/** Spare batch buffers kept for reuse (1 MiB: a burst of 1024 one-KiB publishes needs 16). */
+const SPARE_BUFFERS = 16;
 const packr = new Packr(MSGPACK_OPTIONS);
 
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -257,30 +258,8 @@ export class RingSender {
     const payloadAt = FrameHeader.LENGTH + head.length;
     let batch = this.#batchWithRoom(payloadAt + MSGPACK_HEADROOM);
     const b = batch.bytes, at = batch.end;
-    // A Buffer view (no copy): msgpackr writes strings with Buffer's utf8Write where it exists.
-    const slot: Uint8Array = Buffer.from(
-      b.buffer,
-      b.byteOffset + at + payloadAt,
-      b.length - at - payloadAt,
-    );
-    let out: Uint8Array & { start: number; end: number };
-    try {
-      packr.useBuffer(slot);
-      packr.position = 0;
-      out = packr.pack(value, REUSE_BUFFER_MODE) as unknown as Uint8Array & {
-        start: number;
-        end: number;
-      };
-    } catch (err) {
-      throw new VbusError(
-        ErrorCode.Codec,
-        `cannot encode value: ${(err as Error).message}`,
-        subject,
-      );
-    } finally {
-      // msgpackr's write buffer is module state shared by all Packrs: move it off the batch.
-      packr.useBuffer(SCRATCH);
-    }
+    const slot = bufferView(b, at + payloadAt, b.length);
+    const out = packInto(packr, slot, value, subject);
     // Where the payload is now: in place at the slot's start (nothing to move), in place but
     // aligned further on (moved back: a batch's frames carry no padding), or in msgpackr's
     // own buffer (the value outgrew the slot: copied).

@@ -23,7 +23,8 @@
  * ```
  * @module
  */
-import { Packr, Unpackr } from "msgpackr";
+import { Buffer } from "node:buffer";
+import { Packr, REUSE_BUFFER_MODE, Unpackr } from "msgpackr";
 import { ErrorCode, VbusError } from "./errors.ts";
 
 /** Options shared by every Packr/Unpackr in vbus (see the module doc for why). */
@@ -53,6 +54,63 @@ export function encodeValue(value: unknown): Uint8Array {
     return copyBytes(packr.pack(value));
   } catch (err) {
     throw new VbusError(ErrorCode.Codec, `cannot encode value: ${(err as Error).message}`);
+  }
+}
+
+/** Room msgpackr needs after its position to encode in place (else it uses its own buffer). */
+export const MSGPACK_HEADROOM = 2048 + 64;
+/** Where msgpackr writes when not encoding in place (its write buffer is module state). */
+const SCRATCH = Buffer.alloc(64 * 1024);
+
+/** msgpackr's result in REUSE_BUFFER_MODE: the encoding is `[start, end)` of it. */
+export type Packed = Uint8Array & { start: number; end: number };
+
+/**
+ * A Buffer view of `bytes[start, end)` (no copy), the kind of slot {@link packInto} wants:
+ * msgpackr writes strings with Buffer's utf8Write where it exists.
+ *
+ * @example
+ * ```ts
+ * import { bufferView } from "./codec.ts";
+ * const ring = new Uint8Array(4096);
+ * bufferView(ring, 64, 128).length; // 64, sharing ring's memory
+ * ```
+ */
+export function bufferView(bytes: Uint8Array, start: number, end: number): Uint8Array {
+  return Buffer.from(bytes.buffer, bytes.byteOffset + start, end - start);
+}
+
+/**
+ * msgpack-encode `value` straight into `slot` (a {@link bufferView} of a ring slot or a batch),
+ * with no intermediate buffer. The result is `slot` itself when the encoding fitted (from
+ * `start`, which msgpackr may move past 0 to align), else msgpackr's own buffer (the value
+ * outgrew the slot: the caller copies it). Throws a `CODEC` {@link VbusError} for a value
+ * msgpack cannot encode.
+ *
+ * @example
+ * ```ts
+ * import { Packr } from "msgpackr";
+ * import { bufferView, MSGPACK_HEADROOM, MSGPACK_OPTIONS, packInto } from "./codec.ts";
+ * const slot = bufferView(new Uint8Array(MSGPACK_HEADROOM), 0, MSGPACK_HEADROOM);
+ * const out = packInto(new Packr(MSGPACK_OPTIONS), slot, { t: 21.5 });
+ * console.log(out === slot, out.end - out.start); // true 14 (in place, 14 bytes)
+ * ```
+ */
+export function packInto(
+  packer: Packr,
+  slot: Uint8Array,
+  value: unknown,
+  subject?: string,
+): Packed {
+  try {
+    packer.useBuffer(slot);
+    packer.position = 0;
+    return packer.pack(value, REUSE_BUFFER_MODE) as unknown as Packed;
+  } catch (err) {
+    throw new VbusError(ErrorCode.Codec, `cannot encode value: ${(err as Error).message}`, subject);
+  } finally {
+    // msgpackr's write buffer is module state shared by all Packrs: move it off the slot.
+    packer.useBuffer(SCRATCH);
   }
 }
 

@@ -40,12 +40,15 @@
  * ```
  * @module
  */
-import { Buffer } from "node:buffer";
 import process from "node:process";
-import { Packr, REUSE_BUFFER_MODE } from "msgpackr";
+import { Packr } from "msgpackr";
 import {
+  bufferView,
   msgHeadMaxLength,
+  MSGPACK_HEADROOM,
   MSGPACK_OPTIONS,
+  type Packed,
+  packInto,
   writeBinHeader,
   writeMsgHead,
 } from "../protocol/codec.ts";
@@ -59,7 +62,6 @@ import {
   writeFrameHeader,
 } from "../protocol/frame.ts";
 import { Op } from "../protocol/ops.ts";
-import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import type { Region } from "../ring/region.ts";
 import { RingConsumer, RingCorruptError, RingProducer } from "../ring/ring.ts";
 import { Doorbell, Parker, type SleepFn } from "../ring/doorbell.ts";
@@ -91,10 +93,6 @@ function spinFromEnv(): number | undefined {
 const BATCH_RECORDS = 1024;
 /** Ring bytes consumed per batch before yielding (so one session's turn stays short). */
 const BATCH_BYTES = 1024 * 1024;
-/** Headroom msgpackr needs after its position to encode in place (else it uses its own buffer). */
-const MSGPACK_HEADROOM = 2048 + 64;
-/** Where msgpackr writes when not encoding into a ring (see codec.ts). */
-const SCRATCH = Buffer.alloc(64 * 1024);
 /** Longest sleep before re-checking the ring even without a doorbell (a lost frame costs this). */
 const PARK_SLICE_MS = 50;
 /**
@@ -449,23 +447,13 @@ export class RingChannel {
     }
     // The slot is the Packr's buffer: on overflow msgpackr allocates its own instead of
     // writing past the claim, and we notice below.
-    // A Buffer view (no copy): msgpackr writes strings with Buffer's utf8Write where it exists.
-    const slot = asBuffer(b, payloadAt, at + claim);
-    const packr = this.#packr;
-    let out: Uint8Array & { start: number; end: number };
+    const slot = bufferView(b, payloadAt, at + claim);
+    let out: Packed;
     try {
-      packr.useBuffer(slot);
-      packr.position = 0;
-      out = packr.pack(value, REUSE_BUFFER_MODE) as unknown as Uint8Array & {
-        start: number;
-        end: number;
-      };
+      out = packInto(this.#packr, slot, value);
     } catch (err) {
       this.#producer.abort();
-      throw new VbusError(ErrorCode.Codec, `cannot encode value: ${(err as Error).message}`);
-    } finally {
-      // msgpackr's write buffer is module state shared by all Packrs: move it off the ring.
-      packr.useBuffer(SCRATCH);
+      throw err;
     }
     if (out === slot) {
       // In place. msgpackr may have aligned the start: that gap is the frame's padding.
@@ -673,8 +661,4 @@ export class RingChannel {
     this.stop();
     this.#opts.onCorrupt(err);
   }
-}
-
-function asBuffer(b: Uint8Array, start: number, end: number): Uint8Array {
-  return Buffer.from(b.buffer, b.byteOffset + start, end - start);
 }
