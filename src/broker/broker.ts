@@ -23,9 +23,8 @@
  * ```
  * @module
  */
-import { createServer, type Server, type Socket } from "node:net";
 import type { Stats } from "node:fs";
-import { lstat, readdir, unlink } from "node:fs/promises";
+import { readdir, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
 import { randomBytes } from "node:crypto";
@@ -42,16 +41,14 @@ import { type Ffi, loadFfi } from "../shm/negotiation.ts";
 import { DEFAULT_SHM_SIZE } from "./config.ts";
 import { stat } from "node:fs/promises";
 import { type BrokerStats, type EndpointStats, newEndpointStats } from "./stats.ts";
-import { connectUnix, SocketPort } from "../port/socket_port.ts";
+import { connectUnix, type SocketPort } from "../port/socket_port.ts";
 import { encodeValue } from "../protocol/codec.ts";
-import { encodeFrame } from "../protocol/frame.ts";
-import { Op } from "../protocol/ops.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { Backoff, sleep } from "../util/backoff.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { INLINE_SOURCE, loadConfig, RESERVED_VM_NAME } from "./config.ts";
 import { describePlan, planReload } from "./reload.ts";
-import { applyFileAccess, type FileAccess, modeString } from "./file_access.ts";
+import { applyFileAccess } from "./file_access.ts";
 import { QueueAwareRouter } from "../bridge/queue_router.ts";
 import { NatsBridge } from "../bridge/nats_bridge.ts";
 import type { Bridge } from "../bridge/bridge.ts";
@@ -60,6 +57,7 @@ import { MonitorServer } from "../monitor/monitor_server.ts";
 import { stampRegionSignature } from "../shm/region_signature.ts";
 import type { Port } from "../port/port.ts";
 import { memoryPortPair } from "../port/memory_port.ts";
+import { applyListenAccess, HostListener } from "./host_listener.ts";
 import { DEFAULT_AGENT_SLOTS, serveVmConnection, type VmConnection } from "./channel_mux.ts";
 
 /**
@@ -104,10 +102,7 @@ const STABLE_SESSION_MS = 5000;
 export const WRAPPER_PID_ENV = "VBUS_WRAPPER_PID";
 /** How often the broker checks that its wrapper process still runs. */
 const WRAPPER_CHECK_MS = 500;
-/** `stats.closed` key of host connections refused by `limits.maxHostConnections`. */
-export const TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS";
-/** `stats.closed` key of host connections closed, before their HELLO, to make room for a new one. */
-export const EVICTED_BEFORE_HELLO = "EVICTED_BEFORE_HELLO";
+export { EVICTED_BEFORE_HELLO, TOO_MANY_CONNECTIONS } from "./host_listener.ts";
 
 /**
  * Broker tuning that is not part of the config file.
@@ -177,7 +172,7 @@ export class Broker {
   #log: Logger;
   #ctx: SessionContext;
   #opts: BrokerOptions;
-  #server?: Server;
+  #hostListener?: HostListener;
   #running = false;
   #abort = new AbortController();
   #sessions = new Set<Session>();
@@ -193,18 +188,12 @@ export class Broker {
   #reloads: Promise<unknown> = Promise.resolve();
   #reloadEntry?: RouteEntry;
   #draining = false;
-  #serverClosed?: Promise<void>;
   #startedAt = Date.now();
   #vmShm = new Map<string, SessionShm>();
   #mappings = new Map<string, { unmap(): void }>(); // by VM name
   #locks = new Map<string, { release(): void }>(); // by VM name
   #ffi?: Ffi;
   #hostShmCount = 0;
-  #hostConnections = 0;
-  // Live host sessions, oldest first (an idle one may be evicted for a newcomer).
-  #hostSessions = new Set<Session>();
-  #refusedLoggedAt = 0;
-  #refusedSinceLog = 0;
   #wrapperTimer?: ReturnType<typeof setInterval>;
   #statsEntry?: RouteEntry;
   #bridges: NatsBridge[] = [];
@@ -258,7 +247,16 @@ export class Broker {
           });
         }
       }
-      if (this.config.listen) await this.#listen(this.config.listen);
+      if (this.config.listen) {
+        this.#hostListener = await HostListener.open({
+          path: this.config.listen,
+          access: this.config.listenAccess,
+          maxConnections: () => this.config.limits.maxHostConnections,
+          stats: this.#hostStats,
+          log: this.#log,
+          startSession: (port, onEnd) => this.#startHostSession(port, onEnd),
+        });
+      }
       if (this.config.http) {
         this.#monitor = new MonitorServer(this.config.http, this, this.#log);
         await this.#monitor.start();
@@ -267,13 +265,9 @@ export class Broker {
       this.#running = false;
       await this.#monitor?.close();
       this.#monitor = undefined;
-      if (this.#server) {
-        // The endpoint failed after the host socket was made: no socket may stay behind.
-        const server = this.#server;
-        this.#server = undefined;
-        await new Promise<void>((resolve) => server.close(() => resolve()));
-        if (this.config.listen) await unlink(this.config.listen).catch(() => {});
-      }
+      // The endpoint failed after the host socket was made: no socket may stay behind.
+      await this.#hostListener?.closeAndRemove();
+      this.#hostListener = undefined;
       this.#bridges = [];
       if (this.#statsEntry) this.#router.remove(this.#statsEntry);
       if (this.#reloadEntry) this.#router.remove(this.#reloadEntry);
@@ -360,10 +354,7 @@ export class Broker {
     this.#abort.abort();
     await Promise.all(this.#bridges.splice(0).map((b) => b.stop()));
     for (const s of [...this.#sessions]) s.close("broker stopping");
-    if (this.#server) {
-      await this.#closeServer();
-      if (this.config.listen) await unlink(this.config.listen).catch(() => {});
-    }
+    await this.#hostListener?.closeAndRemove();
     for (const link of this.#vmLinks.values()) {
       link.abort.abort();
       link.connection?.close("broker stopping"); // an agent's mux outlives its sessions
@@ -429,7 +420,7 @@ export class Broker {
       for (const vm of socketChanged) this.#locks.get(vm.name)?.release();
       for (const [name, lock] of fresh) this.#locks.set(name, lock);
       if (plan.listenAccess && next.listen && next.listenAccess) {
-        this.#applyListenAccess(next.listen, next.listenAccess);
+        applyListenAccess(next.listen, next.listenAccess, this.#log);
       }
       for (const vm of plan.shmAccess) {
         if (vm.shm && this.#mappings.has(vm.name)) {
@@ -523,7 +514,7 @@ export class Broker {
       sessions: this.#sessions.size,
       pendingBytes: pending(),
     });
-    void this.#closeServer(); // resolves once the sessions below are closed, by stop()
+    void this.#hostListener?.close(); // resolves once the sessions below are closed, by stop()
     for (const link of this.#vmLinks.values()) link.abort.abort();
     // Bridges stop first, as in stop(): nothing more comes in from them, and what they still
     // hold for the other side is flushed by their own stop.
@@ -567,16 +558,9 @@ export class Broker {
       );
     }
     const [client, server] = memoryPortPair("in-process client");
-    // Not among #hostSessions: socket clients can neither evict it nor count it.
+    // Not the host socket's: socket clients can neither evict it nor count it.
     this.#startHostSession(server);
     return Promise.resolve(client);
-  }
-
-  /** Stop listening (once): new host connections are refused, live ones stay. */
-  #closeServer(): Promise<void> {
-    const server = this.#server;
-    if (!server) return Promise.resolve();
-    return this.#serverClosed ??= new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
   /** A snapshot of every counter. */
@@ -674,75 +658,6 @@ export class Broker {
   }
 
   /** Give the host socket the config's group and mode. */
-  #applyListenAccess(path: string, access: FileAccess) {
-    try {
-      applyFileAccess(path, access, "listen");
-    } catch (err) {
-      throw new VbusError(ErrorCode.Port, (err as Error).message);
-    }
-    if (access.mode !== undefined && (access.mode & 0o002) !== 0) {
-      this.#log.warn("every local user may connect to the host socket", {
-        listen: path,
-        listenMode: modeString(access.mode),
-        why: "a host client may publish anywhere unless host.permissions restricts it",
-      });
-    }
-  }
-
-  async #listen(path: string) {
-    await removeStaleSocket(path);
-    const server = createServer((socket: Socket) => {
-      if (this.#hostConnections >= this.config.limits.maxHostConnections) {
-        // Idle connections must not lock honest clients out: the oldest one that has not said
-        // HELLO yet makes room. Only sessions that did are counted against the newcomer.
-        const idle = [...this.#hostSessions].find((s) => !s.open);
-        if (idle) {
-          const stats = this.#hostStats;
-          stats.closed[EVICTED_BEFORE_HELLO] = (stats.closed[EVICTED_BEFORE_HELLO] ?? 0) + 1;
-          idle.close(
-            "no HELLO yet, and a new connection needs its place (limits.maxHostConnections)",
-          );
-        }
-      }
-      if (this.#hostConnections >= this.config.limits.maxHostConnections) {
-        this.#refuseHostConnection(socket);
-        return;
-      }
-      this.#hostConnections++;
-      const session = this.#startHostSession(
-        new SocketPort(socket, `host client on ${path}`),
-        () => {
-          this.#hostSessions.delete(session);
-          this.#hostConnections--;
-        },
-      );
-      this.#hostSessions.add(session);
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once(
-        "error",
-        (err) => reject(new VbusError(ErrorCode.Port, `cannot listen on ${path}: ${err.message}`)),
-      );
-      // With a listenMode, the socket is the broker's user's alone until it gets it.
-      const umask = this.config.listenAccess ? process.umask(0o177) : undefined;
-      try {
-        server.listen(path, () => resolve());
-      } finally {
-        if (umask !== undefined) process.umask(umask);
-      }
-    });
-    if (this.config.listenAccess) {
-      try {
-        this.#applyListenAccess(path, this.config.listenAccess);
-      } catch (err) {
-        await new Promise<void>((resolve) => server.close(() => resolve()));
-        throw err;
-      }
-    }
-    server.on("error", (err) => this.#log.error("host socket error", { error: err.message }));
-    this.#server = server;
-  }
-
   /**
    * A host client's session on `port` (a socket's or an in-process one): host permissions and
    * counters, and a shared-memory region of its own, made only when its HELLO asks for one
@@ -769,33 +684,6 @@ export class Broker {
       if (r) session.ringStopped.then(() => r.unmap());
     });
     return session;
-  }
-
-  /** One ERR frame, then close: the broker already serves `limits.maxHostConnections`. */
-  #refuseHostConnection(socket: Socket) {
-    const limit = this.config.limits.maxHostConnections;
-    const message =
-      `too many host connections: the broker serves at most ${limit} at once (limits.maxHostConnections)`;
-    const stats = this.#hostStats;
-    stats.errors[ErrorCode.SessionClosed] = (stats.errors[ErrorCode.SessionClosed] ?? 0) + 1;
-    stats.closed[TOO_MANY_CONNECTIONS] = (stats.closed[TOO_MANY_CONNECTIONS] ?? 0) + 1;
-    socket.on("error", () => socket.destroy());
-    const frame = encodeFrame(
-      Op.Err,
-      encodeValue({ code: ErrorCode.SessionClosed, message, fatal: true }),
-    );
-    socket.end(frame, () => socket.destroy());
-    // A connection flood must not become a log flood: one line per second at most.
-    this.#refusedSinceLog++;
-    const now = Date.now();
-    if (now - this.#refusedLoggedAt >= 1000) {
-      this.#log.warn("host connection refused", {
-        reason: message,
-        refused: this.#refusedSinceLog,
-      });
-      this.#refusedLoggedAt = now;
-      this.#refusedSinceLog = 0;
-    }
   }
 
   #startSession(
@@ -1039,29 +927,5 @@ function isRunning(pid: number): boolean {
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "EPERM"; // exists, not ours
-  }
-}
-
-/** Remove a unix socket file left by a crashed broker; refuse to touch anything else. */
-async function removeStaleSocket(path: string) {
-  let info;
-  try {
-    info = await lstat(path);
-  } catch {
-    return; // nothing there
-  }
-  if (!info.isSocket()) {
-    throw new VbusError(
-      ErrorCode.Port,
-      `${path} exists and is not a socket; refusing to replace it`,
-    );
-  }
-  try {
-    const probe = await connectUnix(path);
-    probe.destroy();
-    throw new VbusError(ErrorCode.Port, `another broker is listening on ${path}`);
-  } catch (err) {
-    if (err instanceof VbusError && err.message.startsWith("another broker")) throw err;
-    await unlink(path);
   }
 }
