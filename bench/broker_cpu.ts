@@ -7,6 +7,8 @@
  * clients connected and no traffic (as % of one core), before the traffic and after it.
  *
  *   bun bench/broker_cpu.ts [--size 64] [--count 1000000] [--idle 5] [--broker bun|deno] [--runs 1]
+ *     [--subs N]     (fan-out: N subscribers, each gets every message; CPU figures are then per
+ *                     million deliveries, and subRing is the first subscriber's)
  *     [--prof DIR]   (Bun broker: writes its CPU profile as Markdown, broker-cpu.md, into DIR;
  *                     Deno broker: V8's tick log DIR/deno-broker.log, read it with
  *                     `node --prof-process DIR/deno-broker.log`)
@@ -32,12 +34,15 @@ const { values } = parseArgs({
     idle: { type: "string", default: "5" },
     broker: { type: "string", default: "bun" },
     runs: { type: "string", default: "1" },
+    subs: { type: "string", default: "1" },
     socket: { type: "string" },
     prof: { type: "string" },
   },
 });
 const size = Number(values.size);
 const count = Number(values.count);
+const subCount = Number(values.subs);
+if (!Number.isInteger(subCount) || subCount < 1) throw new Error(`--subs ${values.subs}: not >= 1`);
 const SELF = fileURLToPath(import.meta.url);
 /** Messages per awaited publish (the publisher's backpressure point). */
 const PUB_BATCH = 1024;
@@ -138,43 +143,48 @@ async function run() {
   const broker = start("broker", values.broker!, socket);
   try {
     await broker.until("ready");
-    const sub = start("sub", "bun", socket);
-    await sub.until("ready");
+    const subs = [];
+    for (let i = 0; i < subCount; i++) {
+      const sub = start("sub", "bun", socket);
+      await sub.until("ready");
+      subs.push(sub);
+    }
     const pub = start("pub", "bun", socket);
     await pub.until("ready");
     await new Promise((r) => setTimeout(r, 300)); // let start-up work settle
     const idleBefore = await idleCpuPct(broker.pid, Number(values.idle));
-    const before = {
-      broker: cpuSeconds(broker.pid),
-      sub: cpuSeconds(sub.pid),
-      pub: cpuSeconds(pub.pid),
-    };
+    const cpuOfSubs = () => subs.reduce((a, s) => a + cpuSeconds(s.pid), 0);
+    const before = { broker: cpuSeconds(broker.pid), sub: cpuOfSubs(), pub: cpuSeconds(pub.pid) };
     pub.send("go");
-    await sub.until("}");
-    const after = {
-      broker: cpuSeconds(broker.pid),
-      sub: cpuSeconds(sub.pid),
-      pub: cpuSeconds(pub.pid),
-    };
+    for (const sub of subs) await sub.until("}");
+    const after = { broker: cpuSeconds(broker.pid), sub: cpuOfSubs(), pub: cpuSeconds(pub.pid) };
     await pub.until("sent");
     // Idle again after the traffic (what it left behind, e.g. garbage, shows here).
     await new Promise((r) => setTimeout(r, 500));
     const idleAfter = await idleCpuPct(broker.pid, Number(values.idle));
-    sub.send("quit");
+    for (const sub of subs) sub.send("quit");
     pub.send("quit");
-    await Promise.all([sub.exited, pub.exited]);
-    const result = JSON.parse(sub.output().trim().split("\n").pop()!);
+    await Promise.all([...subs.map((s) => s.exited), pub.exited]);
+    const results = subs.map((s) => JSON.parse(s.output().trim().split("\n").pop()!));
+    const result = results[0];
     const pubLines = pub.output().trim().split("\n");
     const pubResult = JSON.parse(pubLines[pubLines.indexOf("sent") - 1]);
-    const millions = result.got / 1e6;
+    // Per million deliveries (count x subscribers): with one subscriber, per message.
+    const delivered = results.reduce((a, r) => a + r.got, 0);
+    const millions = delivered / 1e6;
     const perM = (k: keyof typeof before) => +((after[k] - before[k]) / millions).toFixed(3);
+    const framesIn = results.reduce((a, r) => a + r.ring.framesIn, 0);
+    const batches = results.reduce((a, r) => a + r.ring.batches, 0);
     return {
       date: new Date().toISOString(),
       broker: values.broker,
       size,
       count,
-      delivered: result.got,
-      msgsPerSec: Math.round(result.got / result.seconds),
+      subs: subCount,
+      delivered,
+      // Every subscriber's deliveries together, per second of the slowest one.
+      msgsPerSec: Math.round(delivered / Math.max(...results.map((r) => r.seconds))),
+      subMeanBatch: +(framesIn / Math.max(1, batches)).toFixed(1),
       brokerCpuSPerM: perM("broker"),
       subCpuSPerM: perM("sub"),
       pubCpuSPerM: perM("pub"),
