@@ -17,7 +17,7 @@
  * const listener = await HostListener.open({
  *   path: "/tmp/vbus-example.sock",
  *   maxConnections: () => 64,
- *   stats: newEndpointStats(),
+ *   stats: newEndpointStats("host"),
  *   log: createLogger("broker", "silent"),
  *   startSession: startHostSession,
  * });
