@@ -109,11 +109,19 @@ test("lifecycle: a drain that cannot finish in drainTimeoutMs still stops and ex
   const raw = { socket: undefined as ReturnType<typeof netConnect> | undefined };
   try {
     await waitFor(() => existsSync(listen), "broker listening", 15_000);
-    // A subscriber that never reads: what is queued for it can never be handed over.
-    const socket = raw.socket = netConnect(listen);
-    await new Promise<void>((resolve, reject) =>
-      socket.once("connect", resolve).once("error", reject)
-    );
+    // A subscriber that never reads: what is queued for it can never be handed over. The
+    // socket file exists from bind(), a moment before listen(): a refused connect is retried.
+    let socket!: ReturnType<typeof netConnect>;
+    for (let attempt = 0;; attempt++) {
+      socket = raw.socket = netConnect(listen);
+      const err = await new Promise<Error | undefined>((resolve) =>
+        socket.once("connect", () => resolve(undefined)).once("error", resolve)
+      );
+      if (!err) break;
+      socket.destroy();
+      if (attempt >= 100) throw err;
+      await delay(20);
+    }
     // HELLO, SUB, PING: the PONG says the broker has the subscription; then stop reading.
     const decoder = new FrameDecoder(1 << 20);
     let pong = false;
