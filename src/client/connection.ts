@@ -58,6 +58,9 @@ import { SubscriptionTable } from "./subscriptions.ts";
 const EMPTY_ARRAY_HEAD = encodeValue([]);
 const CLIENT_FEATURES = [Feature.Headers, Feature.NoResponders];
 
+/** Longest wait for WELCOME after one HELLO before the connect loop tries again. */
+export const HANDSHAKE_ATTEMPT_MS = 5000;
+
 /** Where a connection is in its life. */
 export type ConnectionState = "connecting" | "connected" | "reconnecting" | "draining" | "closed";
 
@@ -258,7 +261,9 @@ export class Connection {
       opener: this.#opener,
       attempt: (port) =>
         handshake(port, {
-          timeout: this.opts.timeout,
+          // One attempt waits at most HANDSHAKE_ATTEMPT_MS: a HELLO lost in transit (e.g. eaten
+          // by a VM connection the broker was just closing) is sent again on a fresh port.
+          timeout: Math.min(this.opts.timeout, HANDSHAKE_ATTEMPT_MS),
           signal: this.#abort.signal,
           offerShm: this.shm.unused === undefined,
           require: this.opts.noEcho ? [Feature.NoEcho] : [],

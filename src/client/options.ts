@@ -94,7 +94,8 @@ export interface ConnectOptions {
    * Milliseconds `connect()` waits for the first session (as nats.js's `timeout`). Default
    * 10 000. A permanent error (permission denied, no such device) fails at once instead, and so
    * does a broker socket that is missing (ENOENT) or stale (ECONNREFUSED) unless
-   * `waitOnFirstConnect` is set.
+   * `waitOnFirstConnect` is set. Within it, one attempt waits at most 5 s for the broker's
+   * WELCOME, then says HELLO again on a fresh port (a HELLO lost in transit is not fatal).
    */
   timeout?: number;
   /**
