@@ -133,6 +133,43 @@ test("agent: the VM stays connected (and on the ring) while any of its processes
   }
 });
 
+test("agent: a process that opens the port right after the agent exits gets a session on the same VM connection (no agent-protocol violation)", async () => {
+  const lab = await startLab({ shm: true });
+  const v = lab.vms.vm1;
+  const socket = join(lab.dir, "agent.sock");
+  const agent = new Agent({ socket, transport: () => v.vm.open(), shm: v.shm!, logger: quiet });
+  const saved = process.env.VBUS_AGENT;
+  const vm1 = () => lab.broker.stats().vms.find((s) => s.name === "vm1")!;
+  try {
+    await agent.start();
+    process.env.VBUS_AGENT = socket;
+    const local = await connect({ timeout: 5000 });
+    assert.equal(local.dataPath, "ring");
+    await local.close();
+    await agent.stop(); // closes the guest's port: the broker's VM connection stays in mux mode
+    delete process.env.VBUS_AGENT;
+    // The next opener's HELLO arrives where the broker expects an envelope.
+    const direct = await v.connect({ timeout: 5000, reconnect: false });
+    assert.equal(direct.dataPath, "ring");
+    const sub = direct.subscribe<string>("after.agent", { max: 1 });
+    await direct.flush();
+    const host = await lab.host({ shm: false });
+    await host.publish("after.agent", "direct");
+    for await (const m of sub) assert.equal(m.data, "direct");
+    assert.equal(
+      vm1().closed["AGENT_PROTOCOL"] ?? 0,
+      0,
+      "the plain HELLO was not taken for a broken agent",
+    );
+    await direct.close();
+  } finally {
+    if (saved === undefined) delete process.env.VBUS_AGENT;
+    else process.env.VBUS_AGENT = saved;
+    await agent.stop();
+    await lab.close();
+  }
+});
+
 test("agent: slot exhaustion refuses the next process with an error naming the limit", async () => {
   const lab = await startLab({ shm: true });
   const v = lab.vms.vm1;

@@ -268,7 +268,7 @@ export class Agent {
       };
       port.start((chunk) => {
         try {
-          decoder.push(chunk, (kind, channel, body) => {
+          const plain = decoder.push(chunk, (kind, channel, body) => {
             if (!this.#welcome) {
               if (kind !== EnvelopeKind.MuxWelcome) return; // stale bytes of an earlier agent
               const w = decodeEnvelopeBody(body);
@@ -277,6 +277,8 @@ export class Agent {
             }
             this.#onEnvelope(kind, channel, body, end);
           });
+          // The broker speaks envelopes only: a vbus frame here is foreign bytes.
+          if (plain) throw new Error("a vbus frame where an envelope was due");
         } catch (err) {
           if (this.#welcome) return end(`bad bytes from the broker: ${(err as Error).message}`);
           // Before our MUX_WELCOME: stale or foreign bytes (an old broker's ERR). Resync.

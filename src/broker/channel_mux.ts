@@ -112,15 +112,19 @@ export function serveVmConnection(port: Port, o: VmConnectionOptions): VmConnect
       head = concat(head, chunk);
       if (head.length < 2) return;
       decided = true;
-      if (head[0] === ENVELOPE_MAGIC_0 && head[1] === ENVELOPE_MAGIC_1) {
-        mux = new ChannelMux(port, o, finish);
-        target = mux;
-        mux.push(head);
-      } else {
+      const plainSession = (bytes: Uint8Array) => {
         const session = o.startSession(direct, o.shm, finish);
         target = { close: (r) => session.close(r), sessions: () => [session] };
-        direct.feed(head);
-      }
+        direct.feed(bytes);
+      };
+      if (head[0] === ENVELOPE_MAGIC_0 && head[1] === ENVELOPE_MAGIC_1) {
+        mux = new ChannelMux(port, o, finish, (rest) => {
+          mux = undefined; // from now on the connection's bytes are an ordinary session's
+          plainSession(rest);
+        });
+        target = mux;
+        mux.push(head);
+      } else plainSession(head);
     },
     (err) => {
       if (mux) mux.portClosed(err);
@@ -166,10 +170,23 @@ export class ChannelMux {
   #closed = false;
   #overfull = new Set<number>(); // channels whose buffered input holds the VM's port
 
-  constructor(port: Port, o: VmConnectionOptions, onEnd: (reason: string) => void) {
+  #onPlain: (rest: Uint8Array) => void;
+
+  /**
+   * `onEnd`: the connection is over. `onPlain`: the agent is gone and a process talks to the
+   * port directly (a vbus frame where an envelope was due): its bytes, from that frame on, for
+   * an ordinary session on the same connection.
+   */
+  constructor(
+    port: Port,
+    o: VmConnectionOptions,
+    onEnd: (reason: string) => void,
+    onPlain: (rest: Uint8Array) => void,
+  ) {
     this.#port = port;
     this.#o = o;
     this.#onEnd = onEnd;
+    this.#onPlain = onPlain;
   }
 
   /** The sessions of the open channels. */
@@ -180,10 +197,25 @@ export class ChannelMux {
   /** Bytes from the VM. */
   push(chunk: Uint8Array): void {
     if (this.#closed) return;
+    let plain: Uint8Array | undefined;
     try {
-      this.#decoder.push(chunk, (kind, channel, body) => this.#onEnvelope(kind, channel, body));
+      plain = this.#decoder.push(
+        chunk,
+        (kind, channel, body) => this.#onEnvelope(kind, channel, body),
+      );
     } catch (err) {
       this.#violation((err as Error).message);
+      return;
+    }
+    if (plain && !this.#closed) {
+      // The guest closing its port tells the broker nothing: the agent's exit shows only as
+      // the next opener's HELLO. Its processes' sessions end; the connection stays.
+      this.#closed = true;
+      this.#endChannels("the agent is gone (a process opened the port directly)");
+      this.#o.log.info("the VM's agent is gone; a process uses the port directly", {
+        vm: this.#o.vm,
+      });
+      this.#onPlain(plain);
     }
   }
 

@@ -16,6 +16,7 @@
  * @module
  */
 import { decodeValue, encodeValue } from "./codec.ts";
+import { FrameHeader } from "./frame.ts";
 
 /** First byte of an envelope ('v'), shared with frames. */
 export const ENVELOPE_MAGIC_0 = 0x76;
@@ -145,8 +146,13 @@ export class EnvelopeDecoder {
     return this.#buf.length;
   }
 
-  /** Feed a chunk; `onEnvelope` runs for every envelope completed by it, in order. */
-  push(chunk: Uint8Array, onEnvelope: EnvelopeHandler): void {
+  /**
+   * Feed a chunk; `onEnvelope` runs for every envelope completed by it, in order. Returns the
+   * bytes from where a vbus frame (the port protocol's magic) stands in place of the next
+   * envelope: the agent is gone and a process speaks to the port directly. Decoding stops
+   * there; any other bytes that are not an envelope throw.
+   */
+  push(chunk: Uint8Array, onEnvelope: EnvelopeHandler): Uint8Array | undefined {
     let buf = chunk;
     if (this.#buf.length > 0) {
       buf = new Uint8Array(this.#buf.length + chunk.length);
@@ -156,6 +162,10 @@ export class EnvelopeDecoder {
     let at = 0;
     while (buf.length - at >= ENVELOPE_HEADER_BYTES) {
       if (buf[at] !== ENVELOPE_MAGIC_0 || buf[at + 1] !== ENVELOPE_MAGIC_1) {
+        if (buf[at] === FrameHeader.MAGIC_0 && buf[at + 1] === FrameHeader.MAGIC_1) {
+          this.#buf = new Uint8Array(0);
+          return buf.slice(at);
+        }
         throw new Error(`bad envelope magic 0x${hex(buf[at])}${hex(buf[at + 1])}`);
       }
       const kind = buf[at + 2];
@@ -175,6 +185,7 @@ export class EnvelopeDecoder {
       at = end;
     }
     this.#buf = at === buf.length ? new Uint8Array(0) : buf.slice(at);
+    return undefined;
   }
 }
 
