@@ -11,7 +11,8 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { startLab, tempDir, waitFor } from "./helpers.ts";
+import { type Lab, startLab, tempDir, waitFor } from "./helpers.ts";
+import type { EndpointStats } from "../src/broker/stats.ts";
 import { Agent } from "../src/agent/agent.ts";
 import { openAgentPort } from "../src/agent/attach.ts";
 import { connect } from "../src/client/bus.ts";
@@ -101,18 +102,35 @@ test("agent: the VM's permissions apply to every process through its agent", asy
   }
 });
 
-test("agent: the VM stays connected (and on the ring) while any of its processes is; not after the last one leaves", async () => {
+/**
+ * A lab with shared memory and `vbus agent` (in this process) on vm1's port, started, with
+ * VBUS_AGENT naming its socket during `fn` (restored after).
+ */
+async function withVm1Agent(
+  fn: (ctx: { lab: Lab; agent: Agent; vm1: () => EndpointStats }) => Promise<void>,
+): Promise<void> {
   const lab = await startLab({ shm: true });
   const v = lab.vms.vm1;
   const socket = join(lab.dir, "agent.sock");
   const agent = new Agent({ socket, transport: () => v.vm.open(), shm: v.shm!, logger: quiet });
   const saved = process.env.VBUS_AGENT;
   const vm1 = () => lab.broker.stats().vms.find((s) => s.name === "vm1")!;
-  const sessions = () =>
-    lab.broker.stats().sessions.filter((s: SessionStats) => s.endpoint === "vm1").length;
   try {
     await agent.start();
     process.env.VBUS_AGENT = socket;
+    await fn({ lab, agent, vm1 });
+  } finally {
+    if (saved === undefined) delete process.env.VBUS_AGENT;
+    else process.env.VBUS_AGENT = saved;
+    await agent.stop();
+    await lab.close();
+  }
+}
+
+test("agent: the VM stays connected (and on the ring) while any of its processes is; not after the last one leaves", async () => {
+  await withVm1Agent(async ({ lab, vm1 }) => {
+    const sessions = () =>
+      lab.broker.stats().sessions.filter((s: SessionStats) => s.endpoint === "vm1").length;
     const a = await connect({ timeout: 5000 });
     const b = await connect({ timeout: 5000 });
     assert.equal(b.dataPath, "ring");
@@ -125,24 +143,12 @@ test("agent: the VM stays connected (and on the ring) while any of its processes
     await b.close();
     await waitFor(() => sessions() === 0, "the last process's session ended");
     assert.equal(vm1().connected, false, "no process of vm1 is connected");
-  } finally {
-    if (saved === undefined) delete process.env.VBUS_AGENT;
-    else process.env.VBUS_AGENT = saved;
-    await agent.stop();
-    await lab.close();
-  }
+  });
 });
 
 test("agent: a process that opens the port right after the agent exits gets a session on the same VM connection (no agent-protocol violation)", async () => {
-  const lab = await startLab({ shm: true });
-  const v = lab.vms.vm1;
-  const socket = join(lab.dir, "agent.sock");
-  const agent = new Agent({ socket, transport: () => v.vm.open(), shm: v.shm!, logger: quiet });
-  const saved = process.env.VBUS_AGENT;
-  const vm1 = () => lab.broker.stats().vms.find((s) => s.name === "vm1")!;
-  try {
-    await agent.start();
-    process.env.VBUS_AGENT = socket;
+  await withVm1Agent(async ({ lab, agent, vm1 }) => {
+    const v = lab.vms.vm1;
     const local = await connect({ timeout: 5000 });
     assert.equal(local.dataPath, "ring");
     await local.close();
@@ -162,12 +168,7 @@ test("agent: a process that opens the port right after the agent exits gets a se
       "the plain HELLO was not taken for a broken agent",
     );
     await direct.close();
-  } finally {
-    if (saved === undefined) delete process.env.VBUS_AGENT;
-    else process.env.VBUS_AGENT = saved;
-    await agent.stop();
-    await lab.close();
-  }
+  });
 });
 
 test("agent: slot exhaustion refuses the next process with an error naming the limit", async () => {
