@@ -132,12 +132,33 @@ function bunCounts(out) {
   return { passed: num("pass"), failed: num("fail"), skipped: num("skip") + num("todo") };
 }
 
+// The failing tests' names, so the summary at the end says what failed without a search of
+// the whole log. Deno lists them under " FAILURES " as "name => ./file:line"; Bun prints
+// "(fail) name [ms]" under the file's own "tests/x_test.ts:" line.
+function failedNames(out, runtime) {
+  const clean = stripVTControlCharacters(out);
+  if (runtime === "deno") {
+    const at = clean.lastIndexOf(" FAILURES ");
+    if (at < 0) return [];
+    return [...clean.slice(at).matchAll(/^(.+ => \S+)$/gm)].map((m) => m[1]);
+  }
+  const names = [];
+  let file = "";
+  for (const line of clean.split("\n")) {
+    const f = /^(tests\/\S+_test\.ts):$/.exec(line);
+    if (f) file = f[1];
+    const m = /^\(fail\) (.+?)(?: \[[\d.]+m?s\])?$/.exec(line);
+    if (m) names.push(`${m[1]} (${file})`);
+  }
+  return names;
+}
+
 setup();
 const files = only.length ? only : ["tests/"];
 const env = { VBUS_LOG: process.env.VBUS_LOG ?? "warn" };
 const totals = { passed: 0, failed: 0, skipped: 0 };
 const lines = [];
-function add(name, counts, code) {
+function add(name, counts, code, failed = []) {
   if (!counts) {
     // A runner that crashed before its summary counts as one failure, never as a pass.
     counts = { passed: 0, failed: 1, skipped: 0 };
@@ -148,15 +169,16 @@ function add(name, counts, code) {
   lines.push(
     `${name}: ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`,
   );
+  for (const f of failed) lines.push(`  failed: ${f}`);
 }
 
 step("deno test");
 const deno = await run(bin("deno"), ["test", "-A", ...files], env);
-add("deno", denoCounts(deno.out), deno.code);
+add("deno", denoCounts(deno.out), deno.code, failedNames(deno.out, "deno"));
 
 step("bun test");
 const bun = await run(bin("bun"), ["test", "--timeout", "600000", ...files], env);
-add("bun", bunCounts(bun.out), bun.code);
+add("bun", bunCounts(bun.out), bun.code, failedNames(bun.out, "bun"));
 
 if (!skipSoak) {
   // The chaos soak, short: broker kills, port drops and a hostile VM; fails on lost-unreported
