@@ -28,6 +28,7 @@ const SUMMED = [
   "bytesOut",
   "ringMsgsIn",
   "ringMsgsOut",
+  "ringMsgsQueued",
   "futexWakes",
   "denied",
   "dropped",

@@ -4,7 +4,9 @@
  * peer that falls behind costs the broker, and bounds it:
  *
  * - a full ring's backlog is a {@link FrameQueue} whose memory is what it counts; beyond
- *   `maxPendingBytes` (for a port: bytes queued on the socket) the oldest is dropped;
+ *   `maxPendingBytes` (for a port: bytes queued on the socket) the oldest is dropped; a
+ *   delivery first writes whatever of it fits now, so a ring that was full once does not keep
+ *   every later message in the backlog (a second copy each) while the stream goes on;
  * - a "block" subscription holds the publishing session instead of dropping, but never itself
  *   (a session publishing to its own block subscription), never past twice the bound, and never
  *   longer than `maxBlockMs`: then it is a slow consumer like any other;
@@ -136,7 +138,10 @@ export class Outbox {
     const stats = this.#o.stats;
     const ring = this.#ring;
     if (ring) {
-      if (this.#backlog.length === 0) {
+      // Queued messages go first; whatever fits now is written before this one, so that one
+      // full moment does not send every later message through the backlog (a second copy)
+      // for as long as the publisher keeps up its pace.
+      if (this.#backlog.length === 0 || this.#drainNow(ring)) {
         const written = pubTail
           ? ring.tryWriteMsg(entry.sid, pubTail, payload)
           : ring.tryWriteFrame(Op.Msg, plainMsgHead(entry.sid, subject, reply, headers), payload);
@@ -218,6 +223,7 @@ export class Outbox {
     }
     if (head) backlog.push(Op.Msg, head, payload);
     else backlog.pushMsg(entry.sid, pubTail!, payload);
+    this.#o.stats.ringMsgsQueued++;
     if (!this.#flushing) void this.#flush();
     return true;
   }
@@ -233,27 +239,44 @@ export class Outbox {
     if (n > 0) this.#drop(reason, n);
   }
 
+  /**
+   * Write the oldest queued frame into the ring if it fits now; false when it does not.
+   */
+  #writeQueued(ring: RingChannel): boolean {
+    const frame = this.#backlog.peek()!;
+    if (!ring.tryWriteEncoded(frame)) return false;
+    this.#o.stats.ringMsgsOut++;
+    this.#handedOver(payloadLength(frame), this.#o.replyGrant() ? replyOf(frame) : null);
+    this.#backlog.shift();
+    if (this.#backlog.memoryBytes <= this.#o.limits.maxPendingBytes / 2) {
+      this.#blockExpired = false;
+      this.#releasePublishers();
+    }
+    return true;
+  }
+
+  /**
+   * Write queued frames while they fit, without waiting (the ring may have had room for a
+   * while before the flush loop wakes up); true when the backlog is empty.
+   */
+  #drainNow(ring: RingChannel): boolean {
+    if (ring.stopped || this.#closed) return false;
+    while (this.#backlog.length > 0) if (!this.#writeQueued(ring)) return false;
+    this.#releasePublishers();
+    return true;
+  }
+
   async #flush() {
     this.#flushing = true;
-    const stats = this.#o.stats;
-    const max = this.#o.limits.maxPendingBytes;
     try {
       let written = 0;
       while (this.#backlog.length > 0) {
         const ring = this.#ring;
         if (!ring || ring.stopped || this.#closed) break;
-        const frame = this.#backlog.peek()!;
-        if (!ring.tryWriteEncoded(frame)) {
+        if (!this.#writeQueued(ring)) {
           if (ring.stopped) break;
-          await ring.waitForSpace(frame.length);
+          await ring.waitForSpace(this.#backlog.peek()!.length);
           continue;
-        }
-        stats.ringMsgsOut++;
-        this.#handedOver(payloadLength(frame), this.#o.replyGrant() ? replyOf(frame) : null);
-        this.#backlog.shift();
-        if (this.#backlog.memoryBytes <= max / 2) {
-          this.#blockExpired = false;
-          this.#releasePublishers();
         }
         // A subscriber that keeps up could keep this loop going without a single await:
         // let the rest of the broker run between batches.

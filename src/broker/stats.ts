@@ -49,6 +49,11 @@ export interface EndpointStats {
   ringMsgsIn: number;
   /** Messages delivered through the shared-memory ring. */
   ringMsgsOut: number;
+  /**
+   * Of those, messages that waited in the broker's backlog because the ring was full when they
+   * were routed (each cost a second copy): a subscriber that fell behind for a while.
+   */
+  ringMsgsQueued: number;
   /** How the broker wakes this endpoint's parked ring reader: DOORBELL frames or futex. */
   wake?: "doorbell" | "futex";
   /** Parked readers the broker woke with FUTEX_WAKE (host-local clients only). */
@@ -100,6 +105,7 @@ export function newEndpointStats(name: string): EndpointStats {
     bytesOut: 0,
     ringMsgsIn: 0,
     ringMsgsOut: 0,
+    ringMsgsQueued: 0,
     futexWakes: 0,
     denied: 0,
     dropped: 0,

@@ -241,6 +241,13 @@ function endpoint(m: Exposition, e: EndpointStats, sessions: SessionStats[]) {
     l,
     e.ringMsgsOut,
   );
+  m.add(
+    "vbus_ring_messages_queued_total",
+    "counter",
+    "Messages delivered through the ring that first waited in the broker's backlog (ring full).",
+    l,
+    e.ringMsgsQueued,
+  );
   const reasons = new Set<string>([...Object.values(DropReason), ...Object.keys(e.drops)]);
   for (const reason of reasons) {
     m.add(
