@@ -18,7 +18,7 @@ import { FloodGuard } from "../src/broker/flood_guard.ts";
 import { encodeValue } from "../src/protocol/codec.ts";
 import { encodeFrame, parseFrameAt } from "../src/protocol/frame.ts";
 import { DEFAULT_LIMITS } from "../src/protocol/limits.ts";
-import { Op } from "../src/protocol/ops.ts";
+import { Feature, Op } from "../src/protocol/ops.ts";
 import type { VbusError } from "../src/protocol/errors.ts";
 
 test("route cache: a permission change by reload denies the very next PUB of a cached subject (ring)", async () => {
@@ -158,7 +158,7 @@ function path(publish?: string[]) {
   p.open(guard, publish, new Set());
   const flood = new FloodGuard(1e9, () => {});
   p.flood = flood;
-  return { p, delivered, guard, stats, stop: () => flood.stop() };
+  return { p, delivered, guard, stats, router, stop: () => flood.stop() };
 }
 
 function pubFrame(subject: string) {
@@ -217,6 +217,93 @@ test("route cache: open() with new permissions and invalidate() empty it", () =>
     assert.equal(t.p.cachedRoutes, 1);
     t.p.invalidate();
     assert.equal(t.p.cachedRoutes, 0);
+  } finally {
+    t.stop();
+  }
+});
+
+test("route cache: a cached route's targets follow every SUB and UNSUB from the very next PUB (plain, queue group, max, a failing target, no echo)", () => {
+  const t = path();
+  try {
+    const { frame } = pubFrame("a.1");
+    const got: string[] = [];
+    const sub = (name: string, subject: string, queue: string | null = null, max = 0) => {
+      const entry: RouteEntry = {
+        sid: 9,
+        subject,
+        queue,
+        max,
+        delivered: 0,
+        target: { deliver: () => void got.push(name) },
+      };
+      t.router.add(entry);
+      return entry;
+    };
+    t.p.publish(frame, true);
+    t.p.publish(frame, true); // from the cache
+    assert.equal(t.p.cachedRoutes, 1);
+    assert.equal(t.delivered.length, 2);
+    const b = sub("b", "a.*");
+    t.p.publish(frame, true);
+    assert.deepEqual(got, ["b"]);
+    // A queue group: one member per message, in turn, while plain subscribers get each one.
+    const q1 = sub("q1", "a.1", "g"), q2 = sub("q2", "a.1", "g");
+    got.length = 0;
+    for (let i = 0; i < 4; i++) t.p.publish(frame, true);
+    assert.equal(got.filter((n) => n === "b").length, 4);
+    assert.deepEqual(got.filter((n) => n !== "b").sort(), ["q1", "q1", "q2", "q2"]);
+    t.router.remove(q1);
+    t.router.remove(q2);
+    t.router.remove(b);
+    // A max: exactly that many, then it is gone.
+    sub("m", "a.>", null, 2);
+    got.length = 0;
+    for (let i = 0; i < 4; i++) t.p.publish(frame, true);
+    assert.deepEqual(got, ["m", "m"]);
+    assert.equal(t.router.size, 1);
+    // A target that throws is told (fail) and the others still get the message.
+    const failed: unknown[] = [];
+    const bad: RouteEntry = {
+      sid: 3,
+      subject: "a.1",
+      queue: null,
+      max: 0,
+      delivered: 0,
+      target: {
+        deliver: () => {
+          throw new Error("its ring broke");
+        },
+        fail: (err) => void failed.push(err),
+      },
+    };
+    t.router.add(bad);
+    sub("after", "a.1");
+    const before = t.delivered.length;
+    t.p.publish(frame, true);
+    assert.equal(failed.length, 1);
+    assert.deepEqual(got, ["m", "m", "after"]);
+    assert.equal(t.delivered.length, before + 1);
+    t.router.remove(bad);
+    // No echo: the publisher's own subscription is passed over, cached or not.
+    const self = { deliver: () => void got.push("self") };
+    t.router.add({ sid: 4, subject: "a.1", queue: null, max: 0, delivered: 0, target: self });
+    const echo = new PublishPath({
+      self,
+      limits: { ...DEFAULT_LIMITS },
+      stats: t.stats,
+      router: t.router,
+      host: false,
+      setPublishing: () => {},
+    });
+    echo.open(new PermissionGuard(undefined, "_INBOX.t.e"), undefined, new Set([Feature.NoEcho]));
+    const flood = new FloodGuard(1e9, () => {});
+    echo.flood = flood;
+    got.length = 0;
+    for (let i = 0; i < 3; i++) echo.publish(frame, true);
+    flood.stop();
+    assert.deepEqual(got, ["after", "after", "after"]);
+    t.p.publish(frame, true);
+    assert.deepEqual(got, ["after", "after", "after", "after", "self"]);
   } finally {
     t.stop();
   }

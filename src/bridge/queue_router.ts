@@ -86,6 +86,11 @@ export class QueueAwareRouter extends Router {
     return this.#cost;
   }
 
+  /** Always null: queue members live apart from the base router, so every publish matches. */
+  override forwardTargets(): null {
+    return null;
+  }
+
   override get size(): number {
     return super.size + this.#members.size;
   }

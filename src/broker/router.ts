@@ -58,6 +58,15 @@ export class Router {
   #queueTurn = new Map<string, number>();
 
   #lastCost = 0;
+  #generation = 0;
+
+  /**
+   * Changes with every {@link add} and {@link remove}: a list of targets taken from
+   * {@link forwardTargets} holds while this is unchanged.
+   */
+  get generation(): number {
+    return this.#generation;
+  }
 
   /**
    * Work the last {@link publish} cost beyond its deliveries: index nodes walked to match its
@@ -76,12 +85,37 @@ export class Router {
 
   /** Add a subscription. */
   add(entry: RouteEntry): void {
+    this.#generation++;
     this.#subs.insert(entry.subject, entry);
   }
 
   /** Remove a subscription; returns whether it was present. */
   remove(entry: RouteEntry): boolean {
+    this.#generation++;
     return this.#subs.remove(entry.subject, entry);
+  }
+
+  /**
+   * The subscriptions a message on `subject` goes to, as a list the caller may keep and walk
+   * itself while {@link generation} is unchanged (a publisher's route cache: no match, filter
+   * or queue-group pass per message). Only for the simple case: null when a match has a queue
+   * group or a max (their deliveries depend on each message) or more than
+   * {@link FORWARD_TARGETS_MAX} subscriptions; the caller then uses {@link publish}.
+   * Subscriptions of `exclude` are left out, as {@link publish} does.
+   */
+  forwardTargets(subject: string, exclude?: DeliveryTarget): RouteEntry[] | null {
+    const all = this.#subs.match(subject);
+    try {
+      if (all.length > FORWARD_TARGETS_MAX) return null;
+      const out: RouteEntry[] = [];
+      for (const e of all) {
+        if (e.queue !== null || e.max > 0) return null;
+        if (e.target !== exclude) out.push(e);
+      }
+      return out;
+    } finally {
+      this.#subs.release(all);
+    }
   }
 
   /** Does anything subscribe to `subject`? */
@@ -202,6 +236,9 @@ export class Router {
     }
   }
 }
+
+/** Most subscriptions a list from {@link Router.forwardTargets} may hold. */
+export const FORWARD_TARGETS_MAX = 64;
 
 /** Queue group names whose round-robin position is remembered (then they start afresh). */
 const QUEUE_TURNS_KEPT = 4096;
