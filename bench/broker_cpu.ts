@@ -7,6 +7,8 @@
  * clients connected and no traffic (as % of one core), before the traffic and after it.
  *
  *   bun bench/broker_cpu.ts [--size 64] [--count 1000000] [--idle 5] [--broker bun|deno] [--runs 1]
+ *     [--wake doorbell|futex]  (how the broker wakes the parked clients: DOORBELL frames on
+ *                     their sockets, the default, or FUTEX_WAKE)
  *     [--subs N]     (fan-out: N subscribers, each gets every message; CPU figures are then per
  *                     million deliveries, and subRing is the first subscriber's)
  *     [--prof DIR]   (Bun broker: writes its CPU profile as Markdown, broker-cpu.md, into DIR;
@@ -37,6 +39,7 @@ const { values } = parseArgs({
     subs: { type: "string", default: "1" },
     socket: { type: "string" },
     prof: { type: "string" },
+    wake: { type: "string", default: "doorbell" },
   },
 });
 const size = Number(values.size);
@@ -50,7 +53,8 @@ const PUB_BATCH = 1024;
 if (values.role === "sub" || values.role === "pub") {
   const next = stdinCommands();
   const { connect } = await import("../mod.ts");
-  const bus = await connect({ server: values.socket!, shm: true, reconnect: false });
+  const wake = values.wake === "futex" ? "futex" : "doorbell";
+  const bus = await connect({ server: values.socket!, shm: true, reconnect: false, wake });
   if (bus.dataPath !== "ring") throw new Error(`expected ring, got ${bus.dataPath}`);
   if (values.role === "sub") {
     let got = 0;
@@ -109,6 +113,8 @@ function start(role: string, runtime: string, socket: string) {
     String(size),
     "--count",
     String(count),
+    "--wake",
+    values.wake!,
   ];
   const prof = role === "broker" && values.prof && runtime === "bun"
     ? ["--cpu-prof-md", `--cpu-prof-dir=${values.prof}`, "--cpu-prof-name=broker-cpu.md"]
