@@ -149,7 +149,7 @@ async function run() {
   const broker = start("broker", values.broker!, socket);
   try {
     await broker.until("ready");
-    const subs = [];
+    const subs: ReturnType<typeof start>[] = [];
     for (let i = 0; i < subCount; i++) {
       const sub = start("sub", "bun", socket);
       await sub.until("ready");

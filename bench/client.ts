@@ -210,7 +210,8 @@ async function main(): Promise<void> {
     });
     // coarse sampling of progress: tells when the last message arrived if the stream stalls
     let expectAt = 0;
-    let mark: { received: number; t: number } | null = null;
+    // (Set by onControl; a cast, or TypeScript narrows it to null where it is read.)
+    let mark = null as { received: number; t: number } | null;
     const ticker = setInterval(() => {
       if (received !== lastCount) {
         lastCount = received;

@@ -444,6 +444,13 @@ async function runCase(c: CaseDef): Promise<CaseRun> {
           subDone.map((d) => d.reason).join(",")
         })`;
       }
+      if (result.ok && marked && measured === 0) {
+        // Seen with obj4 (a subscriber slower than its publishers): its "mark" was handled only
+        // after its last message, so there is nothing to take a warm rate from.
+        result.ok = false;
+        result.error =
+          "no measured phase: the subscriber handled the end of the warm-up only after its last message";
+      }
     } else {
       const d = pubDone[0];
       result.latencyUs = d.latencyUs;
