@@ -308,3 +308,55 @@ test("route cache: a cached route's targets follow every SUB and UNSUB from the 
     t.stop();
   }
 });
+
+test("route cache: an UNSUB with a max ends a cached route's deliveries at that max, and the broker forgets the subscription (rings both ways)", async () => {
+  const lab = await startLab({ shm: true, vms: ["vm1"] });
+  try {
+    const host = await lab.host();
+    assert.equal(host.dataPath, "ring");
+    let got = 0, marks = 0;
+    const sub = host.subscribe("c.1", { callback: () => got++ });
+    host.subscribe("m", { callback: () => marks++ });
+    await host.flush();
+    const stats = () => lab.broker.stats().host;
+    const subsBefore = stats().subscriptions;
+    const vm1 = await lab.vms.vm1.connect();
+    for (let i = 0; i < 5; i++) await vm1.publish("c.1", i); // the head is cached by now
+    await vm1.flush();
+    await waitFor(() => got === 5, "5 on c.1");
+    const outBefore = stats().msgsOut;
+    sub.unsubscribe(8); // three more, then it ends: on the broker too
+    await host.flush(); // the broker has the max
+    for (let i = 5; i < 20; i++) await vm1.publish("c.1", i);
+    await vm1.publish("m", 0);
+    await vm1.flush();
+    await waitFor(() => marks === 1, "marker delivered");
+    await delay(50);
+    assert.equal(got, 8);
+    // What the broker sent this host after the max: 3 on c.1 and the marker, nothing more.
+    assert.equal(stats().msgsOut - outBefore, 4, "MSGs sent past the max");
+    assert.equal(stats().subscriptions, subsBefore - 1, "the broker still holds the subscription");
+    await vm1.close();
+  } finally {
+    await lab.close();
+  }
+});
+
+test("route cache: the router empties the target lists it handed out at its next change, so no cache keeps a closed session's subscriptions", () => {
+  const router = new Router();
+  const target = { deliver: () => {} };
+  const entry: RouteEntry = { sid: 1, subject: "a.*", queue: null, max: 0, delivered: 0, target };
+  router.add(entry);
+  const list = router.forwardTargets("a.1")!;
+  assert.deepEqual(list, [entry]);
+  const generation = router.generation;
+  router.remove(entry); // e.g. its session closed
+  assert.notEqual(router.generation, generation);
+  assert.equal(list.length, 0);
+  // A max given later (UNSUB with a count) changes the router too.
+  router.add(entry);
+  const again = router.forwardTargets("a.1")!;
+  router.limit(entry, 3);
+  assert.equal(again.length, 0);
+  assert.equal(router.forwardTargets("a.1"), null);
+});

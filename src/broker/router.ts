@@ -59,6 +59,9 @@ export class Router {
 
   #lastCost = 0;
   #generation = 0;
+  // Lists forwardTargets handed out since the last change: emptied at the next one, so a
+  // publisher's cache never keeps a closed session's subscriptions (and the session) alive.
+  #handedOut: RouteEntry[][] = [];
 
   /**
    * Changes with every {@link add} and {@link remove}: a list of targets taken from
@@ -85,14 +88,31 @@ export class Router {
 
   /** Add a subscription. */
   add(entry: RouteEntry): void {
-    this.#generation++;
+    this.#changed();
     this.#subs.insert(entry.subject, entry);
   }
 
   /** Remove a subscription; returns whether it was present. */
   remove(entry: RouteEntry): boolean {
-    this.#generation++;
+    this.#changed();
     return this.#subs.remove(entry.subject, entry);
+  }
+
+  /**
+   * Give a subscription a max (UNSUB with a count): removed after `max` deliveries in all.
+   * Through the router, not by setting `entry.max`, so that lists taken from
+   * {@link forwardTargets} (which leave out subscriptions with a max) are taken again.
+   */
+  limit(entry: RouteEntry, max: number): void {
+    this.#changed();
+    entry.max = max;
+  }
+
+  #changed() {
+    this.#generation++;
+    // Bounded by the publishes since the last change (one list per cached route at most).
+    for (const list of this.#handedOut) list.length = 0;
+    this.#handedOut.length = 0;
   }
 
   /**
@@ -101,7 +121,8 @@ export class Router {
    * or queue-group pass per message). Only for the simple case: null when a match has a queue
    * group or a max (their deliveries depend on each message) or more than
    * {@link FORWARD_TARGETS_MAX} subscriptions; the caller then uses {@link publish}.
-   * Subscriptions of `exclude` are left out, as {@link publish} does.
+   * Subscriptions of `exclude` are left out, as {@link publish} does. The router empties the
+   * list at its next change.
    */
   forwardTargets(subject: string, exclude?: DeliveryTarget): RouteEntry[] | null {
     const all = this.#subs.match(subject);
@@ -112,6 +133,7 @@ export class Router {
         if (e.queue !== null || e.max > 0) return null;
         if (e.target !== exclude) out.push(e);
       }
+      this.#handedOut.push(out);
       return out;
     } finally {
       this.#subs.release(all);

@@ -947,7 +947,7 @@ export class Session implements DeliveryTarget, Holdable {
     const entry = this.#subs.get(sid);
     if (!entry) return; // already gone (e.g. auto-unsubscribed): not an error
     if (max > 0 && entry.delivered < max) {
-      entry.max = max;
+      this.#ctx.router.limit(entry, max);
       return;
     }
     this.#subs.delete(sid);
