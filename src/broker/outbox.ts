@@ -86,6 +86,7 @@ export class Outbox {
   #reportedAt = 0;
   #reportTimer?: ReturnType<typeof setTimeout>;
   #closed = false;
+  #releaseQueued = false;
 
   constructor(opts: OutboxOptions) {
     this.#o = opts;
@@ -242,7 +243,7 @@ export class Outbox {
   /**
    * Write the oldest queued frame into the ring if it fits now; false when it does not.
    */
-  #writeQueued(ring: RingChannel): boolean {
+  #writeQueued(ring: RingChannel, inDelivery: boolean): boolean {
     const frame = this.#backlog.peek()!;
     if (!ring.tryWriteEncoded(frame)) return false;
     this.#o.stats.ringMsgsOut++;
@@ -250,9 +251,24 @@ export class Outbox {
     this.#backlog.shift();
     if (this.#backlog.memoryBytes <= this.#o.limits.maxPendingBytes / 2) {
       this.#blockExpired = false;
-      this.#releasePublishers();
+      this.#release(inDelivery);
     }
     return true;
+  }
+
+  /**
+   * Let held publishers go; from inside a delivery, once it is over: a released session may
+   * go on with its queued input at once, which must not run inside another's publish (the
+   * broker's "who publishes now" would be its, then nobody's, for the rest of that publish).
+   */
+  #release(inDelivery: boolean) {
+    if (!inDelivery) return this.#releasePublishers();
+    if (this.#held.size === 0 || this.#releaseQueued) return;
+    this.#releaseQueued = true;
+    queueMicrotask(() => {
+      this.#releaseQueued = false;
+      this.#releasePublishers();
+    });
   }
 
   /**
@@ -261,8 +277,8 @@ export class Outbox {
    */
   #drainNow(ring: RingChannel): boolean {
     if (ring.stopped || this.#closed) return false;
-    while (this.#backlog.length > 0) if (!this.#writeQueued(ring)) return false;
-    this.#releasePublishers();
+    while (this.#backlog.length > 0) if (!this.#writeQueued(ring, true)) return false;
+    this.#release(true);
     return true;
   }
 
@@ -273,7 +289,7 @@ export class Outbox {
       while (this.#backlog.length > 0) {
         const ring = this.#ring;
         if (!ring || ring.stopped || this.#closed) break;
-        if (!this.#writeQueued(ring)) {
+        if (!this.#writeQueued(ring, false)) {
           if (ring.stopped) break;
           await ring.waitForSpace(this.#backlog.peek()!.length);
           continue;

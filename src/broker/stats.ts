@@ -50,8 +50,9 @@ export interface EndpointStats {
   /** Messages delivered through the shared-memory ring. */
   ringMsgsOut: number;
   /**
-   * Of those, messages that waited in the broker's backlog because the ring was full when they
-   * were routed (each cost a second copy): a subscriber that fell behind for a while.
+   * Messages that went into the broker's backlog for the ring because it was full when they
+   * were routed (a second copy each when written; a slow-consumer drop may still take some):
+   * a subscriber that fell behind for a while.
    */
   ringMsgsQueued: number;
   /** How the broker wakes this endpoint's parked ring reader: DOORBELL frames or futex. */

@@ -244,7 +244,7 @@ function endpoint(m: Exposition, e: EndpointStats, sessions: SessionStats[]) {
   m.add(
     "vbus_ring_messages_queued_total",
     "counter",
-    "Messages delivered through the ring that first waited in the broker's backlog (ring full).",
+    "Messages that waited in the broker's backlog because the ring was full (some may be dropped later).",
     l,
     e.ringMsgsQueued,
   );
