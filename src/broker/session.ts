@@ -46,7 +46,6 @@ import {
   type WelcomeHead,
 } from "../protocol/ops.ts";
 import type { Limits } from "../protocol/limits.ts";
-import { countTokens, validatePattern, validateSubject } from "../subject/subject.ts";
 import type { DeliveryTarget, RouteEntry, Router } from "./router.ts";
 import { PermissionGuard } from "./permissions.ts";
 import type { Permissions } from "./config.ts";
@@ -60,6 +59,7 @@ import { FLOOD_CLOSE_SECONDS, FloodGuard } from "./flood_guard.ts";
 import { busiestSubjects, CLIENT_NAME_MAX, type SessionStats } from "./session_stats.ts";
 import { ringFill } from "../ring/fill.ts";
 import { PublishPath, SYSTEM_PREFIX } from "./publish_path.ts";
+import { SessionSubscriptions } from "./session_subscriptions.ts";
 
 export { FLOOD_CLOSE_SECONDS, SYSTEM_PREFIX };
 /** Features this broker offers; a session uses those its client also announced. */
@@ -164,8 +164,7 @@ export class Session implements DeliveryTarget, Holdable {
   #decoder: FrameDecoder;
   #outbox: Outbox;
   #state: "hello" | "open" | "closed" = "hello";
-  #subs = new Map<number, RouteEntry>();
-  #subTokens = 0; // tokens of all live subscriptions (limits.maxSubscriptionTokens)
+  #subs: SessionSubscriptions;
   #guard?: PermissionGuard;
   #floodLimit: number;
   #features = new Set<string>();
@@ -210,6 +209,12 @@ export class Session implements DeliveryTarget, Holdable {
     );
     this.#floodLimit = ctx.limits.maxMsgsPerSecond;
     this.#flood = new FloodGuard(this.#floodLimit, (n, fatal) => this.#floodReport(n, fatal));
+    this.#subs = new SessionSubscriptions({
+      target: this,
+      limits: ctx.limits,
+      router: ctx.router,
+      stats: opts.stats,
+    });
     this.#pub = new PublishPath({
       self: this,
       limits: ctx.limits,
@@ -256,7 +261,7 @@ export class Session implements DeliveryTarget, Holdable {
       connectedAt: new Date(this.#connectedAt).toISOString(),
       path: !open ? "none" : ring ? "ring" : "stream",
       subscriptions: this.#subs.size,
-      subjects: busiestSubjects(this.#subs.values()),
+      subjects: busiestSubjects(this.#subs.entries()),
       backlogMsgs: this.#outbox.backlogLength,
       backlogBytes: this.#outbox.backlogBytes,
       portPendingBytes: this.#port.pending,
@@ -302,14 +307,7 @@ export class Session implements DeliveryTarget, Holdable {
     const next = this.#guard;
     next.update(permissions);
     this.#pub.open(next, permissions?.publish, this.#features);
-    const mayBlock = permissions?.block ?? this.#opts.host;
-    for (const [sid, entry] of [...this.#subs]) {
-      if (next.canSubscribe(entry.subject)) {
-        if (entry.block && !mayBlock) entry.block = false;
-        continue;
-      }
-      this.#subs.delete(sid);
-      if (this.#ctx.router.remove(entry)) this.#forget(entry);
+    for (const entry of this.#subs.recheck(next, this.#mayBlock())) {
       this.notice(
         ErrorCode.PermissionDenied,
         `subscription to "${entry.subject}" removed: the broker's configuration no longer permits it`,
@@ -366,7 +364,7 @@ export class Session implements DeliveryTarget, Holdable {
     if (this.#state === "closed") return;
     const wasOpen = this.#state === "open";
     this.#state = "closed";
-    this.#dropSubscriptions();
+    this.#subs.clear();
     this.#stopRing();
     this.#outbox.close();
     this.#flood.stop();
@@ -450,9 +448,7 @@ export class Session implements DeliveryTarget, Holdable {
     volatile = false,
     pubTail?: Uint8Array,
   ): boolean {
-    if (entry.max > 0 && entry.delivered >= entry.max && this.#subs.delete(entry.sid)) {
-      this.#forget(entry); // the router removed it at its max
-    }
+    this.#subs.delivering(entry);
     if (this.#state !== "open") return false;
     // The broker's own subjects (e.g. $VBUS.STATS requests) never reach a VM, even via `>`.
     if (!this.#opts.host && subject.startsWith(SYSTEM_PREFIX)) return false;
@@ -643,11 +639,13 @@ export class Session implements DeliveryTarget, Holdable {
           return work;
         }
         case Op.Sub:
-          this.#onSub(frame);
+          this.#subs.subscribe(decodeSubHead(frame.head), this.#guard!, this.#mayBlock());
           return 1;
-        case Op.Unsub:
-          this.#onUnsub(frame);
+        case Op.Unsub: {
+          const [sid, max] = decodeUnsubHead(frame.head);
+          this.#subs.unsubscribe(sid, max);
           return 1;
+        }
         case Op.Ping:
           this.#writer.frame(Op.Pong, EMPTY_ARRAY_HEAD);
           return 1;
@@ -698,7 +696,7 @@ export class Session implements DeliveryTarget, Holdable {
     if (this.#state === "open") {
       // A second HELLO: the guest process restarted on the same port. Start afresh (but the
       // error count stays: errors are the connection's, not undone by saying HELLO again).
-      this.#dropSubscriptions();
+      this.#subs.clear();
       this.#stopRing();
       this.#ctx.log.info("session restarted by a new HELLO", { session: this.id });
     }
@@ -882,90 +880,9 @@ export class Session implements DeliveryTarget, Holdable {
   /** Resolves when the session's ring channel no longer touches shared memory. */
   ringStopped: Promise<void> = Promise.resolve();
 
-  #onSub(frame: Frame) {
-    const [sid, subject, queue, slow] = decodeSubHead(frame.head);
-    const limits = this.#ctx.limits;
-    const problem = validatePattern(subject, limits.maxSubjectBytes, limits.maxSubjectTokens);
-    if (problem) throw new VbusError(ErrorCode.BadSubject, `invalid subject: ${problem}`, subject);
-    if (queue !== null) {
-      const qProblem = validateSubject(queue, limits.maxSubjectBytes);
-      if (qProblem) {
-        throw new VbusError(ErrorCode.BadSubject, `invalid queue group: ${qProblem}`, subject);
-      }
-    }
-    if (this.#subs.has(sid)) {
-      throw new VbusError(ErrorCode.BadState, `subscription id ${sid} is already in use`, subject);
-    }
-    if (this.#subs.size >= limits.maxSubscriptions) {
-      throw new VbusError(
-        ErrorCode.TooManySubscriptions,
-        `at most ${limits.maxSubscriptions} subscriptions per session (limits.maxSubscriptions)`,
-        subject,
-      );
-    }
-    const tokens = countTokens(subject);
-    if (this.#subTokens + tokens > limits.maxSubscriptionTokens) {
-      throw new VbusError(
-        ErrorCode.TooManySubscriptions,
-        `subscriptions of one session may have ${limits.maxSubscriptionTokens} subject tokens in all (limits.maxSubscriptionTokens)`,
-        subject,
-      );
-    }
-    if (subject.startsWith(SYSTEM_PREFIX) || !this.#guard!.canSubscribe(subject)) {
-      this.#opts.stats.denied++;
-      throw new VbusError(
-        ErrorCode.PermissionDenied,
-        `subscribe to "${subject}" is not permitted`,
-        subject,
-      );
-    }
-    if (slow === "block" && !(this.#opts.permissions?.block ?? this.#opts.host)) {
-      this.#opts.stats.denied++;
-      throw new VbusError(
-        ErrorCode.PermissionDenied,
-        `subscribing with slow: "block" is not permitted (it holds publishers; see permissions.block)`,
-        subject,
-      );
-    }
-    const entry: RouteEntry = {
-      sid,
-      subject,
-      queue,
-      max: 0,
-      delivered: 0,
-      target: this,
-      block: slow === "block",
-    };
-    this.#subs.set(sid, entry);
-    this.#subTokens += tokens;
-    this.#ctx.router.add(entry);
-    this.#opts.stats.subscriptions++;
-  }
-
-  #onUnsub(frame: Frame) {
-    const [sid, max] = decodeUnsubHead(frame.head);
-    const entry = this.#subs.get(sid);
-    if (!entry) return; // already gone (e.g. auto-unsubscribed): not an error
-    if (max > 0 && entry.delivered < max) {
-      this.#ctx.router.limit(entry, max);
-      return;
-    }
-    this.#subs.delete(sid);
-    if (this.#ctx.router.remove(entry)) this.#forget(entry);
-  }
-
-  /** Account for a subscription that left the router. */
-  #forget(entry: RouteEntry) {
-    this.#opts.stats.subscriptions--;
-    this.#subTokens -= countTokens(entry.subject);
-  }
-
-  #dropSubscriptions() {
-    for (const entry of this.#subs.values()) {
-      if (this.#ctx.router.remove(entry)) this.#forget(entry);
-    }
-    this.#subs.clear();
-    this.#subTokens = 0;
+  /** May this session subscribe with the "block" policy (it holds publishers)? */
+  #mayBlock(): boolean {
+    return this.#opts.permissions?.block ?? this.#opts.host;
   }
 
   #floodReport(n: number, fatal: boolean) {
