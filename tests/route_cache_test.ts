@@ -342,21 +342,72 @@ test("route cache: an UNSUB with a max ends a cached route's deliveries at that 
   }
 });
 
-test("route cache: the router empties the target lists it handed out at its next change, so no cache keeps a closed session's subscriptions", () => {
+test("route cache: the router drops the target lists it handed out at its next change, so no cache keeps a closed session's subscriptions", () => {
   const router = new Router();
   const target = { deliver: () => {} };
   const entry: RouteEntry = { sid: 1, subject: "a.*", queue: null, max: 0, delivered: 0, target };
   router.add(entry);
-  const list = router.forwardTargets("a.1")!;
+  const holder: { targets: RouteEntry[] | null } = { targets: null };
+  const list = router.forwardTargets("a.1", holder)!;
   assert.deepEqual(list, [entry]);
+  assert.equal(holder.targets, list);
   const generation = router.generation;
   router.remove(entry); // e.g. its session closed
   assert.notEqual(router.generation, generation);
-  assert.equal(list.length, 0);
+  assert.equal(holder.targets, null);
+  assert.deepEqual(list, [entry], "a list being walked is never changed");
   // A max given later (UNSUB with a count) changes the router too.
   router.add(entry);
-  const again = router.forwardTargets("a.1")!;
+  router.forwardTargets("a.1", holder);
   router.limit(entry, 3);
-  assert.equal(again.length, 0);
-  assert.equal(router.forwardTargets("a.1"), null);
+  assert.equal(holder.targets, null);
+  assert.equal(router.forwardTargets("a.1", holder), null);
+});
+
+test("route cache: a delivery that removes another subscription while a cached route is forwarding (a session reset mid-publish) neither fails the publisher nor skips the rest", () => {
+  // Seen in the chaos soak: a hostile VM's ring violation reset its session inside another
+  // VM's publish; the target list was emptied under the forwarding loop, which then threw
+  // ("undefined is not an object") and the innocent publisher's session was reset.
+  const t = path();
+  try {
+    const { frame } = pubFrame("a.1");
+    const got: string[] = [];
+    let victim: RouteEntry | undefined;
+    const remover: RouteEntry = {
+      sid: 2,
+      subject: "a.1",
+      queue: null,
+      max: 0,
+      delivered: 0,
+      target: {
+        deliver: () => {
+          got.push("remover");
+          if (victim) t.router.remove(victim);
+        },
+      },
+    };
+    victim = {
+      sid: 3,
+      subject: "a.1",
+      queue: null,
+      max: 0,
+      delivered: 0,
+      target: { deliver: () => void got.push("victim") },
+    };
+    t.router.add(remover);
+    t.router.add(victim);
+    t.p.publish(frame, true);
+    t.p.publish(frame, true); // cached: the forwarding loop walks the route's list
+    assert.equal(t.p.cachedRoutes, 1);
+    // The first publish already removed the victim, before the second one took its list.
+    assert.deepEqual(got, ["remover", "victim", "remover"]);
+    t.router.add(victim);
+    got.length = 0;
+    t.p.publish(frame, true); // a new list with the victim again, removed mid-loop
+    assert.deepEqual(got, ["remover", "victim"]);
+    t.p.publish(frame, true);
+    assert.deepEqual(got, ["remover", "victim", "remover"]);
+  } finally {
+    t.stop();
+  }
 });

@@ -185,7 +185,7 @@ export class PublishPath {
       const router = this.#o.router;
       if (route.generation !== router.generation) {
         const exclude = this.#features.has(Feature.NoEcho) ? this.#o.self : undefined;
-        route.targets = router.forwardTargets(route.subject, exclude);
+        route.targets = router.forwardTargets(route.subject, route, exclude);
         route.generation = router.generation;
       }
       if (route.targets !== null) return this.#forward(route, route.targets, payload, volatile);

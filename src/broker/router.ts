@@ -59,9 +59,10 @@ export class Router {
 
   #lastCost = 0;
   #generation = 0;
-  // Lists forwardTargets handed out since the last change: emptied at the next one, so a
-  // publisher's cache never keeps a closed session's subscriptions (and the session) alive.
-  #handedOut: RouteEntry[][] = [];
+  // Who took a list from forwardTargets since the last change: their `targets` are dropped
+  // at the next one, so a publisher's cache never keeps a closed session's subscriptions (and
+  // the session) alive. The lists themselves are never changed: a publish may be walking one.
+  #handedOut: TargetHolder[] = [];
 
   /**
    * Changes with every {@link add} and {@link remove}: a list of targets taken from
@@ -111,7 +112,7 @@ export class Router {
   #changed() {
     this.#generation++;
     // Bounded by the publishes since the last change (one list per cached route at most).
-    for (const list of this.#handedOut) list.length = 0;
+    for (const holder of this.#handedOut) holder.targets = null;
     this.#handedOut.length = 0;
   }
 
@@ -121,10 +122,14 @@ export class Router {
    * or queue-group pass per message). Only for the simple case: null when a match has a queue
    * group or a max (their deliveries depend on each message) or more than
    * {@link FORWARD_TARGETS_MAX} subscriptions; the caller then uses {@link publish}.
-   * Subscriptions of `exclude` are left out, as {@link publish} does. The router empties the
-   * list at its next change.
+   * Subscriptions of `exclude` are left out, as {@link publish} does. The list is also set as
+   * `holder.targets`, which the router sets to null at its next change.
    */
-  forwardTargets(subject: string, exclude?: DeliveryTarget): RouteEntry[] | null {
+  forwardTargets(
+    subject: string,
+    holder: TargetHolder,
+    exclude?: DeliveryTarget,
+  ): RouteEntry[] | null {
     const all = this.#subs.match(subject);
     try {
       if (all.length > FORWARD_TARGETS_MAX) return null;
@@ -133,7 +138,8 @@ export class Router {
         if (e.queue !== null || e.max > 0) return null;
         if (e.target !== exclude) out.push(e);
       }
-      this.#handedOut.push(out);
+      holder.targets = out;
+      this.#handedOut.push(holder);
       return out;
     } finally {
       this.#subs.release(all);
@@ -257,6 +263,11 @@ export class Router {
       entry.target.fail(err);
     }
   }
+}
+
+/** Whoever keeps a list from {@link Router.forwardTargets} (e.g. a publisher's cached route). */
+export interface TargetHolder {
+  targets: RouteEntry[] | null;
 }
 
 /** Most subscriptions a list from {@link Router.forwardTargets} may hold. */
