@@ -372,7 +372,14 @@ test("route cache: a delivery that removes another subscription while a cached r
   try {
     const { frame } = pubFrame("a.1");
     const got: string[] = [];
-    let victim: RouteEntry | undefined;
+    const victim: RouteEntry = {
+      sid: 3,
+      subject: "a.1",
+      queue: null,
+      max: 0,
+      delivered: 0,
+      target: { deliver: () => void got.push("victim") },
+    };
     const remover: RouteEntry = {
       sid: 2,
       subject: "a.1",
@@ -382,17 +389,9 @@ test("route cache: a delivery that removes another subscription while a cached r
       target: {
         deliver: () => {
           got.push("remover");
-          if (victim) t.router.remove(victim);
+          t.router.remove(victim);
         },
       },
-    };
-    victim = {
-      sid: 3,
-      subject: "a.1",
-      queue: null,
-      max: 0,
-      delivered: 0,
-      target: { deliver: () => void got.push("victim") },
     };
     t.router.add(remover);
     t.router.add(victim);
