@@ -353,6 +353,7 @@ export class Broker {
     this.#running = false;
     this.#abort.abort();
     await Promise.all(this.#bridges.splice(0).map((b) => b.stop()));
+    this.#ctx.stopping = true;
     for (const s of [...this.#sessions]) s.close("broker stopping");
     await this.#hostListener?.closeAndRemove();
     for (const link of this.#vmLinks.values()) {

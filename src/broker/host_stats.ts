@@ -29,6 +29,7 @@ const SUMMED = [
   "ringMsgsIn",
   "ringMsgsOut",
   "ringMsgsQueued",
+  "ringUnretained",
   "futexWakes",
   "denied",
   "dropped",

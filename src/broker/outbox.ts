@@ -33,6 +33,7 @@ import { type Headers, Op } from "../protocol/ops.ts";
 import type { Limits } from "../protocol/limits.ts";
 import type { RingChannel } from "../shm/ring_channel.ts";
 import { FrameQueue } from "../util/frame_queue.ts";
+import { Fifo } from "../util/fifo.ts";
 import { yieldToEventLoop } from "../util/event_loop.ts";
 import type { Logger } from "../util/log.ts";
 import type { RouteEntry } from "./router.ts";
@@ -40,6 +41,11 @@ import { countDrop, DropReason, type EndpointStats } from "./stats.ts";
 
 /** Backlog frames written to a ring between two yields to the event loop. */
 const FLUSH_BATCH = 1024;
+/**
+ * Backlog frames of one session that may keep their publishers' ring records (beyond, they
+ * are counted as not retained): bounds what retention costs a subscriber that reads nothing.
+ */
+const MAX_RETAINED = 65_536;
 /** Shortest time between two drop reports to one peer. */
 const REPORT_INTERVAL_MS = 1000;
 
@@ -51,6 +57,16 @@ export interface Holdable {
   releaseFor(holder: object): void;
   /** Tell the session something went wrong with what it sent, without counting it as its error. */
   notice(code: string, message: string, subject?: string): void;
+  /**
+   * Keep the ring record this session is publishing now in its ring until the copy of it
+   * that waits in a backlog is written or dropped (see `retained_records.ts`): returns the
+   * record's sequence number for {@link releaseRecord}, or -1 when the message did not come
+   * from a ring. With `allowed` false (this backlog retains as much as it may) the record is
+   * only counted as not retained.
+   */
+  retainRecord(allowed: boolean): number;
+  /** A copy of a record {@link retainRecord} kept was written or dropped. */
+  releaseRecord(sequence: number): void;
 }
 
 /** What an {@link Outbox} needs from its session. */
@@ -77,6 +93,14 @@ export class Outbox {
   #o: OutboxOptions;
   #ring?: RingChannel;
   #backlog = new FrameQueue();
+  // The backlog frames that keep a publisher's ring record, oldest first: the frame's ordinal
+  // (frames pushed before it), the publisher and the record's sequence number. Only those
+  // frames have entries, and at most MAX_RETAINED: a flood costs no memory per message here.
+  #pushedFrames = 0;
+  #shiftedFrames = 0;
+  #retainedAt = new Fifo<number>();
+  #retainers = new Fifo<Holdable>();
+  #retainedSeqs = new Fifo<number>();
   #flushing = false;
   #held = new Set<Holdable>(); // publishers this outbox holds
   #blockTimer?: ReturnType<typeof setTimeout>;
@@ -107,17 +131,28 @@ export class Outbox {
     this.#ring = ring;
   }
 
-  /** The ring is gone (session reset): drop its backlog and let held publishers go. */
-  detach(): void {
+  /**
+   * The ring is gone (session reset): drop its backlog and let held publishers go. With
+   * `release`, the publishers' ring records its copies kept are let go too (they are this
+   * peer's loss, as any drop); without, they stay for the next broker (this one is stopping).
+   */
+  detach(release = true): void {
     this.#ring = undefined;
     this.#backlog.clear();
+    while (this.#retainers.length > 0) {
+      const publisher = this.#retainers.shift()!;
+      const sequence = this.#retainedSeqs.shift()!;
+      this.#retainedAt.shift();
+      if (release) publisher.releaseRecord(sequence);
+    }
+    this.#shiftedFrames = this.#pushedFrames;
     this.#releasePublishers();
   }
 
-  /** The session ended: release everything, send nothing more. */
-  close(): void {
+  /** The session ended: release everything, send nothing more (`release`: see detach). */
+  close(release = true): void {
     this.#closed = true;
-    this.detach();
+    this.detach(release);
     if (this.#reportTimer) clearTimeout(this.#reportTimer);
     this.#reportTimer = undefined;
   }
@@ -224,9 +259,28 @@ export class Outbox {
     }
     if (head) backlog.push(Op.Msg, head, payload);
     else backlog.pushMsg(entry.sid, pubTail!, payload);
+    const publisher = this.#o.publisher();
+    if (publisher) {
+      const sequence = publisher.retainRecord(this.#retainers.length < MAX_RETAINED);
+      if (sequence >= 0) {
+        this.#retainedAt.push(this.#pushedFrames);
+        this.#retainers.push(publisher);
+        this.#retainedSeqs.push(sequence);
+      }
+    }
+    this.#pushedFrames++;
     this.#o.stats.ringMsgsQueued++;
     if (!this.#flushing) void this.#flush();
     return true;
+  }
+
+  /** The oldest backlog frame is gone: let the publisher's ring record it kept go. */
+  #releaseOldest() {
+    if (this.#retainedAt.peek() === this.#shiftedFrames++) {
+      this.#retainedAt.shift();
+      const publisher = this.#retainers.shift()!;
+      publisher.releaseRecord(this.#retainedSeqs.shift()!);
+    }
   }
 
   /** Drop the oldest queued messages until the backlog's memory is within `bound`. */
@@ -235,6 +289,7 @@ export class Outbox {
     let n = 0;
     while (backlog.memoryBytes > bound && backlog.length > 0) {
       backlog.shift();
+      this.#releaseOldest();
       n++;
     }
     if (n > 0) this.#drop(reason, n);
@@ -249,6 +304,7 @@ export class Outbox {
     this.#o.stats.ringMsgsOut++;
     this.#handedOver(payloadLength(frame), this.#o.replyGrant() ? replyOf(frame) : null);
     this.#backlog.shift();
+    this.#releaseOldest();
     if (this.#backlog.memoryBytes <= this.#o.limits.maxPendingBytes / 2) {
       this.#blockExpired = false;
       this.#release(inDelivery);

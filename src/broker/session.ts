@@ -114,6 +114,11 @@ export interface SessionContext {
   pingIntervalMs: number;
   /** The session whose PUB is being routed right now (for the "block" policy). */
   publishing?: Session;
+  /**
+   * The broker is stopping: ring records retained for backlogs stay unreleased, so that the
+   * clients send them again to the next broker (`retained_records.ts`).
+   */
+  stopping?: boolean;
   /** Session ids are `${identity}#${this}`: unique across broker restarts. */
   nextSessionNumber(): string;
 }
@@ -190,6 +195,7 @@ export class Session implements DeliveryTarget, Holdable {
   #waitingFrame?: WaitingFrame;
   #portWork = 0;
   #ringWork = 0;
+  #unretainedSeen = 0; // the ring's count of records it stopped retaining, as counted
   // The data plane: PUBs checked (once per distinct head) and handed to the router.
   #pub: PublishPath;
   // For stats only: when the broker got the connection, and the client's HELLO description.
@@ -366,7 +372,7 @@ export class Session implements DeliveryTarget, Holdable {
     this.#state = "closed";
     this.#subs.clear();
     this.#stopRing();
-    this.#outbox.close();
+    this.#outbox.close(!this.#ctx.stopping);
     this.#flood.stop();
     if (this.#helloTimer) clearTimeout(this.#helloTimer);
     if (this.#pingTimer) clearInterval(this.#pingTimer);
@@ -467,6 +473,20 @@ export class Session implements DeliveryTarget, Holdable {
   }
 
   #grant = (reply: string) => this.#guard?.grantReply(reply);
+
+  /** Keep the ring record this session is publishing now in its ring (see Outbox); -1: none. */
+  retainRecord(allowed: boolean): number {
+    const ring = this.#ring;
+    if (!ring) return -1;
+    if (allowed) return ring.retain();
+    if (ring.inFrame) this.#opts.stats.ringUnretained++;
+    return -1;
+  }
+
+  /** A backlog wrote or dropped its copy of a record {@link retainRecord} kept. */
+  releaseRecord(sequence: number): void {
+    this.#ring?.release(sequence);
+  }
 
   /** "block" policy: stop reading this session's input while `holder` is behind. */
   holdFor(holder: object): void {
@@ -815,6 +835,7 @@ export class Session implements DeliveryTarget, Holdable {
         onCorrupt: (err) => this.#ringViolation(err),
       });
       this.#ring = ring;
+      this.#unretainedSeen = 0;
       if (this.#ringHolds.size > 0) ring.pause();
       this.#outbox.attach(ring);
       const answer: ShmAnswer = { ok: true, epoch: region.epoch };
@@ -846,6 +867,11 @@ export class Session implements DeliveryTarget, Holdable {
   /** The ring loop finished a batch: a new turn, and maybe a port frame may go on now. */
   #onRingBatch() {
     this.#ringWork = 0;
+    const unretained = this.#ring?.unretained ?? this.#unretainedSeen;
+    if (unretained !== this.#unretainedSeen) {
+      this.#opts.stats.ringUnretained += unretained - this.#unretainedSeen;
+      this.#unretainedSeen = unretained;
+    }
     this.#checkOutput();
     if (this.#waitingFrame) this.#continueInput();
   }
@@ -870,7 +896,10 @@ export class Session implements DeliveryTarget, Holdable {
     const ring = this.#ring;
     if (!ring) return;
     this.#ring = undefined;
-    this.#outbox.detach();
+    this.#outbox.detach(!this.#ctx.stopping);
+    // The broker goes on with what it read (its backlog copies): the client must not send it
+    // again. A stopping broker leaves retained records unread, for the next one.
+    if (!this.#ctx.stopping) ring.releaseAll();
     ring.region.detach();
     this.ringStopped = ring.stop();
     // A port frame that waited for this ring no longer has to.

@@ -55,6 +55,13 @@ export interface EndpointStats {
    * a subscriber that fell behind for a while.
    */
   ringMsgsQueued: number;
+  /**
+   * Records of this endpoint's ring that the broker stopped retaining for a backlog because
+   * retention would have covered more than half its ring: their messages still wait in the
+   * backlog, but would not be sent again by the client if the broker died
+   * (`retained_records.ts`).
+   */
+  ringUnretained: number;
   /** How the broker wakes this endpoint's parked ring reader: DOORBELL frames or futex. */
   wake?: "doorbell" | "futex";
   /** Parked readers the broker woke with FUTEX_WAKE (host-local clients only). */
@@ -107,6 +114,7 @@ export function newEndpointStats(name: string): EndpointStats {
     ringMsgsIn: 0,
     ringMsgsOut: 0,
     ringMsgsQueued: 0,
+    ringUnretained: 0,
     futexWakes: 0,
     denied: 0,
     dropped: 0,

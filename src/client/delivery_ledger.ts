@@ -7,13 +7,17 @@
  * consumer and said so) is known in two ways:
  * - on the ring, the broker publishes its consumer position after every record it handled,
  *   so when a session ends, what it had not read is still in shared memory and is re-sent
- *   (see `ring_salvage.ts`): nothing on the ring is lost, at most one record is sent twice;
+ *   (see `ring_salvage.ts`): nothing on the ring is lost, at most one record is sent twice
+ *   (and those the broker retained, below);
  * - on the port stream, bytes handed to the socket can die in buffers with the broker. A
  *   PONG proves the broker handled everything sent before its PING, so the publishes sent
  *   after the last answered PING are the ones that may have been lost ("maybe lost").
  *
- * The count is what this client can know: a message the broker handled and had queued for a
- * subscriber when it died is that subscriber's loss, not counted here.
+ * The count is what this client can know. A ring record whose message the broker had queued
+ * for a subscriber with a full ring stays unread in the ring until that copy is written (the
+ * broker retains it, within half the ring), so it is re-sent too; a message the broker had
+ * queued for a subscriber on the port stream when it died is that subscriber's loss, not
+ * counted here.
  *
  * @example
  * ```ts

@@ -248,6 +248,13 @@ function endpoint(m: Exposition, e: EndpointStats, sessions: SessionStats[]) {
     l,
     e.ringMsgsQueued,
   );
+  m.add(
+    "vbus_ring_records_unretained_total",
+    "counter",
+    "Ring records from the VM whose messages waited in a backlog beyond the half of its ring the broker retains: not sent again if the broker dies.",
+    l,
+    e.ringUnretained,
+  );
   const reasons = new Set<string>([...Object.values(DropReason), ...Object.keys(e.drops)]);
   for (const reason of reasons) {
     m.add(

@@ -35,6 +35,7 @@ import {
   RecordType,
   type RingControlOffsets,
 } from "./layout.ts";
+import { RetainedRecords } from "./retained_records.ts";
 
 /** Where one ring lives inside a region (byte offsets into the region's Uint8Array). */
 export interface RingDescriptor {
@@ -325,8 +326,16 @@ export class RingProducer extends RingBase {
 export class RingConsumer extends RingBase {
   /** Largest body accepted in a record (may be lowered to enforce a frame limit). */
   maxBodyLength: number;
+  /**
+   * Records read but not finished (see `retained_records.ts`): the published consumer
+   * position stays at the oldest of them, within half the ring.
+   */
+  readonly retained: RetainedRecords;
   private head: number;
   private lastTail: number;
+  /** During a handler: the ring position of its record and the end of what was read. */
+  private recordAt = -1;
+  private readEnd: number;
 
   constructor(bytes: Uint8Array, d: RingDescriptor, options: { maxBodyLength?: number } = {}) {
     super(bytes, d);
@@ -338,7 +347,44 @@ export class RingConsumer extends RingBase {
     }
     this.head = head;
     this.lastTail = head;
+    this.readEnd = head;
+    this.retained = new RetainedRecords(this.capacity / 2);
+    this.retained.onRelease = () => this.publishPosition();
     this.checkTail(tail);
+  }
+
+  /**
+   * Retain the record the handler is called for now (one more waiting copy of it): returns
+   * its sequence number, or -1 outside a handler. Pass it to {@link release} when the copy is
+   * written or dropped.
+   */
+  retain(): number {
+    if (this.recordAt < 0) return -1;
+    return this.retained.retain(this.recordAt, this.readEnd);
+  }
+
+  /** Is a handler running now (see {@link retain})? */
+  get inHandler(): boolean {
+    return this.recordAt >= 0;
+  }
+
+  /** A waiting copy of a retained record is done ({@link RetainedRecords.onRelease} follows). */
+  release(sequence: number): void {
+    this.retained.release(sequence);
+  }
+
+  /** Release every retained record and publish the read position. */
+  releaseAll(): void {
+    this.retained.releaseAll();
+    this.publishPosition();
+  }
+
+  /** Publish the consumer position: the oldest retained record's, or what was read. */
+  publishPosition(): void {
+    const end = this.readEnd;
+    const at = this.retained.length > 0 ? this.retained.published(end) : end;
+    // Our own cache line: the producer reads it only when it thinks the ring is full.
+    Atomics.store(this.i32, this.consumerIdx, at | 0);
   }
 
   /** The local consumer position (u32 byte counter). */
@@ -384,10 +430,12 @@ export class RingConsumer extends RingBase {
 
   /**
    * Deliver up to `limit` DATA/CONTROL records (and, once at least one was delivered, stop
-   * after `maxBytes` of ring space, or when the handler returns `false`) to `handler`, in order. The consumer position is published
+   * after `maxBytes` of ring space, or when the handler returns `false`) to `handler`, in
+   * order. The consumer position is published
    * after each record the handler returned from (and after one that threw: it counts as
    * consumed), so a producer that outlives a crashed consumer knows exactly which records were
-   * never handled. Returns the number of records delivered. PADDING is skipped silently.
+   * never handled (or, {@link retain}ed, never finished). Returns the number of records
+   * delivered. PADDING is skipped silently.
    * Throws {@link RingCorruptError} on any protocol violation; records before the bad one are
    * delivered and consumed.
    */
@@ -398,7 +446,7 @@ export class RingConsumer extends RingBase {
     const bytes = this.bytes, u32 = this.u32, u16 = this.u16;
     const cap = this.capacity, mask = this.mask, base = this.dataOffset;
     const maxBody = this.maxBodyLength;
-    const i32 = this.i32, consumerIdx = this.consumerIdx;
+    const i32 = this.i32, consumerIdx = this.consumerIdx, retained = this.retained;
     let consumed = 0;
     let delivered = 0;
     try {
@@ -446,18 +494,25 @@ export class RingConsumer extends RingBase {
         consumed += size;
         delivered++;
         let more: unknown;
+        this.recordAt = pos;
+        const end = this.readEnd = (this.head + consumed) >>> 0;
         try {
           more = handler(bytes, at + RECORD.HEADER_SIZE, length, type, flags);
         } finally {
+          this.recordAt = -1;
           // Our own cache line: the producer reads it only when it thinks the ring is full.
-          Atomics.store(i32, consumerIdx, (this.head + consumed) | 0);
+          Atomics.store(
+            i32,
+            consumerIdx,
+            (retained.length > 0 ? retained.published(end) : end) | 0,
+          );
         }
         if (more === false) break;
       }
     } finally {
       if (consumed > 0) {
-        this.head = (this.head + consumed) >>> 0;
-        Atomics.store(i32, consumerIdx, this.head | 0);
+        this.head = this.readEnd = (this.head + consumed) >>> 0;
+        this.publishPosition();
       }
     }
     return delivered;

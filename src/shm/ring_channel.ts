@@ -256,6 +256,11 @@ export class RingChannel {
       sliceMs: PARK_SLICE_MS,
       sleeper: "producer",
     });
+    this.#consumer.retained.onRelease = () => {
+      if (this.#stopped) return; // the mapping may be gone
+      this.#consumer.publishPosition();
+      this.#spaceBell.notify(); // the peer's producer may be waiting for what this freed
+    };
     // One frame object for every record (reuseFrames): parseFrameInto fills it in place.
     const reused = opts.reuseFrames ? new LocatedFrame() : undefined;
     this.#handler = reused
@@ -348,6 +353,40 @@ export class RingChannel {
   /** Has the receive loop consumed everything up to `position` (or stopped for good)? */
   hasConsumed(position: number): boolean {
     return this.#stopped || ((this.#consumer.position - position) | 0) >= 0;
+  }
+
+  /**
+   * Keep the frame `onFrame` is called for now in the receive ring (the consumer position
+   * published to the peer stays before it) until {@link release}: for a frame whose work
+   * outlives the call, e.g. a message copied into a backlog, until {@link release} is called
+   * with the sequence number this returns (-1 outside `onFrame`). Retention covers at most
+   * half the ring (see `retained_records.ts`).
+   */
+  retain(): number {
+    return this.#stopped ? -1 : this.#consumer.retain();
+  }
+
+  /** Is `onFrame` running now (a frame of this ring being handled)? */
+  get inFrame(): boolean {
+    return this.#consumer.inHandler;
+  }
+
+  /** The work on a retained frame is done (a no-op once the channel stopped). */
+  release(sequence: number): void {
+    if (!this.#stopped) this.#consumer.release(sequence);
+  }
+
+  /**
+   * Let every retained frame go and publish what was read: the session ends while its work
+   * goes on here (the peer must not send those frames again).
+   */
+  releaseAll(): void {
+    if (!this.#stopped) this.#consumer.releaseAll();
+  }
+
+  /** Frames let go because retention would have covered more than half the ring. */
+  get unretained(): number {
+    return this.#consumer.retained.unretained;
   }
 
   /** Make a parked receive loop look at the ring now (as a DOORBELL frame would). */
