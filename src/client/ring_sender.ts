@@ -153,7 +153,7 @@ export class RingSender {
    * encoded.
    */
   publish(head: Uint8Array, value: unknown, subject: string): Promise<void> {
-    if (this.#queue.length === 0) {
+    if (this.#queue.length === 0 || this.#drainNow()) {
       const r = this.#ring.tryPublishInPlace(head, value);
       if (r === "ok") {
         this.pubsAccepted++;
@@ -175,7 +175,7 @@ export class RingSender {
    * already) or "too-large".
    */
   tryPublish(head: Uint8Array, value: unknown): "ok" | "full" | "too-large" {
-    if (this.#queue.length > 0) return "full";
+    if (this.#queue.length > 0 && !this.#drainNow()) return "full";
     const r = this.#ring.tryPublishInPlace(head, value);
     if (r === "ok") this.pubsAccepted++;
     return r;
@@ -183,14 +183,16 @@ export class RingSender {
 
   /** Send SUB, UNSUB or PING. */
   control(op: number, head: Uint8Array): void {
-    if (this.#queue.length === 0 && this.#ring.tryWriteFrame(op, head)) return;
+    if ((this.#queue.length === 0 || this.#drainNow()) && this.#ring.tryWriteFrame(op, head)) {
+      return;
+    }
     this.#enqueue({ op, head, value: undefined, resolve: NOOP, reject: NOOP });
   }
 
   /** Send an encoded PUB frame (buffered or recovered earlier: its publish already resolved). */
   frame(frame: Uint8Array): void {
     this.pubsAccepted++;
-    if (this.#queue.length === 0 && this.#writeFrame(frame)) return;
+    if ((this.#queue.length === 0 || this.#drainNow()) && this.#writeFrame(frame)) return;
     this.#enqueue({
       op: Op.Pub,
       head: frame,
@@ -347,6 +349,31 @@ export class RingSender {
     } finally {
       this.#pumping = false;
     }
+  }
+
+  /**
+   * Write what waits while it fits, without waiting; true when nothing waits any more. A send
+   * calls it before its own frame: the broker may have made room long before the pump's wait
+   * ends, and without this one full moment sends every later publish of a busy loop through
+   * a batch (a second copy) until the loop yields.
+   */
+  #drainNow(): boolean {
+    const ring = this.#ring;
+    if (this.#closed || ring.stopped) return false;
+    while (this.#queue.length > 0) {
+      const next = this.#queue.peek()!;
+      if (next instanceof PubBatch) {
+        if (this.#writeBatch(next) > 0) return false;
+        continue;
+      }
+      if (!(next.frame ? this.#writeFrame(next.frame) : ring.tryWriteFrame(next.op, next.head))) {
+        return false;
+      }
+      this.#queue.shift();
+      this.#waiting--;
+      next.resolve();
+    }
+    return true;
   }
 
   /**
