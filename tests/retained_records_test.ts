@@ -104,3 +104,28 @@ test("retained records: releaseAll publishes what was read", () => {
   assert.equal(published(bytes, d), 3 * RECORD_SIZE);
   assert.equal(c.retained.length, 0);
 });
+
+test("retained records: a release inside a later record's handler never moves the position back", () => {
+  const { bytes, d, p, c } = ring();
+  write(p, 4);
+  const seen: number[] = [];
+  let first = -1;
+  let i = 0;
+  c.poll(() => {
+    if (i === 0) first = c.retain();
+    if (i === 1) {
+      // A delivery of record 1 writes the backlog's copy of record 0, then finds the
+      // subscriber's ring full again and queues record 1 too.
+      c.release(first);
+      seen.push(published(bytes, d));
+      c.retain();
+    }
+    seen.push(published(bytes, d));
+    i++;
+  });
+  seen.push(published(bytes, d));
+  for (let k = 1; k < seen.length; k++) {
+    assert.ok(seen[k] >= seen[k - 1], `the position went back: ${seen.join(" -> ")}`);
+  }
+  assert.equal(published(bytes, d), RECORD_SIZE, "record 1 is still retained");
+});

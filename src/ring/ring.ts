@@ -379,9 +379,13 @@ export class RingConsumer extends RingBase {
     this.publishPosition();
   }
 
-  /** Publish the consumer position: the oldest retained record's, or what was read. */
+  /**
+   * Publish the consumer position: the oldest retained record's, or what was read. Inside a
+   * handler its record is not done yet: the position may not pass its start (it could still
+   * be retained, and the position must never move back).
+   */
   publishPosition(): void {
-    const end = this.readEnd;
+    const end = this.recordAt >= 0 ? this.recordAt : this.readEnd;
     const at = this.retained.length > 0 ? this.retained.published(end) : end;
     // Our own cache line: the producer reads it only when it thinks the ring is full.
     Atomics.store(this.i32, this.consumerIdx, at | 0);
