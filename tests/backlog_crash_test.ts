@@ -12,19 +12,16 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { fileURLToPath } from "node:url";
 import { tempDir } from "./helpers.ts";
-import { cliCommand } from "./fixtures/cli_process.ts";
+import { type CliProcess, runCli } from "./fixtures/cli_process.ts";
 import { type ClientProcess, startClient } from "./fixtures/run_client.ts";
 import { connect } from "../src/client/bus.ts";
 import { STATS_SUBJECT } from "../src/broker/broker.ts";
 import type { BrokerStats } from "../src/broker/stats.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 /** 4 KiB payloads: a host session's 4 MiB rings hold about 1,000 of them. */
 const PAYLOAD = 4096;
 /**
@@ -33,19 +30,22 @@ const PAYLOAD = 4096;
  */
 const COUNT = 1400;
 
-function startBroker(
-  config: string,
-): { child: ChildProcess; exited: Promise<void>; log: () => string } {
-  const { cmd, args } = cliCommand(["broker", "--config", config]);
-  const child = spawn(cmd, args, {
-    cwd: ROOT,
-    env: { ...process.env, VBUS_LOG: "warn" },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let log = "";
-  child.stderr!.on("data", (d) => log += d);
-  const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
-  return { child, exited, log: () => log };
+/** `vbus broker --config FILE` in a child process of the runtime running the tests. */
+const startBroker = (config: string): CliProcess =>
+  runCli(["broker", "--config", config], { VBUS_LOG: "warn" });
+
+/** Let stopped clients go on, kill them and the broker, and remove the directory. */
+async function stopAll(clients: ClientProcess[], broker: CliProcess, cleanup: () => void) {
+  for (const c of clients) {
+    try {
+      process.kill(c.pid, "SIGCONT");
+    } catch { /* gone */ }
+    c.kill();
+    await c.exited;
+  }
+  broker.child.kill("SIGKILL");
+  await broker.done;
+  cleanup();
 }
 
 /** Counts distinct `n`s on `bk.n`; says "got all" once it has `count` of them. */
@@ -75,6 +75,21 @@ bus.on("reconnected", () => console.log("reconnected, resent", bus.stats.resent)
 setInterval(() => {}, 1000);
 `;
 
+/** Fills about half its ring's worth of a stalled subscriber's backlog, then publishes 3 MiB. */
+const BIG_PUBLISHER = `
+import { connect } from "vbus";
+const bus = await connect({ server: process.env.LISTEN, reconnect: false, timeout: 20000 });
+const small = new Uint8Array(${PAYLOAD});
+for (let n = 0; n < 1960; n++) await bus.publish("bk.n", { n, pad: small });
+await bus.flush();
+console.log("small done");
+const t0 = Date.now();
+await bus.publish("bk.big", new Uint8Array(3 << 20));
+await bus.flush();
+console.log("big done in", Date.now() - t0, "ms");
+setInterval(() => {}, 1000);
+`;
+
 async function crashWithBacklog(how: "SIGKILL" | "SIGTERM") {
   const { dir, cleanup } = tempDir();
   const listen = join(dir, "broker.sock");
@@ -83,7 +98,7 @@ async function crashWithBacklog(how: "SIGKILL" | "SIGTERM") {
   let broker = startBroker(config);
   const clients: ClientProcess[] = [];
   try {
-    await waitForBroker(listen, broker.log);
+    await waitForBroker(listen, broker.stderr);
     const env = { LISTEN: listen };
     const sub = startClient(SUBSCRIBER(COUNT), { env, killAfterMs: 120_000 });
     clients.push(sub);
@@ -96,9 +111,9 @@ async function crashWithBacklog(how: "SIGKILL" | "SIGTERM") {
     await pub.waitFor("published ring", 60_000);
     process.kill(pub.pid, "SIGSTOP");
     broker.child.kill(how);
-    await broker.exited;
+    await broker.done;
     broker = startBroker(config);
-    await waitForBroker(listen, broker.log);
+    await waitForBroker(listen, broker.stderr);
     process.kill(sub.pid, "SIGCONT");
     await sub.waitFor("reconnected", 30_000);
     process.kill(pub.pid, "SIGCONT");
@@ -111,16 +126,7 @@ async function crashWithBacklog(how: "SIGKILL" | "SIGTERM") {
       );
     });
   } finally {
-    for (const c of clients) {
-      try {
-        process.kill(c.pid, "SIGCONT");
-      } catch { /* gone */ }
-      c.kill();
-      await c.exited;
-    }
-    broker.child.kill("SIGKILL");
-    await broker.exited;
-    cleanup();
+    await stopAll(clients, broker, cleanup);
   }
 }
 
@@ -153,7 +159,7 @@ test("backlog crash: retention never stops a publisher (a subscriber that reads 
   const broker = startBroker(config);
   const clients: ClientProcess[] = [];
   try {
-    await waitForBroker(listen, broker.log);
+    await waitForBroker(listen, broker.stderr);
     const env = { LISTEN: listen };
     const sub = startClient(SUBSCRIBER(4 * 1000), { env, killAfterMs: 120_000 });
     clients.push(sub);
@@ -179,15 +185,31 @@ test("backlog crash: retention never stops a publisher (a subscriber that reads 
       await bus.close();
     }
   } finally {
-    for (const c of clients) {
-      try {
-        process.kill(c.pid, "SIGCONT");
-      } catch { /* gone */ }
-      c.kill();
-      await c.exited;
-    }
-    broker.child.kill("SIGKILL");
-    await broker.exited;
-    cleanup();
+    await stopAll(clients, broker, cleanup);
+  }
+});
+
+test("backlog crash: a message larger than the half of the ring retention leaves free still goes through", async () => {
+  const { dir, cleanup } = tempDir();
+  const listen = join(dir, "broker.sock");
+  const config = join(dir, "broker.json");
+  writeFileSync(config, JSON.stringify({ listen, vms: [] }));
+  const broker = startBroker(config);
+  const clients: ClientProcess[] = [];
+  try {
+    await waitForBroker(listen, broker.stderr);
+    const env = { LISTEN: listen };
+    const sub = startClient(SUBSCRIBER(1960), { env, killAfterMs: 120_000 });
+    clients.push(sub);
+    await sub.waitFor("ready ring", 30_000);
+    process.kill(sub.pid, "SIGSTOP");
+    // The broker retains half the publisher's 4 MiB ring for the stalled subscriber's backlog;
+    // 3 MiB then fits only once the broker lets retention go for the waiting publisher.
+    const pub = startClient(BIG_PUBLISHER, { env, killAfterMs: 120_000 });
+    clients.push(pub);
+    await pub.waitFor("small done", 60_000);
+    await pub.waitFor("big done", 15_000);
+  } finally {
+    await stopAll(clients, broker, cleanup);
   }
 });

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { HEADER_SIZE, recordLength } from "../src/ring/layout.ts";
 import { RingConsumer, type RingDescriptor, RingProducer } from "../src/ring/ring.ts";
 import { initRegion } from "../src/ring/region.ts";
+import { RetainedRecords } from "../src/ring/retained_records.ts";
 
 const CAPACITY = 1024;
 const BODY = 24; // records of recordLength(24) = 32 bytes
@@ -128,4 +129,16 @@ test("retained records: a release inside a later record's handler never moves th
     assert.ok(seen[k] >= seen[k - 1], `the position went back: ${seen.join(" -> ")}`);
   }
   assert.equal(published(bytes, d), RECORD_SIZE, "record 1 is still retained");
+});
+
+test("retained records: a ring made later never reuses a sequence number of an earlier one", () => {
+  const other = new RetainedRecords(1 << 20); // another session's ring
+  const oldRing = new RetainedRecords(1 << 20); // a publisher's ring, then its next session's
+  const old = [0, 1, 2, 3].map((i) => oldRing.retain(i * 8, i * 8 + 8));
+  other.retain(0, 8); // the other ring, made with the same base, issues a number too
+  const newRing = new RetainedRecords(1 << 20);
+  const fresh = newRing.retain(0, 8);
+  assert.ok(!old.includes(fresh), `new ring's ${fresh} is one of the old ring's ${old}`);
+  for (const s of old) newRing.release(s); // stale releases of the old ring's copies
+  assert.equal(newRing.published(8), 0, "the new ring's record still waits");
 });

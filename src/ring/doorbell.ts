@@ -117,6 +117,11 @@ export class Doorbell {
     this.ringFn = ringFn;
   }
 
+  /** Has the sleeper set its parked flag (a hint written by the peer: never trusted further)? */
+  get sleeperParked(): boolean {
+    return Atomics.load(this.word, this.parkedIndex) !== 0;
+  }
+
   /** Ring if (and only if) the consumer is parked. Returns true when it rang. */
   notify(): boolean {
     this.notifies++;

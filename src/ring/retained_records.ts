@@ -10,7 +10,9 @@
  * position when there is none). Retention never lets a slow, or hostile, subscriber stop a
  * publisher: it covers at most `maxSpan` bytes of the ring (half of it by default), and the
  * oldest records beyond that are let go ("unretained", and counted): their messages stay in
- * the backlog, only no longer protected against a crash.
+ * the backlog, only no longer protected against a crash. The same happens to all of them when
+ * the producer waits for room while the consumer has read everything: a record larger than
+ * the free half must still fit ({@link RetainedRecords.unretainAll}).
  *
  * Nothing is allocated per record (a flood of backlogged messages must not cost the broker
  * garbage): a retained record is a sequence number, unique in the process, and its position
@@ -30,7 +32,11 @@
 
 /** Items consumed at the head before the arrays are sliced. */
 const COMPACT_AFTER = 1024;
-/** Sequence numbers of all instances: one never meets another's (a ring of a later session). */
+/**
+ * The next sequence number no instance has issued: a ring made later (a session's next ring)
+ * starts above every number of the rings before it, so a stale release never meets a record
+ * of the new ring.
+ */
 let nextSequence = 0;
 
 /** See the module doc. */
@@ -71,7 +77,8 @@ export class RetainedRecords {
       this.#positions.push(position);
       this.#waiting.push(1);
       sequence = this.#base + last + 1;
-      nextSequence = sequence + 1;
+      // Never lowered: an instance made later starts above every number issued before it.
+      if (sequence >= nextSequence) nextSequence = sequence + 1;
     }
     this.#bound(end);
     return sequence;
@@ -96,9 +103,17 @@ export class RetainedRecords {
     return this.#head < this.#positions.length ? this.#positions[this.#head] : readEnd;
   }
 
+  /** Let everything go and count what still waited as unretained (the producer needs room). */
+  unretainAll(): void {
+    for (let i = this.#head; i < this.#positions.length; i++) {
+      if (this.#waiting[i] > 0) this.unretained++;
+    }
+    this.releaseAll();
+  }
+
   /** Let everything go (the session ended with the broker alive). */
   releaseAll(): void {
-    this.#base += this.#positions.length;
+    this.#base = Math.max(this.#base + this.#positions.length, nextSequence);
     this.#positions.length = 0;
     this.#waiting.length = 0;
     this.#head = 0;
@@ -116,7 +131,7 @@ export class RetainedRecords {
       head++;
     }
     if (head === positions.length) {
-      this.#base += head;
+      this.#base = Math.max(this.#base + head, nextSequence);
       positions.length = 0;
       waiting.length = 0;
       head = 0;

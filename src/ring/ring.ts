@@ -373,6 +373,12 @@ export class RingConsumer extends RingBase {
     this.retained.release(sequence);
   }
 
+  /** Let every retained record go, counted as unretained, and publish the read position. */
+  unretainAll(): void {
+    this.retained.unretainAll();
+    this.publishPosition();
+  }
+
   /** Release every retained record and publish the read position. */
   releaseAll(): void {
     this.retained.releaseAll();

@@ -588,6 +588,12 @@ export class RingChannel {
       try {
         n = this.#consumer.poll(this.#handler, BATCH_RECORDS, BATCH_BYTES);
         if (n > 0) this.#spaceBell.notify();
+        else if (this.#consumer.retained.length > 0 && this.#spaceBell.sleeperParked) {
+          // Everything is read and the peer waits for room that retention holds (a frame
+          // larger than the free half): let retention go rather than stall the peer.
+          this.#consumer.unretainAll();
+          this.#spaceBell.notify();
+        }
         this.#opts.onBatch?.();
         if (RingChannel.#sleeping.size > 0) RingChannel.#wakeRungEverywhere();
       } catch (err) {
