@@ -10,26 +10,40 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startLab, take, waitFor } from "./helpers.ts";
 import { Fifo } from "../src/util/fifo.ts";
+import { NumberFifo } from "../src/util/number_fifo.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
-test("backlog: Fifo keeps order across compactions and reports its length", () => {
-  const q = new Fifo<number>();
-  assert.equal(q.shift(), undefined);
-  let next = 0;
-  for (let i = 0; i < 10_000; i++) {
-    q.push(i);
-    if (i % 3 === 0) assert.equal(q.shift(), next++);
-  }
-  assert.equal(q.length, 10_000 - next);
-  assert.equal(q.peek(), next);
-  while (q.length > 0) assert.equal(q.shift(), next++);
-  assert.equal(next, 10_000);
-  q.push(1);
-  q.clear();
-  assert.equal(q.length, 0);
-  assert.equal(q.peek(), undefined);
-});
+for (
+  const [name, make] of [["Fifo", () => new Fifo<number>()], [
+    "NumberFifo",
+    () => new NumberFifo(),
+  ]] as const
+) {
+  test(`backlog: ${name} keeps order while it wraps around and grows, and reports its length`, () => {
+    const q = make();
+    assert.equal(q.shift(), undefined);
+    let next = 0;
+    for (let i = 0; i < 10_000; i++) {
+      q.push(i);
+      if (i % 3 === 0) assert.equal(q.shift(), next++);
+    }
+    assert.equal(q.length, 10_000 - next);
+    assert.equal(q.peek(), next);
+    while (q.length > 0) assert.equal(q.shift(), next++);
+    assert.equal(next, 10_000);
+    // Emptied after growing past the size it gives back: still a working queue.
+    for (let i = 0; i < 70_000; i++) q.push(i + 2 ** 40);
+    for (let i = 0; i < 70_000; i++) assert.equal(q.shift(), i + 2 ** 40);
+    assert.equal(q.length, 0);
+    q.push(1);
+    q.push(2);
+    assert.equal(q.shift(), 1);
+    q.clear();
+    assert.equal(q.length, 0);
+    assert.equal(q.peek(), undefined);
+  });
+}
 
 test("backlog: a message larger than the subscriber's ring is refused with an error to both ends, not a hang", async () => {
   const lab = await startLab({ shm: true, vms: [] });

@@ -34,6 +34,7 @@ import type { Limits } from "../protocol/limits.ts";
 import type { RingChannel } from "../shm/ring_channel.ts";
 import { FrameQueue } from "../util/frame_queue.ts";
 import { Fifo } from "../util/fifo.ts";
+import { NumberFifo } from "../util/number_fifo.ts";
 import { yieldToEventLoop } from "../util/event_loop.ts";
 import type { Logger } from "../util/log.ts";
 import type { RouteEntry } from "./router.ts";
@@ -98,9 +99,9 @@ export class Outbox {
   // frames have entries, and at most MAX_RETAINED: a flood costs no memory per message here.
   #pushedFrames = 0;
   #shiftedFrames = 0;
-  #retainedAt = new Fifo<number>();
+  #retainedAt = new NumberFifo();
   #retainers = new Fifo<Holdable>();
-  #retainedSeqs = new Fifo<number>();
+  #retainedSeqs = new NumberFifo();
   #flushing = false;
   #held = new Set<Holdable>(); // publishers this outbox holds
   #blockTimer?: ReturnType<typeof setTimeout>;

@@ -16,7 +16,8 @@
  *
  * Nothing is allocated per record (a flood of backlogged messages must not cost the broker
  * garbage): a retained record is a sequence number, unique in the process, and its position
- * and count of waiting copies live in two arrays.
+ * and count of waiting copies live in two typed arrays used as one circular buffer, which
+ * doubles when full and is given back when it empties after growing large.
  *
  * @example
  * ```ts
@@ -30,8 +31,10 @@
  * @module
  */
 
-/** Items consumed at the head before the arrays are sliced. */
-const COMPACT_AFTER = 1024;
+/** Slots of a new buffer (a power of two). */
+const INITIAL_CAPACITY = 64;
+/** A buffer at least this large is given back when retention empties. */
+const RELEASE_CAPACITY = 1 << 16;
 /**
  * The next sequence number no instance has issued: a ring made later (a session's next ring)
  * starts above every number of the rings before it, so a stale release never meets a record
@@ -46,11 +49,14 @@ export class RetainedRecords {
   /** Called when a record's last waiting copy is done (the published position may move). */
   onRelease?: () => void;
   #maxSpan: number;
-  // Retained records, oldest first, from #head on; the one at index i has sequence #base + i.
-  #positions: number[] = [];
-  #waiting: number[] = [];
+  // Retained records, oldest first: #length slots from #head (circular, #mask = capacity - 1);
+  // the record in slot (#head + i) & #mask has sequence #first + i.
+  #positions = new Uint32Array(INITIAL_CAPACITY);
+  #waiting = new Uint32Array(INITIAL_CAPACITY);
+  #mask = INITIAL_CAPACITY - 1;
   #head = 0;
-  #base = nextSequence;
+  #length = 0;
+  #first = nextSequence;
 
   /** `maxSpan`: the most ring bytes retention may cover. */
   constructor(maxSpan: number) {
@@ -59,7 +65,7 @@ export class RetainedRecords {
 
   /** Records retained now (each with at least one copy waiting, or not yet looked at). */
   get length(): number {
-    return this.#positions.length - this.#head;
+    return this.#length;
   }
 
   /**
@@ -68,15 +74,19 @@ export class RetainedRecords {
    * be checked at once.
    */
   retain(position: number, end: number): number {
-    const last = this.#positions.length - 1;
+    const n = this.#length;
+    const last = (this.#head + n - 1) & this.#mask;
     let sequence: number;
-    if (last >= this.#head && this.#positions[last] === position && this.#waiting[last] > 0) {
+    if (n > 0 && this.#positions[last] === position >>> 0 && this.#waiting[last] > 0) {
       this.#waiting[last]++;
-      sequence = this.#base + last;
+      sequence = this.#first + n - 1;
     } else {
-      this.#positions.push(position);
-      this.#waiting.push(1);
-      sequence = this.#base + last + 1;
+      if (n > this.#mask) this.#grow();
+      const slot = (this.#head + n) & this.#mask;
+      this.#positions[slot] = position;
+      this.#waiting[slot] = 1;
+      this.#length = n + 1;
+      sequence = this.#first + n;
       // Never lowered: an instance made later starts above every number issued before it.
       if (sequence >= nextSequence) nextSequence = sequence + 1;
     }
@@ -89,9 +99,11 @@ export class RetainedRecords {
    * go, or another instance's, is ignored.
    */
   release(sequence: number): void {
-    const i = sequence - this.#base;
-    if (i < this.#head || i >= this.#positions.length || this.#waiting[i] === 0) return;
-    if (--this.#waiting[i] === 0) this.onRelease?.();
+    const i = sequence - this.#first;
+    if (i < 0 || i >= this.#length) return;
+    const slot = (this.#head + i) & this.#mask;
+    if (this.#waiting[slot] === 0) return;
+    if (--this.#waiting[slot] === 0) this.onRelease?.();
   }
 
   /**
@@ -100,47 +112,65 @@ export class RetainedRecords {
    */
   published(readEnd: number): number {
     this.#bound(readEnd);
-    return this.#head < this.#positions.length ? this.#positions[this.#head] : readEnd;
+    return this.#length > 0 ? this.#positions[this.#head] : readEnd;
   }
 
   /** Let everything go and count what still waited as unretained (the producer needs room). */
   unretainAll(): void {
-    for (let i = this.#head; i < this.#positions.length; i++) {
-      if (this.#waiting[i] > 0) this.unretained++;
+    for (let i = 0; i < this.#length; i++) {
+      if (this.#waiting[(this.#head + i) & this.#mask] > 0) this.unretained++;
     }
     this.releaseAll();
   }
 
   /** Let everything go (the session ended with the broker alive). */
   releaseAll(): void {
-    this.#base = Math.max(this.#base + this.#positions.length, nextSequence);
-    this.#positions.length = 0;
-    this.#waiting.length = 0;
-    this.#head = 0;
+    this.#advance(this.#length);
   }
 
   /** Drop finished records at the head, and the oldest while they cover more than `maxSpan`. */
   #bound(readEnd: number) {
-    const positions = this.#positions, waiting = this.#waiting, max = this.#maxSpan;
-    let head = this.#head;
-    while (head < positions.length) {
-      if (waiting[head] > 0) {
-        if (((readEnd - positions[head]) >>> 0) <= max) break;
+    const positions = this.#positions, waiting = this.#waiting, mask = this.#mask;
+    const max = this.#maxSpan, n = this.#length;
+    let done = 0;
+    while (done < n) {
+      const slot = (this.#head + done) & mask;
+      if (waiting[slot] > 0) {
+        if (((readEnd - positions[slot]) >>> 0) <= max) break;
         this.unretained++;
       }
-      head++;
+      done++;
     }
-    if (head === positions.length) {
-      this.#base = Math.max(this.#base + head, nextSequence);
-      positions.length = 0;
-      waiting.length = 0;
-      head = 0;
-    } else if (head >= COMPACT_AFTER && head * 2 >= positions.length) {
-      this.#base += head;
-      this.#positions = positions.slice(head);
-      this.#waiting = waiting.slice(head);
-      head = 0;
+    if (done > 0) this.#advance(done);
+  }
+
+  /** The oldest `count` records are gone. */
+  #advance(count: number) {
+    this.#head = (this.#head + count) & this.#mask;
+    this.#length -= count;
+    this.#first += count;
+    if (this.#length > 0) return;
+    // Empty: start above every number issued since (by any instance), and give a large buffer back.
+    this.#first = Math.max(this.#first, nextSequence);
+    this.#head = 0;
+    if (this.#mask >= RELEASE_CAPACITY) {
+      this.#positions = new Uint32Array(INITIAL_CAPACITY);
+      this.#waiting = new Uint32Array(INITIAL_CAPACITY);
+      this.#mask = INITIAL_CAPACITY - 1;
     }
-    this.#head = head;
+  }
+
+  #grow() {
+    const size = 2 * (this.#mask + 1), mask = this.#mask;
+    const positions = new Uint32Array(size), waiting = new Uint32Array(size);
+    for (let i = 0; i < this.#length; i++) {
+      const slot = (this.#head + i) & mask;
+      positions[i] = this.#positions[slot];
+      waiting[i] = this.#waiting[slot];
+    }
+    this.#positions = positions;
+    this.#waiting = waiting;
+    this.#mask = size - 1;
+    this.#head = 0;
   }
 }
