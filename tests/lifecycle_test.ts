@@ -14,11 +14,27 @@ import { delay, SHM_SIZE, tempDir, waitFor } from "./helpers.ts";
 import { exitWithin, killQuietly, ROOT, runCli, signal } from "./fixtures/cli_process.ts";
 import { type Bus, connect } from "../src/client/bus.ts";
 import { SimulatedVm } from "../src/sim/simulated_vm.ts";
+import { type ClientProcess, startClient } from "./fixtures/run_client.ts";
 
 /** Messages the test streams through a subscriber too slow for them. */
 const N = 6000;
 /** Each is this big: N of them are far more than the subscriber's ring holds. */
 const PAYLOAD = "x".repeat(2000);
+/**
+ * A host client that publishes N messages of PAYLOAD to "work", flushes and says so in the
+ * file `done` (a file, not its stdout: Deno reads a child's pipe late while this process's
+ * slow subscriber keeps its event loop busy).
+ */
+const PUBLISHER = (listen: string, done: string) => `
+import { writeFileSync } from "node:fs";
+import { connect } from "vbus";
+const bus = await connect({ server: ${JSON.stringify(listen)}, timeout: 5000, reconnect: false });
+const pad = "x".repeat(${PAYLOAD.length});
+for (let i = 0; i < ${N}; i++) await bus.publish("work", { i, pad });
+await bus.flush();
+writeFileSync(${JSON.stringify(done)}, "published");
+await bus.close();
+`;
 
 test("lifecycle: SIGTERM while a slow subscriber has a backlog: all of it is delivered within the drain timeout and the broker exits 0", async () => {
   const { dir, cleanup } = tempDir();
@@ -37,7 +53,7 @@ test("lifecycle: SIGTERM while a slow subscriber has a backlog: all of it is del
   await vm.start();
   const broker = runCli(["broker", "--config", config], { VBUS_LOG: "info" });
   let subscriber: Bus | undefined;
-  let publisher: Bus | undefined;
+  let publisher: ClientProcess | undefined;
   try {
     await waitFor(() => vm.hostConnected, "broker connected to vm1", 15_000);
     // The slow subscriber: a guest on the ring that spends 0.5 ms on each message.
@@ -58,9 +74,11 @@ test("lifecycle: SIGTERM while a slow subscriber has a backlog: all of it is del
       },
     });
     await subscriber.flush();
-    publisher = await connect({ server: listen, timeout: 5000, reconnect: false });
-    for (let i = 0; i < N; i++) await publisher.publish("work", { i, pad: PAYLOAD });
-    await publisher.flush(); // all N are in the broker now
+    // The publisher is a process of its own: in this one, the subscriber's busy callbacks
+    // would slow it down to the subscriber's pace, and no backlog would form.
+    const published = join(dir, "published");
+    publisher = startClient(PUBLISHER(listen, published), { killAfterMs: 60_000 });
+    await waitFor(() => existsSync(published), "the publisher's N messages", 30_000);
     const atSigterm = got.length;
     signal(broker, "SIGTERM");
     assert.ok(
@@ -86,7 +104,8 @@ test("lifecycle: SIGTERM while a slow subscriber has a backlog: all of it is del
     assert.ok(!existsSync(listen), "the host socket is gone");
   } finally {
     await subscriber?.close();
-    await publisher?.close();
+    publisher?.kill();
+    await publisher?.exited;
     killQuietly(broker);
     await broker.done;
     await vm.stop();

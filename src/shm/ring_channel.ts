@@ -396,15 +396,22 @@ export class RingChannel {
 
   /**
    * Read every record now in the receive ring, synchronously. Called before acting on a port
-   * frame, so that a port frame never overtakes what was put in the ring before it.
+   * frame, so that a port frame never overtakes what was put in the ring before it. Only what
+   * is there when it starts: a peer that goes on writing while we read (a broker with a
+   * backlog for a slow callback) must not hold this event loop until it stops.
    * Returns false when the ring turned out corrupt (the session is being reset).
    */
   drain(): boolean {
     if (this.#stopped) return false;
     if (this.#paused) return true;
     try {
-      for (let i = 0; i < 1 << 16; i++) {
-        if (this.#consumer.poll(this.#handler, BATCH_RECORDS) === 0) break;
+      const consumer = this.#consumer;
+      let left = consumer.available();
+      // Bounded twice: by the bytes there now, and by a count no ring of records reaches.
+      for (let i = 0; i < 1 << 16 && left > 0; i++) {
+        const before = consumer.position;
+        if (consumer.poll(this.#handler, BATCH_RECORDS, left) === 0) break;
+        left -= (consumer.position - before) >>> 0;
       }
       this.#spaceBell.notify();
       return true;
