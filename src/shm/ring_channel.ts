@@ -534,6 +534,9 @@ export class RingChannel {
     const need = Math.min(length, this.#producer.maxBodyLength);
     while (!this.#stopped && !this.#canClaim(need)) {
       this.stats.spaceWaits++;
+      // A peer parked for data has read everything: what holds our room is its retention,
+      // which it lets go when it sees us wait. Wake it to look (a no-op unless it is parked).
+      this.#dataBell.notify();
       await this.#spaceParker.waitForData(
         () => this.#stopped || this.#canClaim(need),
         PARK_SLICE_MS,
@@ -627,7 +630,11 @@ export class RingChannel {
         () => this.#stopped || this.#consumer.hasData(),
         slice,
       ));
-      slice = parkAgain ? Math.min(2 * slice, IDLE_PARK_SLICE_MAX_MS) : PARK_SLICE_MS;
+      // Not while retaining: a producer that parks for room only retention holds is seen at
+      // the next poll (it rings no bell for that), so that poll comes within one short slice.
+      slice = parkAgain && this.#consumer.retained.length === 0
+        ? Math.min(2 * slice, IDLE_PARK_SLICE_MAX_MS)
+        : PARK_SLICE_MS;
       idleSince = 0;
     }
   }
