@@ -142,3 +142,32 @@ test("retained records: a ring made later never reuses a sequence number of an e
   for (const s of old) newRing.release(s); // stale releases of the old ring's copies
   assert.equal(newRing.published(8), 0, "the new ring's record still waits");
 });
+
+test("retained records: a release of no integer sequence (NaN, a fraction) lets nothing go", () => {
+  const retained = new RetainedRecords(1 << 20);
+  const first = retained.retain(0, 8);
+  retained.retain(8, 16);
+  retained.release(Number.NaN);
+  retained.release(first + 0.5);
+  assert.equal(retained.published(16), 0, "the oldest record still waits");
+  retained.release(first);
+  assert.equal(retained.published(16), 8);
+});
+
+test("retained records: wrapping around and growing keeps each record's own count", () => {
+  const retained = new RetainedRecords(1 << 30);
+  const live: number[] = [];
+  let position = 0;
+  // Retain three, release the oldest two, many times: the buffer wraps; then hold 200 (it grows).
+  for (let round = 0; round < 100; round++) {
+    for (let k = 0; k < 3; k++) live.push(retained.retain(position, position += 8));
+    retained.release(live.shift()!);
+    retained.release(live.shift()!);
+  }
+  for (let k = 0; k < 200; k++) live.push(retained.retain(position, position += 8));
+  for (const s of live.slice(0, -1)) retained.release(s);
+  assert.equal(retained.published(position), position - 8, "only the newest record waits");
+  retained.release(live[live.length - 1]);
+  assert.equal(retained.published(position), position);
+  assert.equal(retained.length, 0);
+});

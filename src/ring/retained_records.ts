@@ -100,7 +100,7 @@ export class RetainedRecords {
    */
   release(sequence: number): void {
     const i = sequence - this.#first;
-    if (i < 0 || i >= this.#length) return;
+    if (!(i >= 0 && i < this.#length) || !Number.isInteger(i)) return; // NaN, fractions too
     const slot = (this.#head + i) & this.#mask;
     if (this.#waiting[slot] === 0) return;
     if (--this.#waiting[slot] === 0) this.onRelease?.();
@@ -153,7 +153,7 @@ export class RetainedRecords {
     // Empty: start above every number issued since (by any instance), and give a large buffer back.
     this.#first = Math.max(this.#first, nextSequence);
     this.#head = 0;
-    if (this.#mask >= RELEASE_CAPACITY) {
+    if (this.#mask + 1 >= RELEASE_CAPACITY) {
       this.#positions = new Uint32Array(INITIAL_CAPACITY);
       this.#waiting = new Uint32Array(INITIAL_CAPACITY);
       this.#mask = INITIAL_CAPACITY - 1;

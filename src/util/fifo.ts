@@ -51,7 +51,7 @@ export class Fifo<T> {
     const item = this.#slots[this.#head];
     this.#slots[this.#head] = undefined; // no reference kept to what left the queue
     this.#head = (this.#head + 1) & this.#mask;
-    if (--this.#length === 0 && this.#mask >= RELEASE_CAPACITY) this.clear();
+    if (--this.#length === 0 && this.#mask + 1 >= RELEASE_CAPACITY) this.clear();
     return item;
   }
 

@@ -48,7 +48,7 @@ export class NumberFifo {
     if (this.#length === 0) return undefined;
     const value = this.#slots[this.#head];
     this.#head = (this.#head + 1) & this.#mask;
-    if (--this.#length === 0 && this.#mask >= RELEASE_CAPACITY) this.clear();
+    if (--this.#length === 0 && this.#mask + 1 >= RELEASE_CAPACITY) this.clear();
     return value;
   }
 
