@@ -151,7 +151,15 @@ test("backlog crash: ... and after the broker stops (SIGTERM) with it still queu
   await crashWithBacklog("SIGTERM");
 });
 
-test("backlog crash: retention never stops a publisher (a subscriber that reads nothing, four rings' worth)", async () => {
+/**
+ * A broker, and a ring subscriber of `count` messages stopped (SIGSTOP) once it is ready: it
+ * reads nothing. Then `publisher` runs, and `then` watches them.
+ */
+async function withStoppedSubscriber(
+  count: number,
+  publisher: string,
+  then: (run: { listen: string; sub: ClientProcess; pub: ClientProcess }) => Promise<void>,
+) {
   const { dir, cleanup } = tempDir();
   const listen = join(dir, "broker.sock");
   const config = join(dir, "broker.json");
@@ -161,15 +169,23 @@ test("backlog crash: retention never stops a publisher (a subscriber that reads 
   try {
     await waitForBroker(listen, broker.stderr);
     const env = { LISTEN: listen };
-    const sub = startClient(SUBSCRIBER(4 * 1000), { env, killAfterMs: 120_000 });
+    const sub = startClient(SUBSCRIBER(count), { env, killAfterMs: 120_000 });
     clients.push(sub);
     await sub.waitFor("ready ring", 30_000);
     process.kill(sub.pid, "SIGSTOP");
-    // 16 MiB to a subscriber whose 4 MiB ring is full: the broker's backlog takes the rest
-    // (within maxPendingBytes), and retention lets go of what is beyond half the publisher's
-    // ring instead of holding the publisher.
-    const pub = startClient(PUBLISHER(4 * 1000), { env, killAfterMs: 120_000 });
+    const pub = startClient(publisher, { env, killAfterMs: 120_000 });
     clients.push(pub);
+    await then({ listen, sub, pub });
+  } finally {
+    await stopAll(clients, broker, cleanup);
+  }
+}
+
+test("backlog crash: retention never stops a publisher (a subscriber that reads nothing, four rings' worth)", async () => {
+  // 16 MiB to a subscriber whose 4 MiB ring is full: the broker's backlog takes the rest
+  // (within maxPendingBytes), and retention lets go of what is beyond half the publisher's
+  // ring instead of holding the publisher.
+  await withStoppedSubscriber(4 * 1000, PUBLISHER(4 * 1000), async ({ listen, sub, pub }) => {
     await pub.waitFor("published ring", 60_000);
     process.kill(sub.pid, "SIGCONT");
     await sub.waitFor("got all", 30_000);
@@ -184,32 +200,14 @@ test("backlog crash: retention never stops a publisher (a subscriber that reads 
     } finally {
       await bus.close();
     }
-  } finally {
-    await stopAll(clients, broker, cleanup);
-  }
+  });
 });
 
 test("backlog crash: a message larger than the half of the ring retention leaves free still goes through", async () => {
-  const { dir, cleanup } = tempDir();
-  const listen = join(dir, "broker.sock");
-  const config = join(dir, "broker.json");
-  writeFileSync(config, JSON.stringify({ listen, vms: [] }));
-  const broker = startBroker(config);
-  const clients: ClientProcess[] = [];
-  try {
-    await waitForBroker(listen, broker.stderr);
-    const env = { LISTEN: listen };
-    const sub = startClient(SUBSCRIBER(1960), { env, killAfterMs: 120_000 });
-    clients.push(sub);
-    await sub.waitFor("ready ring", 30_000);
-    process.kill(sub.pid, "SIGSTOP");
-    // The broker retains half the publisher's 4 MiB ring for the stalled subscriber's backlog;
-    // 3 MiB then fits only once the broker lets retention go for the waiting publisher.
-    const pub = startClient(BIG_PUBLISHER, { env, killAfterMs: 120_000 });
-    clients.push(pub);
+  // The broker retains half the publisher's 4 MiB ring for the stopped subscriber's backlog;
+  // 3 MiB then fits only once the broker lets retention go for the waiting publisher.
+  await withStoppedSubscriber(1960, BIG_PUBLISHER, async ({ pub }) => {
     await pub.waitFor("small done", 60_000);
     await pub.waitFor("big done", 15_000);
-  } finally {
-    await stopAll(clients, broker, cleanup);
-  }
+  });
 });

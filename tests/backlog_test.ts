@@ -9,17 +9,15 @@ import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startLab, take, waitFor } from "./helpers.ts";
-import { Fifo } from "../src/util/fifo.ts";
-import { NumberFifo } from "../src/util/number_fifo.ts";
+import { Fifo, float64Slots } from "../src/util/fifo.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
-for (
-  const [name, make] of [["Fifo", () => new Fifo<number>()], [
-    "NumberFifo",
-    () => new NumberFifo(),
-  ]] as const
-) {
+const QUEUES = [
+  ["Fifo", () => new Fifo<number>()],
+  ["Fifo over a Float64Array", () => new Fifo<number>(float64Slots)],
+] as const;
+for (const [name, make] of QUEUES) {
   test(`backlog: ${name} keeps order while it wraps around and grows, and reports its length`, () => {
     const q = make();
     assert.equal(q.shift(), undefined);

@@ -33,8 +33,7 @@ import { type Headers, Op } from "../protocol/ops.ts";
 import type { Limits } from "../protocol/limits.ts";
 import type { RingChannel } from "../shm/ring_channel.ts";
 import { FrameQueue } from "../util/frame_queue.ts";
-import { Fifo } from "../util/fifo.ts";
-import { NumberFifo } from "../util/number_fifo.ts";
+import { Fifo, float64Slots } from "../util/fifo.ts";
 import { yieldToEventLoop } from "../util/event_loop.ts";
 import type { Logger } from "../util/log.ts";
 import type { RouteEntry } from "./router.ts";
@@ -99,9 +98,9 @@ export class Outbox {
   // frames have entries, and at most MAX_RETAINED: a flood costs no memory per message here.
   #pushedFrames = 0;
   #shiftedFrames = 0;
-  #retainedAt = new NumberFifo();
+  #retainedAt = new Fifo<number>(float64Slots);
   #retainers = new Fifo<Holdable>();
-  #retainedSeqs = new NumberFifo();
+  #retainedSeqs = new Fifo<number>(float64Slots);
   #flushing = false;
   #held = new Set<Holdable>(); // publishers this outbox holds
   #blockTimer?: ReturnType<typeof setTimeout>;

@@ -5,17 +5,40 @@
  * previous design, made a flood of queued messages cost the broker an array of garbage every
  * few thousand items). An emptied queue that grew large gives its buffer back.
  *
+ * The slots are a plain array by default; {@link float64Slots} keeps numbers in a
+ * `Float64Array` instead (no boxing of numbers beyond 31 bits, such as the sequence numbers of
+ * a long-running broker).
+ *
  * @example
  * ```ts
- * import { Fifo } from "./fifo.ts";
- * const q = new Fifo<number>();
- * q.push(1); q.push(2);
- * q.shift(); // 1
- * q.peek(); // 2
+ * import { Fifo, float64Slots } from "./fifo.ts";
+ * const q = new Fifo<string>();
+ * q.push("a"); q.push("b");
+ * q.shift(); // "a"
+ * q.peek(); // "b"
  * q.length; // 1
+ * const numbers = new Fifo<number>(float64Slots);
+ * numbers.push(2 ** 40);
+ * numbers.shift(); // 1099511627776
  * ```
  * @module
  */
+
+/** Storage of a {@link Fifo}'s slots: what {@link Slots} a queue of `capacity` items uses. */
+export type SlotStorage<T> = (capacity: number) => Slots<T>;
+
+/** Indexed slots (an array or a typed array). */
+export interface Slots<T> {
+  readonly length: number;
+  [index: number]: T | undefined;
+}
+
+/** Slots in a plain array (the default). */
+export const arraySlots = <T>(capacity: number): Slots<T> => new Array<T | undefined>(capacity);
+
+/** Slots in a `Float64Array`, for queues of numbers. */
+export const float64Slots: SlotStorage<number> = (capacity) =>
+  new Float64Array(capacity) as unknown as Slots<number>;
 
 /** Slots of a new queue's buffer (a power of two). */
 const INITIAL_CAPACITY = 16;
@@ -24,10 +47,20 @@ const RELEASE_CAPACITY = 1 << 16;
 
 /** A FIFO queue; see the module doc. */
 export class Fifo<T> {
-  #slots: (T | undefined)[] = new Array(INITIAL_CAPACITY);
+  #storage: SlotStorage<T>;
+  #slots: Slots<T>;
   #mask = INITIAL_CAPACITY - 1;
   #head = 0;
   #length = 0;
+  /** Typed slots hold no references: nothing to clear when an item leaves. */
+  #clearSlots: boolean;
+
+  /** `storage`: where the slots live ({@link arraySlots} unless given). */
+  constructor(storage: SlotStorage<T> = arraySlots) {
+    this.#storage = storage;
+    this.#slots = storage(INITIAL_CAPACITY);
+    this.#clearSlots = Array.isArray(this.#slots);
+  }
 
   /** Items in the queue. */
   get length(): number {
@@ -49,7 +82,7 @@ export class Fifo<T> {
   shift(): T | undefined {
     if (this.#length === 0) return undefined;
     const item = this.#slots[this.#head];
-    this.#slots[this.#head] = undefined; // no reference kept to what left the queue
+    if (this.#clearSlots) this.#slots[this.#head] = undefined; // no reference to what left
     this.#head = (this.#head + 1) & this.#mask;
     if (--this.#length === 0 && this.#mask + 1 >= RELEASE_CAPACITY) this.clear();
     return item;
@@ -57,7 +90,7 @@ export class Fifo<T> {
 
   /** Remove everything. */
   clear(): void {
-    this.#slots = new Array(INITIAL_CAPACITY);
+    this.#slots = this.#storage(INITIAL_CAPACITY);
     this.#mask = INITIAL_CAPACITY - 1;
     this.#head = 0;
     this.#length = 0;
@@ -65,7 +98,7 @@ export class Fifo<T> {
 
   #grow() {
     const old = this.#slots, mask = this.#mask;
-    const slots: (T | undefined)[] = new Array(old.length * 2);
+    const slots = this.#storage(2 * (mask + 1));
     for (let i = 0; i < this.#length; i++) slots[i] = old[(this.#head + i) & mask];
     this.#slots = slots;
     this.#mask = slots.length - 1;
