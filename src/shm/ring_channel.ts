@@ -630,8 +630,9 @@ export class RingChannel {
         () => this.#stopped || this.#consumer.hasData(),
         slice,
       ));
-      // Not while retaining: a producer that parks for room only retention holds is seen at
-      // the next poll (it rings no bell for that), so that poll comes within one short slice.
+      // Not while retaining: a producer that waits for room only retention holds rings before
+      // it parks, and may set its parked flag just after our poll saw none; the next poll then
+      // comes within one short slice.
       slice = parkAgain && this.#consumer.retained.length === 0
         ? Math.min(2 * slice, IDLE_PARK_SLICE_MAX_MS)
         : PARK_SLICE_MS;
