@@ -752,6 +752,7 @@ export class Broker {
         }
       }
       if (!this.#ffi) throw new Error("FFI is not available to the broker");
+      this.#log.debug("opening VM shared memory", { vm: vm.name, path, create: !existing });
       // Created here only when missing, and exclusively: never resize a file QEMU may have made.
       const mapping = this.#ffi.mapSharedSync(path, vm.shmSize, {
         create: !existing,
