@@ -145,7 +145,9 @@ test(
         assert.equal(
           lines(f(s)).find((l) => "ready" in l)!.ready,
           "ring",
-          `${s} is on the ring path`,
+          `${s} is on the ring path (broker: ${
+            JSON.stringify(broker.stats().vms.map((v) => [v.name, v.path, v.pathReason]))
+          })`,
         );
       }
       const vm1 = broker.stats().sessions.filter((s: SessionStats) => s.endpoint === "vm1");

@@ -151,6 +151,12 @@ interface VmLink {
   slotsQuiet: Map<number, Promise<void>>;
 }
 
+/** How long a VM's shared-memory file may be missing-then-present or short of its size while
+ * QEMU makes it, before the broker takes it as it is. */
+const SHM_FILE_SETTLE_MS = 2_000;
+/** How often the broker looks again at a VM's shared-memory file within that time. */
+const SHM_FILE_POLL_MS = 20;
+
 /**
  * A broker: `start()` serves the config's VMs and host socket until `stop()` (or `drain()`).
  * See the module doc for what it does.
@@ -716,8 +722,10 @@ export class Broker {
   /**
    * Map a VM's shared-memory file (creating it at its configured size if missing). A file that
    * someone other than the broker's user (or root) owns, or that every user may write, is
-   * refused: whoever can truncate it can kill the broker with SIGBUS. Refused or unmappable,
-   * the VM uses the port stream and its stats say why.
+   * refused: whoever can truncate it can kill the broker with SIGBUS. QEMU may create the same
+   * file at the same moment: a file that appears between the look and the open, or that is still
+   * shorter than shmSize, is looked at again for up to {@link SHM_FILE_SETTLE_MS}. Refused or
+   * unmappable, the VM uses the port stream and its stats say why.
    */
   async #mapVmShm(vm: VmConfig): Promise<SessionShm> {
     const path = vm.shm!;
@@ -730,35 +738,57 @@ export class Broker {
       return { reason };
     };
     try {
-      const existing = await stat(path).catch(() => undefined);
-      if (existing) {
-        const problem = backingFileProblem(path, existing, vm.shmAccess?.owner?.id);
-        if (problem) return refuse(problem, "error");
-        const gid = process.getgid?.() ?? 0;
-        const chosen = vm.shmAccess?.group?.id; // the config's shmGroup: QEMU's, on purpose
-        if ((existing.mode & 0o020) !== 0 && existing.gid !== gid && existing.gid !== chosen) {
-          this.#log.warn("a VM's shared-memory file is writable by a group the broker is not in", {
-            vm: vm.name,
-            path,
-            gid: existing.gid,
-            why:
-              "its members can shrink it and crash the broker: that group should hold only QEMU's user",
-          });
+      const ffi = this.#ffi;
+      if (!ffi) throw new Error("FFI is not available to the broker");
+      // QEMU may be making this file at this moment (memory-backend-file opens it with O_CREAT,
+      // then sizes it): one that appears after the look, or is still short of shmSize, is
+      // looked at again for a short while before it counts as wrong.
+      const settleBy = Date.now() + SHM_FILE_SETTLE_MS;
+      let mapping: ReturnType<Ffi["mapSharedSync"]> | undefined;
+      while (!mapping) {
+        const existing = await stat(path).catch(() => undefined);
+        if (existing) {
+          const problem = backingFileProblem(path, existing, vm.shmAccess?.owner?.id);
+          if (problem) return refuse(problem, "error");
+          if (existing.size < vm.shmSize && Date.now() < settleBy) {
+            await sleep(SHM_FILE_POLL_MS);
+            continue;
+          }
+          if (existing.size !== vm.shmSize) {
+            throw new Error(
+              `${path} is ${existing.size} bytes but the config says shmSize ${vm.shmSize}`,
+            );
+          }
+          const gid = process.getgid?.() ?? 0;
+          const chosen = vm.shmAccess?.group?.id; // the config's shmGroup: QEMU's, on purpose
+          if ((existing.mode & 0o020) !== 0 && existing.gid !== gid && existing.gid !== chosen) {
+            this.#log.warn(
+              "a VM's shared-memory file is writable by a group the broker is not in",
+              {
+                vm: vm.name,
+                path,
+                gid: existing.gid,
+                why:
+                  "its members can shrink it and crash the broker: that group should hold only QEMU's user",
+              },
+            );
+          }
         }
-        if (existing.size !== vm.shmSize) {
-          throw new Error(
-            `${path} is ${existing.size} bytes but the config says shmSize ${vm.shmSize}`,
-          );
+        this.#log.debug("opening VM shared memory", { vm: vm.name, path, create: !existing });
+        try {
+          // Created here only when missing, and exclusively: never resize a file QEMU may have made.
+          mapping = ffi.mapSharedSync(path, vm.shmSize, {
+            create: !existing,
+            exclusive: true,
+            mode: 0o600,
+          });
+        } catch (err) {
+          // Made (or removed) by someone else since the look: look again, within the bound.
+          const raced = err instanceof ffi.FfiError &&
+            err.code === (existing ? "ENOENT" : "EEXIST");
+          if (!raced || Date.now() >= settleBy) throw err;
         }
       }
-      if (!this.#ffi) throw new Error("FFI is not available to the broker");
-      this.#log.debug("opening VM shared memory", { vm: vm.name, path, create: !existing });
-      // Created here only when missing, and exclusively: never resize a file QEMU may have made.
-      const mapping = this.#ffi.mapSharedSync(path, vm.shmSize, {
-        create: !existing,
-        exclusive: true,
-        mode: 0o600,
-      });
       this.#mappings.set(vm.name, mapping);
       const access = vm.shmAccess ?? {};
       if (access.mode !== undefined || access.owner || access.group) {
