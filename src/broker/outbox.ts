@@ -171,7 +171,6 @@ export class Outbox {
     volatile = false,
     pubTail?: Uint8Array,
   ): boolean {
-    const stats = this.#o.stats;
     const ring = this.#ring;
     if (ring) {
       // Queued messages go first; whatever fits now is written before this one, so that one
@@ -182,22 +181,80 @@ export class Outbox {
           ? ring.tryWriteMsg(entry.sid, pubTail, payload)
           : ring.tryWriteFrame(Op.Msg, plainMsgHead(entry.sid, subject, reply, headers), payload);
         if (written) {
-          stats.ringMsgsOut++;
+          this.#o.stats.ringMsgsOut++;
           this.#handedOver(payload.length, reply);
           return true;
         }
         if (ring.stopped) return false; // the peer broke its ring: its session is being reset
       }
-      // Spliced heads are written in place into the backlog: nothing allocated per message.
-      const head = pubTail ? undefined : plainMsgHead(entry.sid, subject, reply, headers);
-      const headLength = head ? head.length : msgHeadMaxLength(pubTail!);
-      const size = FrameHeader.LENGTH + headLength + payload.length;
-      if (size > ring.maxFrameOut) {
-        this.#tooLarge(size, ring.maxFrameOut, subject);
-        return false;
-      }
-      return this.#enqueue(entry, head, pubTail, payload);
+      return this.#queue(ring, entry, subject, reply, headers, payload, pubTail);
     }
+    return this.#toPort(entry, subject, reply, headers, payload, volatile, pubTail);
+  }
+
+  /**
+   * {@link deliver} of a message with a spliced head whose payload is `length` bytes of
+   * `source` from `start` (the publisher's frame): written into the peer's ring without
+   * making a view of it when it fits now; a view is made only for the backlog or the port.
+   */
+  deliverRange(
+    entry: RouteEntry,
+    subject: string,
+    reply: string | null,
+    pubTail: Uint8Array,
+    source: Uint8Array,
+    start: number,
+    length: number,
+    volatile: boolean,
+  ): boolean {
+    const ring = this.#ring;
+    if (!ring) {
+      const payload = source.subarray(start, start + length);
+      return this.#toPort(entry, subject, reply, null, payload, volatile, pubTail);
+    }
+    if (this.#backlog.length === 0 || this.#drainNow(ring)) {
+      if (ring.tryWriteMsgFrom(entry.sid, pubTail, source, start, length)) {
+        this.#o.stats.ringMsgsOut++;
+        this.#handedOver(length, reply);
+        return true;
+      }
+      if (ring.stopped) return false;
+    }
+    const payload = source.subarray(start, start + length);
+    return this.#queue(ring, entry, subject, reply, null, payload, pubTail);
+  }
+
+  /** The peer's ring has no room for this message now: into the backlog, or dropped. */
+  #queue(
+    ring: RingChannel,
+    entry: RouteEntry,
+    subject: string,
+    reply: string | null,
+    headers: Headers | null,
+    payload: Uint8Array,
+    pubTail: Uint8Array | undefined,
+  ): boolean {
+    // Spliced heads are written in place into the backlog: nothing allocated per message.
+    const head = pubTail ? undefined : plainMsgHead(entry.sid, subject, reply, headers);
+    const headLength = head ? head.length : msgHeadMaxLength(pubTail!);
+    const size = FrameHeader.LENGTH + headLength + payload.length;
+    if (size > ring.maxFrameOut) {
+      this.#tooLarge(size, ring.maxFrameOut, subject);
+      return false;
+    }
+    return this.#enqueue(entry, head, pubTail, payload);
+  }
+
+  /** A session without a ring: the message goes to the port writer (bounded, see deliver). */
+  #toPort(
+    entry: RouteEntry,
+    subject: string,
+    reply: string | null,
+    headers: Headers | null,
+    payload: Uint8Array,
+    volatile: boolean,
+    pubTail: Uint8Array | undefined,
+  ): boolean {
     const max = this.#o.limits.maxPendingBytes;
     const pending = this.#o.port.pending + this.#o.writer.batched;
     if (pending > max) {

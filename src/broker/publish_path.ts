@@ -142,7 +142,7 @@ export class PublishPath {
     let buf = frame.buf, start = frame.headStart, end = frame.headEnd;
     const n = end - start;
     const limits = this.#o.limits;
-    const payload = frame.payload;
+    const payloadLength = frame.payloadEnd - frame.payloadStart;
     // Limits apply to the bytes that will be forwarded, not to what they decode to (a headers
     // map repeating one key decodes to a few bytes and may still be 64 KiB on the wire).
     if (
@@ -154,7 +154,7 @@ export class PublishPath {
         `a PUB head of ${n} bytes exceeds what subjects and headers may take (limits.maxHeaderBytes ${limits.maxHeaderBytes})`,
       );
     }
-    if (FrameHeader.LENGTH + n + MSG_HEAD_EXTRA + payload.length > limits.maxFrameBytes) {
+    if (FrameHeader.LENGTH + n + MSG_HEAD_EXTRA + payloadLength > limits.maxFrameBytes) {
       throw new VbusError(
         ErrorCode.FrameTooLarge,
         `the message would be forwarded as a frame larger than limits.maxFrameBytes (${limits.maxFrameBytes})`,
@@ -188,10 +188,10 @@ export class PublishPath {
         route.targets = router.forwardTargets(route.subject, route, exclude);
         route.generation = router.generation;
       }
-      if (route.targets !== null) return this.#forward(route, route.targets, payload, volatile);
-      return this.#route(route.subject, route.reply, null, payload, volatile, route.pubTail);
+      if (route.targets !== null) return this.#forward(route, route.targets, frame, volatile);
+      return this.#route(route.subject, route.reply, null, frame.payload, volatile, route.pubTail);
     }
-    return this.#slowPublish(buf, start, end, hash, payload, volatile);
+    return this.#slowPublish(buf, start, end, hash, frame.payload, volatile);
   }
 
   /** Decode and check a head not in the cache; cache it when its decision may be reused. */
@@ -269,13 +269,17 @@ export class PublishPath {
 
   /**
    * A cached route's message straight to the targets the router gave for it (what
-   * Router.publish would do for them, without matching again); returns the work it cost.
+   * Router.publish would do for them, without matching again); returns the work it cost. The
+   * payload is passed as its range of the frame's buffer to targets that take one (no view).
    */
-  #forward(route: Route, targets: RouteEntry[], payload: Uint8Array, volatile: boolean): number {
+  #forward(route: Route, targets: RouteEntry[], frame: Frame, volatile: boolean): number {
     const o = this.#o;
     const stats = o.stats;
+    const source = frame.buf, payloadStart = frame.payloadStart;
+    const payloadLength = frame.payloadEnd - payloadStart;
     stats.msgsIn++;
-    stats.bytesIn += payload.length;
+    stats.bytesIn += payloadLength;
+    let payload: Uint8Array | undefined;
     const n = targets.length;
     const { subject, reply, pubTail } = route;
     o.setPublishing(true);
@@ -283,11 +287,26 @@ export class PublishPath {
       for (let i = 0; i < n; i++) {
         const entry = targets[i];
         entry.delivered++;
+        const target = entry.target;
         try {
-          entry.target.deliver(entry, subject, reply, null, payload, volatile, pubTail);
+          if (target.deliverRange) {
+            target.deliverRange(
+              entry,
+              subject,
+              reply,
+              pubTail,
+              source,
+              payloadStart,
+              payloadLength,
+              volatile,
+            );
+          } else {
+            payload ??= frame.payload;
+            target.deliver(entry, subject, reply, null, payload, volatile, pubTail);
+          }
         } catch (err) {
-          if (!entry.target.fail) throw err;
-          entry.target.fail(err);
+          if (!target.fail) throw err;
+          target.fail(err);
         }
       }
     } finally {

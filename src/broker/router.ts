@@ -32,6 +32,21 @@ export interface DeliveryTarget {
     pubTail?: Uint8Array,
   ): boolean | void;
   /**
+   * {@link deliver} for a message with a spliced head (`pubTail`, no headers) whose payload is
+   * `length` bytes of `source` from `start`, so that no view is made of it when it can be
+   * copied straight into the receiver's ring. Optional: without it, callers make the view.
+   */
+  deliverRange?(
+    sub: RouteEntry,
+    subject: string,
+    reply: string | null,
+    pubTail: Uint8Array,
+    source: Uint8Array,
+    start: number,
+    length: number,
+    volatile: boolean,
+  ): boolean | void;
+  /**
    * A delivery threw: the fault is the receiver's (e.g. its ring), never the publisher's.
    * The router calls this instead of letting the error reach the publishing session.
    */

@@ -454,11 +454,40 @@ export class Session implements DeliveryTarget, Holdable {
     volatile = false,
     pubTail?: Uint8Array,
   ): boolean {
+    if (!this.#mayDeliver(entry, subject)) return false;
+    return this.#outbox.deliver(entry, subject, reply, headers, payload, volatile, pubTail);
+  }
+
+  /** Router callback: {@link deliver} with the payload as a range of the publisher's frame. */
+  deliverRange(
+    entry: RouteEntry,
+    subject: string,
+    reply: string | null,
+    pubTail: Uint8Array,
+    source: Uint8Array,
+    start: number,
+    length: number,
+    volatile: boolean,
+  ): boolean {
+    if (!this.#mayDeliver(entry, subject)) return false;
+    return this.#outbox.deliverRange(
+      entry,
+      subject,
+      reply,
+      pubTail,
+      source,
+      start,
+      length,
+      volatile,
+    );
+  }
+
+  /** Count a delivery against the subscription's max; may this session take the message? */
+  #mayDeliver(entry: RouteEntry, subject: string): boolean {
     this.#subs.delivering(entry);
     if (this.#state !== "open") return false;
     // The broker's own subjects (e.g. $VBUS.STATS requests) never reach a VM, even via `>`.
-    if (!this.#opts.host && subject.startsWith(SYSTEM_PREFIX)) return false;
-    return this.#outbox.deliver(entry, subject, reply, headers, payload, volatile, pubTail);
+    return this.#opts.host || !subject.startsWith(SYSTEM_PREFIX);
   }
 
   /** A delivery to this session failed unexpectedly: close it (never the publisher). */

@@ -26,6 +26,7 @@
 import { Buffer } from "node:buffer";
 import { Packr, REUSE_BUFFER_MODE, Unpackr } from "msgpackr";
 import { ErrorCode, VbusError } from "./errors.ts";
+import { copyRange } from "../util/copy_range.ts";
 
 /** Options shared by every Packr/Unpackr in vbus (see the module doc for why). */
 export const MSGPACK_OPTIONS = { useRecords: false, moreTypes: false } as const;
@@ -426,7 +427,7 @@ export function writeMsgHead(
 ): number {
   target[offset] = MSG_HEAD_MARK;
   const n = 1 + writeUint(target, offset + 1, sid);
-  target.set(pubTail, offset + n);
+  copyRange(target, offset + n, pubTail, 0, pubTail.length);
   return n + pubTail.length;
 }
 

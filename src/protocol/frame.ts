@@ -62,6 +62,9 @@ export interface Frame {
   readonly buf: Uint8Array;
   readonly headStart: number;
   readonly headEnd: number;
+  /** Where {@link payload} is in {@link buf} (the hot path copies it without a view). */
+  readonly payloadStart: number;
+  readonly payloadEnd: number;
 }
 
 /**

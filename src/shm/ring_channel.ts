@@ -67,6 +67,7 @@ import { RingConsumer, RingCorruptError, RingProducer } from "../ring/ring.ts";
 import { Doorbell, Parker, type SleepFn } from "../ring/doorbell.ts";
 import { RingId } from "../ring/layout.ts";
 import { yieldToEventLoop } from "../util/event_loop.ts";
+import { copyRange } from "../util/copy_range.ts";
 
 /** What a DOORBELL announces: data to read, or space to write. */
 export const DoorbellKind = { Data: 0, Space: 1 } as const;
@@ -453,16 +454,30 @@ export class RingChannel {
    * transmit ring: the head is spliced, not re-encoded, and the payload copied once.
    */
   tryWriteMsg(sid: number, pubTail: Uint8Array, payload: Uint8Array): boolean {
+    return this.tryWriteMsgFrom(sid, pubTail, payload, 0, payload.length);
+  }
+
+  /**
+   * {@link tryWriteMsg} with the payload given as `length` bytes of `source` from `start`
+   * (e.g. the publisher's ring record): a small payload is copied without making a view.
+   */
+  tryWriteMsgFrom(
+    sid: number,
+    pubTail: Uint8Array,
+    source: Uint8Array,
+    start: number,
+    length: number,
+  ): boolean {
     if (this.#stopped) return false;
-    const max = FrameHeader.LENGTH + msgHeadMaxLength(pubTail) + payload.length;
+    const max = FrameHeader.LENGTH + msgHeadMaxLength(pubTail) + length;
     if (max > this.#producer.maxBodyLength) return false;
     const at = this.#claim(max);
     if (at < 0) return false;
     const b = this.#bytes;
     const headLength = writeMsgHead(b, at + FrameHeader.LENGTH, sid, pubTail);
-    writeFrameHeader(b, at, Op.Msg, 0, headLength, payload.length);
-    b.set(payload, at + FrameHeader.LENGTH + headLength);
-    this.#producer.commit(FrameHeader.LENGTH + headLength + payload.length);
+    writeFrameHeader(b, at, Op.Msg, 0, headLength, length);
+    copyRange(b, at + FrameHeader.LENGTH + headLength, source, start, length);
+    this.#producer.commit(FrameHeader.LENGTH + headLength + length);
     this.#committed();
     return true;
   }
