@@ -859,8 +859,6 @@ export class Session implements DeliveryTarget, Holdable {
           : undefined,
         // Handled before the call returns (only port frames ever wait): one frame object will do.
         reuseFrames: true,
-        // One position store per batch; a crash then re-sends at most a batch, loses nothing.
-        batchPositions: true,
         onFrame: (frame) => this.#onRingFrame(frame),
         onBatch: () => this.#onRingBatch(),
         onCorrupt: (err) => this.#ringViolation(err),

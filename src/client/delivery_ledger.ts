@@ -5,9 +5,9 @@
  * A publish resolves once it is handed over: written into the outbound ring, or to the port.
  * Whether the broker handled it (routed it, refused it with an ERR, or dropped it for a slow
  * consumer and said so) is known in two ways:
- * - on the ring, the broker publishes its consumer position after each batch it handled, so
- *   when a session ends, what it had not read is still in shared memory and is re-sent (see
- *   `ring_salvage.ts`): nothing on the ring is lost, at most the batch in hand is sent twice
+ * - on the ring, the broker publishes its consumer position after every record it handled,
+ *   so when a session ends, what it had not read is still in shared memory and is re-sent
+ *   (see `ring_salvage.ts`): nothing on the ring is lost, at most one record is sent twice
  *   (and those the broker retained, below);
  * - on the port stream, bytes handed to the socket can die in buffers with the broker. A
  *   PONG proves the broker handled everything sent before its PING, so the publishes sent

@@ -1,12 +1,10 @@
 /**
  * Recovering publishes from a dead session's outbound ring. The broker publishes its consumer
- * position after each batch of records it handled (never before the copies it made of them are
- * visible), so when its session ends (a crash, `kill -9`, a reset) the records between that
- * position and ours were never handled: they still sit in shared memory, which outlives the
- * broker. The client copies them out before the next HELLO (the broker re-initialises the
- * region then) and sends them again, in order, on the next session. At most the batch the
- * broker was finishing when it died (up to 1,024 records, in a window of a few instructions)
- * is sent twice. (A guest
+ * position after every record it handled, so when its session ends (a crash, `kill -9`, a
+ * reset) the records between that position and ours were never handled: they still sit in
+ * shared memory, which outlives the broker. The client copies them out before the next HELLO
+ * (the broker re-initialises the region then) and sends them again, in order, on the next
+ * session. At most the record the broker was handling when it died is sent twice. (A guest
  * that hung up by itself, e.g. after unanswered PINGs, leaves them instead: a broker still
  * running reads the old ring when the guest's next HELLO arrives. The client counts them as
  * maybe lost then.)

@@ -181,12 +181,6 @@ export class RingProducer extends RingBase {
   private claimLength = 0;
   private claimType = 0;
   private claimFlags = 0;
-  /**
-   * Publish the producer position at {@link publishPosition} only, not at every commit (one
-   * seq-cst store per batch instead of per record: each one waits for the copies before it).
-   */
-  batchPositions = false;
-  private unpublished = false;
 
   constructor(bytes: Uint8Array, d: RingDescriptor) {
     super(bytes, d);
@@ -267,7 +261,6 @@ export class RingProducer extends RingBase {
       if (free < toEnd) return -1;
       this.writeHeader(index, toEnd - RECORD.HEADER_SIZE, RecordType.PADDING, 0);
       this.tail = (this.tail + toEnd) >>> 0;
-      this.unpublished = false;
       Atomics.store(this.i32, this.producerIdx, this.tail | 0);
       free -= toEnd;
       index = 0;
@@ -293,18 +286,6 @@ export class RingProducer extends RingBase {
     this.writeHeader(index, length, this.claimType, this.claimFlags);
     this.claimIndex = -1;
     this.tail = (this.tail + recordLength(length)) >>> 0;
-    if (this.batchPositions) this.unpublished = true;
-    else Atomics.store(this.i32, this.producerIdx, this.tail | 0);
-  }
-
-  /** Records committed but not yet published ({@link batchPositions})? */
-  get hasUnpublished(): boolean {
-    return this.unpublished;
-  }
-
-  /** Publish the producer position: every committed record becomes visible to the consumer. */
-  publishPosition(): void {
-    this.unpublished = false;
     Atomics.store(this.i32, this.producerIdx, this.tail | 0);
   }
 
@@ -355,13 +336,6 @@ export class RingConsumer extends RingBase {
   /** During a handler: the ring position of its record and the end of what was read. */
   private recordAt = -1;
   private readEnd: number;
-  /**
-   * Publish the consumer position once per {@link poll}, not after every record; then
-   * {@link beforePublish} runs before every publication (e.g. to publish what the records
-   * were copied into, so a record is never seen consumed before its copies are visible).
-   */
-  batchPositions = false;
-  beforePublish?: () => void;
 
   constructor(bytes: Uint8Array, d: RingDescriptor, options: { maxBodyLength?: number } = {}) {
     super(bytes, d);
@@ -417,7 +391,6 @@ export class RingConsumer extends RingBase {
    * be retained, and the position must never move back).
    */
   publishPosition(): void {
-    if (this.batchPositions) this.beforePublish?.();
     const end = this.recordAt >= 0 ? this.recordAt : this.readEnd;
     const at = this.retained.length > 0 ? this.retained.published(end) : end;
     // Our own cache line: the producer reads it only when it thinks the ring is full.
@@ -470,9 +443,8 @@ export class RingConsumer extends RingBase {
    * after `maxBytes` of ring space, or when the handler returns `false`) to `handler`, in
    * order. The consumer position is published
    * after each record the handler returned from (and after one that threw: it counts as
-   * consumed), or with {@link batchPositions} once at the end, so a producer that outlives a
-   * crashed consumer knows which records were never handled (or, {@link retain}ed, never
-   * finished). Returns the number of records
+   * consumed), so a producer that outlives a crashed consumer knows exactly which records were
+   * never handled (or, {@link retain}ed, never finished). Returns the number of records
    * delivered. PADDING is skipped silently.
    * Throws {@link RingCorruptError} on any protocol violation; records before the bad one are
    * delivered and consumed.
@@ -485,7 +457,6 @@ export class RingConsumer extends RingBase {
     const cap = this.capacity, mask = this.mask, base = this.dataOffset;
     const maxBody = this.maxBodyLength;
     const i32 = this.i32, consumerIdx = this.consumerIdx, retained = this.retained;
-    const batch = this.batchPositions;
     let consumed = 0;
     let delivered = 0;
     try {
@@ -540,13 +511,11 @@ export class RingConsumer extends RingBase {
         } finally {
           this.recordAt = -1;
           // Our own cache line: the producer reads it only when it thinks the ring is full.
-          if (!batch) {
-            Atomics.store(
-              i32,
-              consumerIdx,
-              (retained.length > 0 ? retained.published(end) : end) | 0,
-            );
-          }
+          Atomics.store(
+            i32,
+            consumerIdx,
+            (retained.length > 0 ? retained.published(end) : end) | 0,
+          );
         }
         if (more === false) break;
       }

@@ -91,7 +91,7 @@ function spinFromEnv(): number | undefined {
 }
 
 /** Records consumed per batch before yielding to the event loop. */
-export const BATCH_RECORDS = 1024;
+const BATCH_RECORDS = 1024;
 /** Ring bytes consumed per batch before yielding (so one session's turn stays short). */
 const BATCH_BYTES = 1024 * 1024;
 /** Longest sleep before re-checking the ring even without a doorbell (a lost frame costs this). */
@@ -128,13 +128,6 @@ export interface RingChannelOptions {
    * an owner that never keeps a frame past the call (the broker). Saves an allocation per record.
    */
   reuseFrames?: boolean;
-  /**
-   * Publish ring positions once per batch instead of after every record: what was written is
-   * published when the synchronous batch ends (and, in this process, before any receive loop
-   * publishes that it consumed a record, so a record is never consumed before its copies are
-   * visible). For the broker: a crash can then send at most one batch twice, never lose it.
-   */
-  batchPositions?: boolean;
 }
 
 /** How a {@link RingChannel} uses futexes (both sides must map the same file). */
@@ -190,17 +183,6 @@ export interface RingChannelStats {
 export class RingChannel {
   /** Channels of this process with a sleeper waiting for a DOORBELL frame (see #wakeRung). */
   static #sleeping = new Set<RingChannel>();
-  /** Channels of this process with records written but not yet published (batchPositions). */
-  static #unpublished = new Set<RingChannel>();
-
-  /** Publish every channel's written records (see {@link RingChannelOptions.batchPositions}). */
-  static #publishWritten(): void {
-    for (const ch of RingChannel.#unpublished) {
-      ch.#listedUnpublished = false;
-      if (!ch.#stopped && ch.#producer.hasUnpublished) ch.#producer.publishPosition();
-    }
-    RingChannel.#unpublished.clear();
-  }
 
   readonly region: Region;
   readonly stats: RingChannelStats = {
@@ -228,7 +210,6 @@ export class RingChannel {
   #rxId: number;
   #packr = new Packr(MSGPACK_OPTIONS);
   #notifyScheduled = false;
-  #listedUnpublished = false;
   #running = false;
   // Set by stop(): the mapping may be unmapped right after, so nothing may touch it again.
   #stopped = false;
@@ -243,11 +224,6 @@ export class RingChannel {
     this.#rxId = region.side === "guest" ? RingId.INBOUND : RingId.OUTBOUND;
     this.#producer = new RingProducer(bytes, region.tx);
     this.#consumer = new RingConsumer(bytes, region.rx, { maxBodyLength: opts.maxFrameBytes });
-    if (opts.batchPositions) {
-      this.#producer.batchPositions = true;
-      this.#consumer.batchPositions = true;
-      this.#consumer.beforePublish = RingChannel.#publishWritten;
-    }
     this.#consumerWords = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
     this.#rxProducerIdx = region.rx.control.PRODUCER_POSITION >> 2;
     const futex = opts.futex;
@@ -322,8 +298,6 @@ export class RingChannel {
    */
   stop(): Promise<void> {
     this.#running = false;
-    // What was written is the peer's: publish it while the mapping is still ours.
-    if (this.#producer.hasUnpublished) this.#producer.publishPosition();
     this.#stopped = true;
     for (const w of this.#resumeWaiters.splice(0)) w();
     this.#wakeAll("data");
@@ -614,18 +588,12 @@ export class RingChannel {
 
   #committed() {
     this.stats.framesOut++;
-    if (this.#producer.batchPositions && !this.#listedUnpublished) {
-      this.#listedUnpublished = true;
-      RingChannel.#unpublished.add(this);
-    }
     if (this.#notifyScheduled) return;
-    // One doorbell check (and, batchPositions, one position store) per synchronous batch.
+    // One doorbell check per synchronous batch of frames.
     this.#notifyScheduled = true;
     queueMicrotask(() => {
       this.#notifyScheduled = false;
-      if (this.#stopped) return;
-      if (this.#producer.hasUnpublished) this.#producer.publishPosition();
-      this.#dataBell.notify();
+      if (!this.#stopped) this.#dataBell.notify();
     });
   }
 
