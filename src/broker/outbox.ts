@@ -32,6 +32,7 @@ import { ErrorCode } from "../protocol/errors.ts";
 import { type Headers, Op } from "../protocol/ops.ts";
 import type { Limits } from "../protocol/limits.ts";
 import type { RingChannel } from "../shm/ring_channel.ts";
+import { viewOf } from "../util/copy_range.ts";
 import { FrameQueue } from "../util/frame_queue.ts";
 import { Fifo, float64Slots } from "../util/fifo.ts";
 import { yieldToEventLoop } from "../util/event_loop.ts";
@@ -171,25 +172,31 @@ export class Outbox {
     volatile = false,
     pubTail?: Uint8Array,
   ): boolean {
-    const ring = this.#ring;
-    if (ring) {
-      // Queued messages go first; whatever fits now is written before this one, so that one
-      // full moment does not send every later message through the backlog (a second copy)
-      // for as long as the publisher keeps up its pace.
-      if (this.#backlog.length === 0 || this.#drainNow(ring)) {
-        const written = pubTail
-          ? ring.tryWriteMsg(entry.sid, pubTail, payload)
-          : ring.tryWriteFrame(Op.Msg, plainMsgHead(entry.sid, subject, reply, headers), payload);
-        if (written) {
-          this.#o.stats.ringMsgsOut++;
-          this.#handedOver(payload.length, reply);
-          return true;
-        }
-        if (ring.stopped) return false; // the peer broke its ring: its session is being reset
-      }
-      return this.#queue(ring, entry, subject, reply, headers, payload, pubTail);
+    // A spliced head carries its headers: the payload is all that is left to place.
+    if (pubTail) {
+      return this.deliverRange(
+        entry,
+        subject,
+        reply,
+        pubTail,
+        payload,
+        0,
+        payload.length,
+        volatile,
+      );
     }
-    return this.#toPort(entry, subject, reply, headers, payload, volatile, pubTail);
+    const ring = this.#ring;
+    if (!ring) return this.#toPort(entry, subject, reply, headers, payload, volatile, undefined);
+    if (this.#mayWriteNow(ring)) {
+      const head = plainMsgHead(entry.sid, subject, reply, headers);
+      if (ring.tryWriteFrame(Op.Msg, head, payload)) {
+        this.#o.stats.ringMsgsOut++;
+        this.#handedOver(payload.length, reply);
+        return true;
+      }
+      if (ring.stopped) return false; // the peer broke its ring: its session is being reset
+    }
+    return this.#queue(ring, entry, subject, reply, headers, payload, undefined);
   }
 
   /**
@@ -209,19 +216,27 @@ export class Outbox {
   ): boolean {
     const ring = this.#ring;
     if (!ring) {
-      const payload = source.subarray(start, start + length);
+      const payload = viewOf(source, start, length);
       return this.#toPort(entry, subject, reply, null, payload, volatile, pubTail);
     }
-    if (this.#backlog.length === 0 || this.#drainNow(ring)) {
-      if (ring.tryWriteMsgFrom(entry.sid, pubTail, source, start, length)) {
+    if (this.#mayWriteNow(ring)) {
+      if (ring.tryWriteMsg(entry.sid, pubTail, source, start, length)) {
         this.#o.stats.ringMsgsOut++;
         this.#handedOver(length, reply);
         return true;
       }
-      if (ring.stopped) return false;
+      if (ring.stopped) return false; // the peer broke its ring: its session is being reset
     }
-    const payload = source.subarray(start, start + length);
-    return this.#queue(ring, entry, subject, reply, null, payload, pubTail);
+    return this.#queue(ring, entry, subject, reply, null, viewOf(source, start, length), pubTail);
+  }
+
+  /**
+   * May a message go straight into the ring now? Queued messages go first; whatever of them
+   * fits is written before this one, so that one full moment does not send every later
+   * message through the backlog (a second copy) for as long as the publisher keeps its pace.
+   */
+  #mayWriteNow(ring: RingChannel): boolean {
+    return this.#backlog.length === 0 || this.#drainNow(ring);
   }
 
   /** The peer's ring has no room for this message now: into the backlog, or dropped. */

@@ -451,17 +451,11 @@ export class RingChannel {
 
   /**
    * Write a MSG frame built from a PUB head's tail (see `writeMsgHead`) straight into the
-   * transmit ring: the head is spliced, not re-encoded, and the payload copied once.
+   * transmit ring: the head is spliced, not re-encoded, and the payload, `length` bytes of
+   * `source` from `start` (e.g. the publisher's ring record), copied once, without making a
+   * view of it when it is small.
    */
-  tryWriteMsg(sid: number, pubTail: Uint8Array, payload: Uint8Array): boolean {
-    return this.tryWriteMsgFrom(sid, pubTail, payload, 0, payload.length);
-  }
-
-  /**
-   * {@link tryWriteMsg} with the payload given as `length` bytes of `source` from `start`
-   * (e.g. the publisher's ring record): a small payload is copied without making a view.
-   */
-  tryWriteMsgFrom(
+  tryWriteMsg(
     sid: number,
     pubTail: Uint8Array,
     source: Uint8Array,

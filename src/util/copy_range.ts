@@ -30,9 +30,23 @@ export function copyRange(
 ): void {
   if (length <= COPY_LOOP_MAX) {
     for (let i = 0; i < length; i++) target[targetAt + i] = source[sourceAt + i];
-  } else if (sourceAt === 0 && length === source.length) {
-    target.set(source, targetAt);
   } else {
-    target.set(source.subarray(sourceAt, sourceAt + length), targetAt);
+    target.set(viewOf(source, sourceAt, length), targetAt);
   }
+}
+
+/**
+ * `length` bytes of `source` from `start` as a view: `source` itself when that is all of it
+ * (no new view object).
+ *
+ * @example
+ * ```ts
+ * import { viewOf } from "./copy_range.ts";
+ * const bytes = new Uint8Array([1, 2, 3]);
+ * viewOf(bytes, 0, 3) === bytes; // true
+ * viewOf(bytes, 1, 2); // [2, 3]
+ * ```
+ */
+export function viewOf(source: Uint8Array, start: number, length: number): Uint8Array {
+  return start === 0 && length === source.length ? source : source.subarray(start, start + length);
 }
