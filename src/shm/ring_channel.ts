@@ -177,6 +177,11 @@ export interface RingChannelStats {
   fullCount: number;
   /** Times this side's producer parked waiting for space. */
   spaceWaits: number;
+  /**
+   * Frames read by {@link RingChannel.drain} (before a port frame) rather than by the receive
+   * loop. Near 0 on a busy stream; a count near `framesIn` means every frame needed a doorbell.
+   */
+  drainedFrames: number;
 }
 
 /** Frames through the rings of a region; see the module doc. */
@@ -195,6 +200,7 @@ export class RingChannel {
     parks: 0,
     fullCount: 0,
     spaceWaits: 0,
+    drainedFrames: 0,
   };
   #opts: RingChannelOptions;
   #bytes: Uint8Array;
@@ -408,12 +414,14 @@ export class RingChannel {
     try {
       const consumer = this.#consumer;
       let left = consumer.available();
+      const framesBefore = this.stats.framesIn;
       // Bounded twice: by the bytes there now, and by a count no ring of records reaches.
       for (let i = 0; i < 1 << 16 && left > 0; i++) {
         const before = consumer.position;
         if (consumer.poll(this.#handler, BATCH_RECORDS, left) === 0) break;
         left -= (consumer.position - before) >>> 0;
       }
+      this.stats.drainedFrames += this.stats.framesIn - framesBefore;
       this.#spaceBell.notify();
       return true;
     } catch (err) {
@@ -635,8 +643,14 @@ export class RingChannel {
         continue;
       }
       this.stats.parks++;
+      // A doorbell frame is handled after drain() has read what it rang for, so the ring
+      // looks empty when the sleeper wakes: count that as data, or the loop would park again
+      // at once and every later frame would need a doorbell of its own.
+      const drainedBefore = this.stats.drainedFrames;
       parkAgain = !(await this.#dataParker.waitForData(
-        () => this.#stopped || this.#consumer.hasData(),
+        () =>
+          this.#stopped || this.stats.drainedFrames !== drainedBefore ||
+          this.#consumer.hasData(),
         slice,
       ));
       // Not while retaining: a producer that waits for room only retention holds rings before
