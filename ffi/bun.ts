@@ -46,6 +46,7 @@ const libc = dlopen("libc.so.6", {
   mmap: { args: ["u64", "u64", "i32", "i32", "i32", "i64"], returns: "i64" },
   munmap: { args: ["u64", "u64"], returns: "i32" },
   __errno_location: { args: [], returns: "ptr" },
+  sched_yield: { args: [], returns: "i32" },
   // long syscall(long nr, ...): futex(uaddr, op, val, timeout, uaddr2, val3)
   syscall: { args: ["i64", "u64", "i32", "i32", "ptr", "u64", "i32"], returns: "i32" },
 });
@@ -153,4 +154,5 @@ export const backend: FfiBackend = {
   futexWake,
   addressOf,
   bufferAt,
+  yieldCpu: () => void s.sched_yield(),
 };

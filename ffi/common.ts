@@ -73,6 +73,8 @@ export interface FfiBackend {
   addressOf(view: ArrayBufferView): number;
   /** An ArrayBuffer over `byteLength` bytes at `address` (memory this process owns). */
   bufferAt(address: number, byteLength: number): ArrayBuffer;
+  /** sched_yield(2): give this thread's core to another runnable thread, if there is one. */
+  yieldCpu(): void;
 }
 
 // Linux x86_64 ABI constants (asm-generic/fcntl.h, mman.h, futex.h, unistd_64.h, memfd.h,

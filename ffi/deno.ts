@@ -40,6 +40,7 @@ const libc = Deno.dlopen("libc.so.6", {
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
+  sched_yield: { parameters: [], result: "i32" },
   // long syscall(long nr, ...): futex(uaddr, op, val, timeout, uaddr2, val3)
   syscall: {
     parameters: ["i64", "pointer", "i32", "i32", "buffer", "pointer", "i32"],
@@ -183,4 +184,5 @@ export const backend: FfiBackend = {
   futexWake,
   addressOf,
   bufferAt,
+  yieldCpu: () => void libc.symbols.sched_yield(),
 };

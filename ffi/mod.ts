@@ -258,6 +258,23 @@ export function futexWake(view: Int32Array, index: number, count = 1): number {
 }
 
 /**
+ * Give this thread's core to another runnable thread or process, if one waits for it
+ * (sched_yield(2); returns at once when none does). A poller that found nothing calls it so
+ * that, with more busy processes than cores, the process it waits for gets to run now rather
+ * than at the end of the scheduler's time slice.
+ *
+ * @example
+ * ```ts
+ * import { yieldCpu } from "./ffi/mod.ts";
+ * let polls = 0;
+ * while (polls++ < 100 && !Atomics.load(new Int32Array(4), 0)) yieldCpu();
+ * ```
+ */
+export function yieldCpu(): void {
+  backend.yieldCpu();
+}
+
+/**
  * The address of a view's first byte, so that another thread of this process (a Worker) can
  * see the same memory through {@link bufferAt}.
  *

@@ -67,6 +67,7 @@ import { RingConsumer, RingCorruptError, RingProducer } from "../ring/ring.ts";
 import { Doorbell, Parker, type SleepFn } from "../ring/doorbell.ts";
 import { RingId } from "../ring/layout.ts";
 import { yieldToEventLoop } from "../util/event_loop.ts";
+import { idleYield } from "../util/idle_yield.ts";
 import { copyRange } from "../util/copy_range.ts";
 
 /** What a DOORBELL announces: data to read, or space to write. */
@@ -639,6 +640,8 @@ export class RingChannel {
       const now = performance.now();
       if (idleSince === 0) idleSince = now;
       if (!parkAgain && now - idleSince < spinMs) {
+        // Several busy processes may share fewer cores: let the one we wait for run.
+        idleYield.emptyPoll();
         await yieldToEventLoop();
         continue;
       }
