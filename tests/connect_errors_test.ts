@@ -53,6 +53,25 @@ test("connect errors: Deno without --allow-net fails at once and names the permi
   }
 });
 
+test("connect errors: a Deno host client without --allow-ffi loads the library and connects on the port stream", async () => {
+  const lab = await startLab({ vms: [] });
+  try {
+    // Loading the library must not touch FFI: only shared memory needs it (an idle ring
+    // poller's sched_yield once called Deno.dlopen when the module was imported).
+    const run = await runClient(
+      clientSource(lab.listen).replace("process.exit", "Deno.exit").replace(
+        "timeout: 10_000",
+        "timeout: 10_000, shm: false",
+      ),
+      { denoFlags: ["--allow-net", "--allow-read", "--allow-write", "--allow-env"] },
+    );
+    assert.equal(run.code, 0, run.out);
+    assert.match(run.out, /CONNECTED stream/);
+  } finally {
+    await lab.close();
+  }
+});
+
 test("connect errors: a permission lost while connected ends reconnecting at once (Deno), with the error", async () => {
   const lab = await startLab({ vms: [] });
   const child = startClient(

@@ -63,11 +63,19 @@ test("ring wake-up: after one doorbell, frames that follow quickly are polled, n
     assert.ok(hostEnd.tryWriteFrame(Op.Ping, HEAD));
     await finished;
     assert.equal(got, FRAMES, `all ${FRAMES} frames arrived within 10 s`);
-    assert.ok(guestEnd.stats.drainedFrames >= 1, "the first frame was read by drain()");
     assert.ok(
       doorbells < FRAMES / 10,
       `${doorbells} doorbells for ${FRAMES} frames: the woken loop must poll again, not park`,
     );
+    // And once the frames stop, it parks again instead of polling on.
+    const parksAtEnd = guestEnd.stats.parks;
+    await new Promise((resolve) => setTimeout(resolve, 300)); // spinMs is 50
+    const polls = guestEnd.stats.emptyPolls;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.ok(guestEnd.stats.parks > parksAtEnd, "the loop parked after the last frame");
+    // A parked loop polls once per park slice (50 ms, doubling); a polling one, every turn.
+    const more = guestEnd.stats.emptyPolls - polls;
+    assert.ok(more <= 3, `${more} empty polls in 100 ms: the loop must be parked`);
   } finally {
     clearTimeout(timeout);
     await Promise.all([hostEnd.stop(), guestEnd.stop()]);

@@ -17,6 +17,7 @@
  * @module
  */
 import { HEADER } from "../ring/layout.ts";
+import { idleYield } from "../util/idle_yield.ts";
 
 /** HELLO `shm`: what the client brings. */
 export interface ShmOffer {
@@ -47,9 +48,12 @@ export interface ShmAnswer {
 export type Ffi = typeof import("../../ffi/mod.ts");
 let ffi: Promise<Ffi> | undefined;
 
-/** Load `ffi/mod.ts` once, on first use. */
+/** Load `ffi/mod.ts` once, on first use; from then on idle ring pollers may yield the core. */
 export function loadFfi(): Promise<Ffi> {
-  return ffi ??= import("../../ffi/mod.ts");
+  return ffi ??= import("../../ffi/mod.ts").then((m) => {
+    idleYield.install(m.yieldCpu);
+    return m;
+  });
 }
 
 function words(bytes: Uint8Array): Int32Array {

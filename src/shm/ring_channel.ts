@@ -4,9 +4,12 @@
  * side). Each ring record's body is exactly one frame, laid out as on the port (`frame.ts`),
  * so both sides parse it with the same validation.
  *
- * Wake-ups: the consumer polls in batches, keeps polling (yielding to the event loop) for
- * `spinMs` after the last record, then parks: it sets the parked flag in shared memory and
- * sleeps until a DOORBELL frame arrives on the port. A producer rings only when it sees the
+ * Wake-ups: the consumer polls in batches, keeps polling (yielding to the event loop, and with
+ * `sched_yield` to other processes while the cores are contended: `idle_yield.ts`) for `spinMs`
+ * after the last record, then parks: it sets the parked flag in shared memory and sleeps until
+ * a DOORBELL frame arrives on the port. A client reads the ring before any port frame
+ * (`drain()`), so a woken loop may find it empty: that counts as a wake-up with data, and the
+ * loop polls again rather than parking at once. A producer rings only when it sees the
  * flag, so a busy stream rings almost never. The same scheme, the other way round, wakes a
  * producer waiting for space.
  *
@@ -179,8 +182,9 @@ export interface RingChannelStats {
   /** Times this side's producer parked waiting for space. */
   spaceWaits: number;
   /**
-   * Frames read by {@link RingChannel.drain} (before a port frame) rather than by the receive
-   * loop. Near 0 on a busy stream; a count near `framesIn` means every frame needed a doorbell.
+   * Frames read by {@link RingChannel.drain} (the client reads its ring before each port frame:
+   * DOORBELL, PONG, ERR, MSG) rather than by the receive loop; always 0 in the broker, which
+   * never drains. Near 0 on a busy stream.
    */
   drainedFrames: number;
 }

@@ -8,19 +8,24 @@
  *
  * So the yields adapt: one that came back late (another thread had the core meanwhile) means
  * the cores are contended, and every empty poll yields; one that came back at once doubles the
- * number of empty polls until the next, up to {@link IDLE_YIELD_MAX_INTERVAL}. One instance
- * serves every channel of the process: contention is the machine's, not a ring's.
+ * number of empty polls until the next, up to {@link IDLE_YIELD_MAX_INTERVAL}. At most one yield
+ * per event-loop turn: a broker's sessions all poll in the same turn. One instance,
+ * {@link idleYield}, serves every channel of the process (contention is the machine's, not a
+ * ring's). It does nothing until the FFI layer is loaded (`loadFfi` installs sched_yield), so
+ * importing the library never needs `--allow-ffi`; `VBUS_IDLE_YIELD=0` keeps it off.
  *
  * @example
  * ```ts
  * import { IdleYield } from "./idle_yield.ts";
- * const idle = new IdleYield();
- * for (let i = 0; i < 100; i++) idle.emptyPoll(); // after each poll that found no record
- * console.log(idle.yields <= 100); // true
+ * let calls = 0;
+ * const idle = new IdleYield(() => calls++);
+ * idle.emptyPoll(); // after a poll that found no record
+ * console.log(calls); // 1 (the next one waits for the next event-loop turn)
  * ```
  * @module
  */
-import { yieldCpu } from "../../ffi/mod.ts";
+import process from "node:process";
+import { setImmediate } from "node:timers";
 
 /** A yield that took longer than this (ms) gave the core to someone: the cores are contended. */
 export const IDLE_YIELD_CONTENDED_MS = 0.005;
@@ -29,27 +34,48 @@ export const IDLE_YIELD_MAX_INTERVAL = 64;
 
 /** The yield policy of a process's idle pollers; see the module doc. */
 export class IdleYield {
-  /** sched_yield calls made. */
+  /** Yields made. */
   yields = 0;
-  /** Of those, calls that came back late (the core was given away). */
+  /** Of those, yields that came back late (the core was given away). */
   contended = 0;
+  #yieldFn: (() => void) | undefined;
   #interval = 1;
   #skip = 0;
-  readonly #yieldFn: () => void;
+  #yieldedThisTurn = false;
+  readonly #newTurn = () => {
+    this.#yieldedThisTurn = false;
+  };
 
-  /** `yieldFn`: what a yield calls (default: sched_yield through `ffi/`). */
-  constructor(yieldFn: () => void = yieldCpu) {
+  /** `yieldFn`: what a yield calls; without one, nothing until {@link install}. */
+  constructor(yieldFn?: () => void) {
     this.#yieldFn = yieldFn;
+  }
+
+  /** True once there is something to yield with. */
+  get active(): boolean {
+    return this.#yieldFn !== undefined;
+  }
+
+  /**
+   * Yield with `yieldFn` from now on (the FFI layer's sched_yield), unless the environment says
+   * `VBUS_IDLE_YIELD=0`. Returns whether it is on.
+   */
+  install(yieldFn: () => void): boolean {
+    if (yieldSwitchedOff()) return false;
+    this.#yieldFn = yieldFn;
+    return true;
   }
 
   /** Call after each poll that found nothing, before yielding to the event loop. */
   emptyPoll(): void {
+    const yieldFn = this.#yieldFn;
+    if (yieldFn === undefined || this.#yieldedThisTurn) return;
     if (this.#skip > 0) {
       this.#skip--;
       return;
     }
     const start = performance.now();
-    this.#yieldFn();
+    yieldFn();
     this.yields++;
     if (performance.now() - start > IDLE_YIELD_CONTENDED_MS) {
       this.contended++;
@@ -58,6 +84,16 @@ export class IdleYield {
       this.#interval = Math.min(2 * this.#interval, IDLE_YIELD_MAX_INTERVAL);
     }
     this.#skip = this.#interval - 1;
+    this.#yieldedThisTurn = true;
+    setImmediate(this.#newTurn);
+  }
+}
+
+function yieldSwitchedOff(): boolean {
+  try {
+    return process.env.VBUS_IDLE_YIELD === "0";
+  } catch {
+    return false; // no permission to read the environment: the default
   }
 }
 
