@@ -8,8 +8,7 @@
  *
  * So the yields adapt: one that came back late (another thread had the core meanwhile) means
  * the cores are contended, and every empty poll yields; one that came back at once doubles the
- * number of empty polls until the next, up to {@link IDLE_YIELD_MAX_INTERVAL}. At most one yield
- * per event-loop turn: a broker's sessions all poll in the same turn. One instance,
+ * number of empty polls until the next, up to {@link IDLE_YIELD_MAX_INTERVAL}. One instance,
  * {@link idleYield}, serves every channel of the process (contention is the machine's, not a
  * ring's). It does nothing until the FFI layer is loaded (`loadFfi` installs sched_yield), so
  * importing the library never needs `--allow-ffi`; `VBUS_IDLE_YIELD=0` keeps it off.
@@ -20,12 +19,11 @@
  * let calls = 0;
  * const idle = new IdleYield(() => calls++);
  * idle.emptyPoll(); // after a poll that found no record
- * console.log(calls); // 1 (the next one waits for the next event-loop turn)
+ * console.log(calls); // 1 (then 2, 4, ... polls apart while yields come back at once)
  * ```
  * @module
  */
 import process from "node:process";
-import { setImmediate } from "node:timers";
 
 /** A yield that took longer than this (ms) gave the core to someone: the cores are contended. */
 export const IDLE_YIELD_CONTENDED_MS = 0.005;
@@ -41,10 +39,6 @@ export class IdleYield {
   #yieldFn: (() => void) | undefined;
   #interval = 1;
   #skip = 0;
-  #yieldedThisTurn = false;
-  readonly #newTurn = () => {
-    this.#yieldedThisTurn = false;
-  };
 
   /** `yieldFn`: what a yield calls; without one, nothing until {@link install}. */
   constructor(yieldFn?: () => void) {
@@ -69,7 +63,7 @@ export class IdleYield {
   /** Call after each poll that found nothing, before yielding to the event loop. */
   emptyPoll(): void {
     const yieldFn = this.#yieldFn;
-    if (yieldFn === undefined || this.#yieldedThisTurn) return;
+    if (yieldFn === undefined) return;
     if (this.#skip > 0) {
       this.#skip--;
       return;
@@ -84,8 +78,6 @@ export class IdleYield {
       this.#interval = Math.min(2 * this.#interval, IDLE_YIELD_MAX_INTERVAL);
     }
     this.#skip = this.#interval - 1;
-    this.#yieldedThisTurn = true;
-    setImmediate(this.#newTurn);
   }
 }
 
