@@ -18,12 +18,12 @@
  */
 import { spawn } from "node:child_process";
 import { rmSync } from "node:fs";
-import { join } from "node:path";
 import process from "node:process";
 import { setImmediate } from "node:timers";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { mapSharedSync, yieldCpu } from "../ffi/mod.ts";
+import { runtimeCommand } from "./lib/proc.ts";
 
 const { values } = parseArgs({
   options: {
@@ -36,7 +36,6 @@ const { values } = parseArgs({
   },
 });
 const SELF = fileURLToPath(import.meta.url);
-const ROOT = join(SELF, "..", "..");
 const PROCS = Number(values.procs);
 const ROUNDS = Number(values.rounds);
 if (!Number.isInteger(PROCS) || PROCS < 2 || PROCS > 16) throw new Error("--procs: 2 to 16");
@@ -91,23 +90,19 @@ if (values.role !== undefined) {
   process.exit(0);
 }
 
-const runtimes = {
-  bun: join(ROOT, "node_modules/.bin/bun"),
-  deno: join(ROOT, "node_modules/.bin/deno"),
-};
 console.log(`| runtime | mode | processes | round p50 (µs) | round p90 (µs) |`);
 console.log(`|---|---|---|---|---|`);
 for (const rt of values.runtimes!.split(",") as ("bun" | "deno")[]) {
-  if (!(rt in runtimes)) throw new Error(`--runtimes: bun or deno, not ${rt}`);
+  if (rt !== "bun" && rt !== "deno") throw new Error(`--runtimes: bun or deno, not ${rt}`);
   for (const mode of ["immediate", "yield"]) {
     const path = `/dev/shm/vbus-yield-ring-${process.pid}`;
     mapSharedSync(path, 4096, { create: true }).unmap();
     const children = Array.from({ length: PROCS }, (_, i) => {
-      const args = [SELF, "--role", String(i), "--mode", mode, "--path", path];
-      args.push("--procs", String(PROCS), "--rounds", String(ROUNDS));
-      const child = rt === "bun"
-        ? spawn(runtimes.bun, args, { stdio: ["ignore", "pipe", "inherit"] })
-        : spawn(runtimes.deno, ["run", "-A", ...args], { stdio: ["ignore", "pipe", "inherit"] });
+      const [cmd, args] = runtimeCommand(rt, SELF, [
+        ...["--role", String(i), "--mode", mode, "--path", path],
+        ...["--procs", String(PROCS), "--rounds", String(ROUNDS)],
+      ]);
+      const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "inherit"] });
       let out = "";
       child.stdout!.on("data", (d) => (out += d));
       return new Promise<string>((r) => child.on("close", () => r(out)));

@@ -266,8 +266,8 @@ export function futexWake(view: Int32Array, index: number, count = 1): number {
  * @example
  * ```ts
  * import { yieldCpu } from "./ffi/mod.ts";
- * let polls = 0;
- * while (polls++ < 100 && !Atomics.load(new Int32Array(4), 0)) yieldCpu();
+ * const word = new Int32Array(4); // in practice a word another process writes
+ * for (let polls = 0; polls < 100 && Atomics.load(word, 0) === 0; polls++) yieldCpu();
  * ```
  */
 export function yieldCpu(): void {
