@@ -33,7 +33,7 @@ import { type Headers, Op } from "../protocol/ops.ts";
 import type { Limits } from "../protocol/limits.ts";
 import type { RingChannel } from "../shm/ring_channel.ts";
 import { viewOf } from "../util/copy_range.ts";
-import { FrameQueue } from "../util/frame_queue.ts";
+import { FrameQueue, frameSize } from "../util/frame_queue.ts";
 import { Fifo, float64Slots } from "../util/fifo.ts";
 import { yieldToEventLoop } from "../util/event_loop.ts";
 import type { Logger } from "../util/log.ts";
@@ -371,10 +371,11 @@ export class Outbox {
    * Write the oldest queued frame into the ring if it fits now; false when it does not.
    */
   #writeQueued(ring: RingChannel, inDelivery: boolean): boolean {
-    const frame = this.#backlog.peek()!;
-    if (!ring.tryWriteEncoded(frame)) return false;
+    const backlog = this.#backlog;
+    const bytes = backlog.oldestBuffer()!, at = backlog.oldestOffset();
+    if (!ring.tryWriteEncoded(bytes, at, frameSize(bytes, at))) return false;
     this.#o.stats.ringMsgsOut++;
-    this.#handedOver(payloadLength(frame), this.#o.replyGrant() ? replyOf(frame) : null);
+    this.#handedOver(payloadLength(bytes, at), this.#o.replyGrant() ? replyOf(bytes, at) : null);
     this.#backlog.shift();
     this.#releaseOldest();
     if (this.#backlog.memoryBytes <= this.#o.limits.maxPendingBytes / 2) {
@@ -557,12 +558,16 @@ function u32(b: Uint8Array, o: number): number {
   return ((b[o] << 24) >>> 0) + (b[o + 1] << 16) + (b[o + 2] << 8) + b[o + 3];
 }
 
-function payloadLength(frame: Uint8Array): number {
-  return u32(frame, FrameHeader.PAYLOAD_LENGTH_OFFSET);
+function payloadLength(frame: Uint8Array, at: number): number {
+  return u32(frame, at + FrameHeader.PAYLOAD_LENGTH_OFFSET);
 }
 
 /** The reply subject of an encoded MSG frame (the broker wrote it, so it is well formed). */
-function replyOf(frame: Uint8Array): string | null {
-  const headEnd = FrameHeader.LENGTH + u32(frame, FrameHeader.HEAD_LENGTH_OFFSET);
-  return decodeMsgHead(frame, FrameHeader.LENGTH, headEnd)[2];
+function replyOf(frame: Uint8Array, at: number): string | null {
+  const headStart = at + FrameHeader.LENGTH;
+  return decodeMsgHead(
+    frame,
+    headStart,
+    headStart + u32(frame, at + FrameHeader.HEAD_LENGTH_OFFSET),
+  )[2];
 }

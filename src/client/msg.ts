@@ -72,6 +72,8 @@ let internals!: {
     headers: Headers | undefined,
     payload: Uint8Array,
     lent: boolean,
+    start: number,
+    end: number,
   ): Msg<T>;
   keep(msg: Msg<unknown>): void;
   expire(msg: Msg<unknown>): void;
@@ -97,8 +99,15 @@ export class Msg<T = unknown> {
   /** The id of the subscription it was delivered to (connection-local). */
   readonly sid: number;
   #ctx: MsgContext;
-  #raw: Uint8Array;
-  /** `#raw` is a view into a shared-memory ring slot that is reused once the callback is done. */
+  /**
+   * The payload is `#buf[#start, #end)`; its view (`raw`) is made only when asked for, since a
+   * view of a mapped region is the largest single cost of a small message in Bun.
+   */
+  #buf: Uint8Array;
+  #start: number;
+  #end: number;
+  #raw?: Uint8Array;
+  /** `#buf` is a shared-memory ring that reuses the payload's slot once the callback is done. */
   #lent: boolean;
   #expired = false;
   #decoded = false;
@@ -111,25 +120,33 @@ export class Msg<T = unknown> {
     subject: string,
     reply: string | undefined,
     headers: Headers | undefined,
-    payload: Uint8Array,
+    buf: Uint8Array,
     lent: boolean,
+    start: number,
+    end: number,
   ) {
     this.#ctx = ctx;
     this.sid = sid;
     this.subject = subject;
     this.reply = reply;
     this.headers = headers;
-    this.#raw = payload;
+    this.#buf = buf;
+    this.#start = start;
+    this.#end = end;
     this.#lent = lent;
   }
 
   static {
     internals = {
-      create: (ctx, sid, subject, reply, headers, payload, lent) =>
-        new Msg(ctx, sid, subject, reply, headers, payload, lent),
+      create: (ctx, sid, subject, reply, headers, payload, lent, start, end) =>
+        new Msg(ctx, sid, subject, reply, headers, payload, lent, start, end),
       keep: (msg) => {
         if (!msg.#lent || msg.#expired) return;
-        msg.#raw = copyBytes(msg.#raw);
+        const own = copyBytes(msg.#buf, msg.#start, msg.#end);
+        msg.#buf = own;
+        msg.#start = 0;
+        msg.#end = own.length;
+        msg.#raw = own;
         msg.#lent = false;
       },
       expire: (msg) => {
@@ -144,7 +161,7 @@ export class Msg<T = unknown> {
    */
   get raw(): Uint8Array {
     if (this.#expired) throw expiredError(this.subject);
-    return this.#raw;
+    return this.#raw ??= this.#buf.subarray(this.#start, this.#end);
   }
 
   /**
@@ -158,7 +175,7 @@ export class Msg<T = unknown> {
     if (this.#expired) throw expiredError(this.subject);
     if (!this.#decoded) {
       try {
-        this.#data = decodeValue<T>(this.#raw);
+        this.#data = decodeValue<T>(this.#buf, this.#start, this.#end);
       } catch (err) {
         const e = this.#decodeError = new VbusError(
           ErrorCode.Codec,
@@ -207,8 +224,9 @@ export class Msg<T = unknown> {
 }
 
 /**
- * Make a message (the connection does, for each MSG it receives). `lent`: `payload` is a view
- * into a ring slot, valid until the message is kept or expired.
+ * Make a message (the connection does, for each MSG it receives). Its payload is
+ * `payload[start, end)` (default: all of it). `lent`: those bytes are a ring slot, valid until
+ * the message is kept or expired.
  *
  * @example
  * ```ts
@@ -230,8 +248,10 @@ export function createMsg<T>(
   headers: Headers | undefined,
   payload: Uint8Array,
   lent: boolean,
+  start = 0,
+  end: number = payload.length,
 ): Msg<T> {
-  return internals.create<T>(ctx, sid, subject, reply, headers, payload, lent);
+  return internals.create<T>(ctx, sid, subject, reply, headers, payload, lent, start, end);
 }
 
 /**

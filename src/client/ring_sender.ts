@@ -386,7 +386,7 @@ export class RingSender {
     try {
       while (at < batch.end) {
         const length = batch.frameLength(at);
-        if (!ring.tryWriteEncoded(b.subarray(at, at + length))) return length;
+        if (!ring.tryWriteEncoded(b, at, length)) return length;
         at += length;
         this.#waiting--;
       }

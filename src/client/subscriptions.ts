@@ -175,9 +175,11 @@ export class SubscriptionTable {
     const [sid, subject, reply, headers] =
       this.#heads.msg(frame.buf, frame.headStart, frame.headEnd) ??
         decodeMsgHead(frame.buf, frame.headStart, frame.headEnd);
-    let payload = frame.payload;
     if (sid === this.#inboxSid) {
-      if (inRing) payload = copyBytes(payload); // the reply is read after the slot is reused
+      // The reply is read after the slot is reused.
+      const payload = inRing
+        ? copyBytes(frame.buf, frame.payloadStart, frame.payloadEnd)
+        : frame.payload;
       const token = subject.slice(subject.lastIndexOf(".") + 1);
       if (headers?.[STATUS_HEADER] === STATUS_NO_RESPONDERS) {
         const to = this.#requests.subjectOf(token);
@@ -201,20 +203,31 @@ export class SubscriptionTable {
     }
     const handle = this.#subs.get(sid);
     if (!handle) return; // unsubscribed while in flight
-    // From the ring, only a synchronous callback reads the slot in place.
+    // From the ring, only a synchronous callback reads the slot in place, and no view of
+    // the slot is made unless the callback asks for `raw`.
     const lent = inRing && handle.hasCallback && !handle.asyncCallback;
-    if (inRing && !lent) payload = copyBytes(payload);
-    handle.dispatch(
-      createMsg(
+    const msg = lent
+      ? createMsg(
         this.#msgContext,
         sid,
         subject,
         reply ?? undefined,
         headers ?? undefined,
-        payload,
-        lent,
-      ),
-    );
+        frame.buf,
+        true,
+        frame.payloadStart,
+        frame.payloadEnd,
+      )
+      : createMsg(
+        this.#msgContext,
+        sid,
+        subject,
+        reply ?? undefined,
+        headers ?? undefined,
+        inRing ? copyBytes(frame.buf, frame.payloadStart, frame.payloadEnd) : frame.payload,
+        false,
+      );
+    handle.dispatch(msg);
     if (handle.sub.isClosed) this.#subs.delete(sid);
   }
 

@@ -444,20 +444,24 @@ export class RingChannel {
     if (at < 0) return false;
     const b = this.#bytes;
     writeFrameHeader(b, at, op, 0, head.length, payload.length);
-    b.set(head, at + FrameHeader.LENGTH);
+    copyRange(b, at + FrameHeader.LENGTH, head, 0, head.length);
     b.set(payload, at + FrameHeader.LENGTH + head.length);
     this.#producer.commit(length);
     this.#committed();
     return true;
   }
 
-  /** Copy an already-encoded frame into the transmit ring. False when there is no room now. */
-  tryWriteEncoded(frame: Uint8Array): boolean {
-    if (this.#stopped || frame.length > this.#producer.maxBodyLength) return false;
-    const at = this.#claim(frame.length);
+  /**
+   * Copy an already-encoded frame, `length` bytes of `source` from `start` (default: all of
+   * it), into the transmit ring; a small one without making a view of it (a sender's queue or
+   * a backlog holds many frames in one buffer). False when there is no room now.
+   */
+  tryWriteEncoded(source: Uint8Array, start = 0, length: number = source.length - start): boolean {
+    if (this.#stopped || length > this.#producer.maxBodyLength) return false;
+    const at = this.#claim(length);
     if (at < 0) return false;
-    this.#bytes.set(frame, at);
-    this.#producer.commit(frame.length);
+    copyRange(this.#bytes, at, source, start, length);
+    this.#producer.commit(length);
     this.#committed();
     return true;
   }
@@ -503,7 +507,7 @@ export class RingChannel {
     if (at < 0) return "full";
     const b = this.#bytes;
     const payloadAt = at + FrameHeader.LENGTH + head.length;
-    b.set(head, at + FrameHeader.LENGTH);
+    copyRange(b, at + FrameHeader.LENGTH, head, 0, head.length); // a head is small: no `set`
     if (value instanceof Uint8Array) {
       // Binary: its msgpack encoding is a bin header and the bytes, written into the slot.
       const h = writeBinHeader(b, payloadAt, value.length);

@@ -101,6 +101,20 @@ export class FrameQueue {
     return chunk.bytes.subarray(chunk.start, chunk.start + frameSize(chunk.bytes, chunk.start));
   }
 
+  /**
+   * The buffer holding the oldest frame, which starts at {@link oldestOffset}: for copying it
+   * out without a view (valid until the next {@link shift} or {@link clear}).
+   */
+  oldestBuffer(): Uint8Array | undefined {
+    const chunk = this.#chunks.peek();
+    return !chunk || chunk.start === chunk.end ? undefined : chunk.bytes;
+  }
+
+  /** Where the oldest frame starts in {@link oldestBuffer}. */
+  oldestOffset(): number {
+    return this.#chunks.peek()?.start ?? 0;
+  }
+
   /** Remove the oldest frame; returns its size in bytes (0 when empty). */
   shift(): number {
     const chunk = this.#chunks.peek();
@@ -157,7 +171,19 @@ export class FrameQueue {
   }
 }
 
-function frameSize(b: Uint8Array, at: number): number {
+/**
+ * The size of the encoded frame at `at` in `b`, from its frame header.
+ *
+ * @example
+ * ```ts
+ * import { FrameQueue, frameSize } from "./frame_queue.ts";
+ * import { Op } from "../protocol/ops.ts";
+ * const q = new FrameQueue();
+ * q.push(Op.Msg, new Uint8Array([0x94, 1, 0xa1, 0x61, 0xc0, 0xc0]), new Uint8Array([0xc3]));
+ * frameSize(q.oldestBuffer()!, q.oldestOffset()); // 19
+ * ```
+ */
+export function frameSize(b: Uint8Array, at: number): number {
   const pad = b[at + FrameHeader.FLAGS_OFFSET] & FrameHeader.FLAGS_PAD_MASK;
   return FrameHeader.LENGTH + u32(b, at + FrameHeader.HEAD_LENGTH_OFFSET) + pad +
     u32(b, at + FrameHeader.PAYLOAD_LENGTH_OFFSET);
