@@ -38,7 +38,8 @@
  * ```
  * @module
  */
-import { copyBytes, decodeValue } from "../protocol/codec.ts";
+import { decodeValue } from "../protocol/codec.ts";
+import { copyPayload } from "../util/payload_slab.ts";
 import type { Headers } from "../protocol/ops.ts";
 import type { PublishOptions } from "./options.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
@@ -142,7 +143,7 @@ export class Msg<T = unknown> {
         new Msg(ctx, sid, subject, reply, headers, payload, lent, start, end),
       keep: (msg) => {
         if (!msg.#lent || msg.#expired) return;
-        const own = copyBytes(msg.#buf, msg.#start, msg.#end);
+        const own = copyPayload(msg.#buf, msg.#start, msg.#end);
         msg.#buf = own;
         msg.#start = 0;
         msg.#end = own.length;

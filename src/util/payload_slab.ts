@@ -1,0 +1,71 @@
+/**
+ * Copies of small payloads, carved out of shared chunks instead of one allocation each.
+ *
+ * A message that must outlive its ring slot (an iterated subscription's, an `async`
+ * callback's, a request's reply) gets its payload copied into memory of its own. In Deno (and
+ * Node) every `new Uint8Array` costs a `malloc` of its backing store, and the buffer is freed
+ * on another thread; measured here at 0.35-1.1 us each, against ~20 ns for a view (Bun: 6 ns),
+ * which made an iterated subscription 2.6x the CPU of a callback. Small copies therefore share
+ * chunks of {@link SLAB_CHUNK_BYTES}: one allocation serves dozens of messages. The price, as
+ * with Node's `Buffer` pool: a copy kept alive keeps its whole chunk alive (at most
+ * {@link SLAB_CHUNK_BYTES} per kept message); larger payloads get their own buffer.
+ *
+ * @example
+ * ```ts
+ * import { PayloadSlab } from "./payload_slab.ts";
+ * const slab = new PayloadSlab();
+ * const ring = new Uint8Array([1, 2, 3, 4, 5]);
+ * const copy = slab.copy(ring, 1, 4); // [2, 3, 4], no longer tied to `ring`
+ * ring[1] = 9;
+ * copy[0]; // 2
+ * ```
+ * @module
+ */
+import { copyRange } from "./copy_range.ts";
+
+/** Size of one shared chunk. */
+export const SLAB_CHUNK_BYTES = 4096;
+/** Payloads up to this size share chunks; larger ones get a buffer of their own. */
+export const SLAB_MAX_COPY = 512;
+/** Copies start on this alignment, so a copy's view can be read as wider words too. */
+const ALIGN = 8;
+
+/** A source of copies; see the module doc. One thread's (a Worker has its own). */
+export class PayloadSlab {
+  #chunk = new Uint8Array(0);
+  #at = 0;
+
+  /** A copy of `source[start, end)` that no later write to `source` changes. */
+  copy(source: Uint8Array, start: number, end: number): Uint8Array {
+    const length = end - start;
+    if (length > SLAB_MAX_COPY) {
+      const own = new Uint8Array(length);
+      own.set(source.subarray(start, end));
+      return own;
+    }
+    if (this.#at + length > this.#chunk.length) {
+      this.#chunk = new Uint8Array(SLAB_CHUNK_BYTES);
+      this.#at = 0;
+    }
+    const at = this.#at;
+    copyRange(this.#chunk, at, source, start, length);
+    this.#at = (at + length + ALIGN - 1) & ~(ALIGN - 1);
+    return this.#chunk.subarray(at, at + length);
+  }
+}
+
+/**
+ * This thread's slab: every connection copies from it, so there is one partly filled chunk
+ * per thread, not per connection.
+ *
+ * @example
+ * ```ts
+ * import { copyPayload } from "./payload_slab.ts";
+ * const copy = copyPayload(new Uint8Array([1, 2, 3]), 0, 2); // [1, 2]
+ * ```
+ */
+export function copyPayload(source: Uint8Array, start: number, end: number): Uint8Array {
+  return shared.copy(source, start, end);
+}
+
+const shared = new PayloadSlab();
