@@ -6,6 +6,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { PayloadSlab, SLAB_CHUNK_BYTES, SLAB_MAX_COPY } from "../src/util/payload_slab.ts";
+import { OWN_BUFFERS_ARE_COSTLY } from "../ffi/runtime_traits.ts";
+import { encodeValue } from "../src/protocol/codec.ts";
 
 function filled(n: number, seed: number): Uint8Array {
   return Uint8Array.from({ length: n }, (_, i) => (seed + i * 7) & 0xff);
@@ -44,4 +46,11 @@ test("payload slab: a payload above the shared size gets a buffer of its own", (
 test("payload slab: an empty payload is an empty copy", () => {
   const slab = new PayloadSlab();
   assert.equal(slab.copy(new Uint8Array(4), 2, 2).length, 0);
+});
+
+test("encodeValue shares chunks only where a buffer each is costly", () => {
+  const a = encodeValue(1), b = encodeValue("two");
+  assert.equal(a.buffer === b.buffer, OWN_BUFFERS_ARE_COSTLY);
+  assert.deepEqual([...a], [0x01]);
+  assert.deepEqual([...b], [0xa3, 0x74, 0x77, 0x6f]);
 });

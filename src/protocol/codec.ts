@@ -27,6 +27,8 @@ import { Buffer } from "node:buffer";
 import { Packr, REUSE_BUFFER_MODE, Unpackr } from "msgpackr";
 import { ErrorCode, VbusError } from "./errors.ts";
 import { copyRange } from "../util/copy_range.ts";
+import { copyPayload } from "../util/payload_slab.ts";
+import { OWN_BUFFERS_ARE_COSTLY } from "../../ffi/runtime_traits.ts";
 
 /** Options shared by every Packr/Unpackr in vbus (see the module doc for why). */
 export const MSGPACK_OPTIONS = { useRecords: false, moreTypes: false } as const;
@@ -40,7 +42,8 @@ const unpackr = new Unpackr(MSGPACK_OPTIONS);
 const valueUnpackr = new Unpackr({ ...MSGPACK_OPTIONS, structuredClone: false });
 
 /**
- * Encode a value with msgpack into a buffer of its own. (msgpackr keeps its write buffer in
+ * Encode a value with msgpack into memory of its own (in Deno, up to 512 bytes, a view of a
+ * shared chunk: see `src/util/payload_slab.ts`). (msgpackr keeps its write buffer in
  * module state shared by every Packr, and the ring encoder points it into shared memory, so
  * results are copied out rather than left as views of that buffer.)
  *
@@ -51,8 +54,10 @@ const valueUnpackr = new Unpackr({ ...MSGPACK_OPTIONS, structuredClone: false })
  */
 export function encodeValue(value: unknown): Uint8Array {
   try {
-    // A copy: msgpackr returns a Node Buffer, whose .slice() would only be a view.
-    return copyBytes(packr.pack(value));
+    // A copy: msgpackr returns a Node Buffer, whose .slice() would only be a view. Where a
+    // buffer each costs a malloc (Deno), small ones share a chunk (payload_slab.ts).
+    const packed = packr.pack(value);
+    return OWN_BUFFERS_ARE_COSTLY ? copyPayload(packed, 0, packed.length) : copyBytes(packed);
   } catch (err) {
     throw new VbusError(ErrorCode.Codec, `cannot encode value: ${(err as Error).message}`);
   }

@@ -2,13 +2,18 @@
  * Copies of small payloads, carved out of shared chunks instead of one allocation each.
  *
  * A message that must outlive its ring slot (an iterated subscription's, an `async`
- * callback's, a request's reply) gets its payload copied into memory of its own. In Deno (and
- * Node) every `new Uint8Array` costs a `malloc` of its backing store, and the buffer is freed
- * on another thread; measured here at 0.35-1.1 us each, against ~20 ns for a view (Bun: 6 ns),
- * which made an iterated subscription 2.6x the CPU of a callback. Small copies therefore share
- * chunks of {@link SLAB_CHUNK_BYTES}: one allocation serves dozens of messages. The price, as
- * with Node's `Buffer` pool: a copy kept alive keeps its whole chunk alive (at most
- * {@link SLAB_CHUNK_BYTES} per kept message); larger payloads get their own buffer.
+ * callback's, a request's reply) gets its payload copied into memory of its own. Such copies
+ * wait in queues, and a buffer each was the largest cost of the delivery: in Deno every
+ * `new Uint8Array` is a `malloc` of its backing store, freed on another thread (0.35-1.1 us
+ * here, against ~20 ns for a view); in Bun many small buffers alive at once cost the
+ * collector more than one chunk does. Iterated subscriptions in one process
+ * (`bench/subscribe_modes.ts`): Deno 0.52M -> 1.28M msgs/s, Bun 0.81-0.85M -> 1.13-1.21M.
+ * Small copies therefore share chunks of {@link SLAB_CHUNK_BYTES}; larger ones get a buffer of
+ * their own. The price, as with Node's `Buffer` pool: a copy kept alive keeps its whole chunk
+ * alive (at most {@link SLAB_CHUNK_BYTES} per kept message), and its `buffer` holds other
+ * copies of the same thread. The source is read byte by byte when small: no view of it is
+ * made (in Bun a view of a mapped ring costs ~30 ns). `encodeValue` copies into a chunk too
+ * where buffers are costly (`ffi/runtime_traits.ts`).
  *
  * @example
  * ```ts
@@ -40,7 +45,7 @@ export class PayloadSlab {
     const length = end - start;
     if (length > SLAB_MAX_COPY) {
       const own = new Uint8Array(length);
-      own.set(source.subarray(start, end));
+      copyRange(own, 0, source, start, length);
       return own;
     }
     if (this.#at + length > this.#chunk.length) {
