@@ -3,7 +3,8 @@
  * in WELCOME (or the protocol's defaults before the first session) before anything is sent:
  * a bad subject, reply subject or headers is the caller's error, thrown at once, never a
  * frame the broker refuses later. The head of a plain publish (no reply, no headers) is
- * encoded once per subject and cached, since a publisher usually repeats a few subjects.
+ * checked and encoded once per subject and cached, since a publisher usually repeats a few
+ * subjects; the cache starts again when the broker's limits may have changed (a new WELCOME).
  *
  * @example
  * ```ts
@@ -27,7 +28,9 @@ const HEAD_CACHE_SIZE = 1024;
 
 /** Encodes and checks PUB heads; see the module doc. */
 export class PubHeads {
+  /** Plain heads of subjects found valid under {@link #limitsOf}'s limits. */
   #cache = new Map<string, Uint8Array>();
+  #limitsOf: WelcomeHead | undefined;
 
   /**
    * The encoded PUB head for a publish to `subject` with `opts`, under the limits of
@@ -38,6 +41,16 @@ export class PubHeads {
     opts: PublishOptions | undefined,
     welcome: WelcomeHead | undefined,
   ): Uint8Array {
+    // A subject whose plain head is cached was found valid under these limits: a steady
+    // publisher pays one map lookup, not a validation, per message.
+    if (welcome !== this.#limitsOf) {
+      this.#cache.clear();
+      this.#limitsOf = welcome;
+    }
+    if (opts === undefined) {
+      const cached = this.#cache.get(subject);
+      if (cached !== undefined) return cached;
+    }
     const maxSubject = welcome?.maxSubjectBytes ?? DEFAULT_LIMITS.maxSubjectBytes;
     const problem = validateSubject(subject, maxSubject);
     if (problem) {
