@@ -144,7 +144,10 @@ export function decodeValue<T = unknown>(
     throw new VbusError(ErrorCode.Codec, `cannot decode value: ${problem}`);
   }
   try {
-    return valueUnpackr.unpack(bytes, { start, end }) as T;
+    // From a view, not with { start, end }: measured faster in Bun (an object of four fields
+    // from a ring: 300 against 450 ns), the same in Deno.
+    const view = start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end);
+    return valueUnpackr.unpack(view) as T;
   } catch (err) {
     throw new VbusError(ErrorCode.Codec, `cannot decode value: ${(err as Error).message}`);
   }
