@@ -1,7 +1,7 @@
 /** The broker's backlog queue: frames packed in chunks, the oldest always first. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { FRAME_QUEUE_CHUNK_BYTES, FrameQueue } from "../src/util/frame_queue.ts";
+import { FRAME_QUEUE_CHUNK_BYTES, FrameQueue, frameSize } from "../src/util/frame_queue.ts";
 import { FrameHeader } from "../src/protocol/frame.ts";
 import { Op } from "../src/protocol/ops.ts";
 
@@ -41,6 +41,7 @@ test("frame queue: FIFO order and byte counts across many chunks, with drops fro
     const take = Math.min(q.length, (round * 53) % 400);
     for (let i = 0; i < take; i++) {
       const f = q.peek()!;
+      sameFrame(q, f);
       assert.equal(
         new DataView(f.buffer, f.byteOffset + FrameHeader.LENGTH + head.length).getUint32(0),
         expect++,
@@ -52,6 +53,7 @@ test("frame queue: FIFO order and byte counts across many chunks, with drops fro
   }
   while (q.length > 0) {
     const f = q.peek()!;
+    sameFrame(q, f);
     assert.equal(
       new DataView(f.buffer, f.byteOffset + FrameHeader.LENGTH + head.length).getUint32(0),
       expect++,
@@ -60,7 +62,16 @@ test("frame queue: FIFO order and byte counts across many chunks, with drops fro
   }
   assert.equal(expect, next);
   assert.equal(q.frameBytes, 0);
+  assert.equal(q.oldestBuffer(), undefined, "nothing to copy from an empty queue");
 });
+
+/** oldestBuffer/oldestOffset/frameSize name the bytes peek() views (what the outbox copies). */
+function sameFrame(q: FrameQueue, f: Uint8Array) {
+  const b = q.oldestBuffer()!, at = q.oldestOffset();
+  assert.equal(b.buffer, f.buffer);
+  assert.equal(b.byteOffset + at, f.byteOffset);
+  assert.equal(frameSize(b, at), f.length);
+}
 
 test("frame queue: pushMsg splices the head from a PUB tail", () => {
   const q = new FrameQueue();

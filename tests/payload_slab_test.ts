@@ -50,7 +50,21 @@ test("payload slab: an empty payload is an empty copy", () => {
 
 test("encodeValue shares chunks only where a buffer each is costly", () => {
   const a = encodeValue(1), b = encodeValue("two");
-  assert.equal(a.buffer === b.buffer, OWN_BUFFERS_ARE_COSTLY);
+  assert.equal(a.buffer.byteLength === SLAB_CHUNK_BYTES, OWN_BUFFERS_ARE_COSTLY);
+  assert.equal(b.buffer.byteLength === SLAB_CHUNK_BYTES, OWN_BUFFERS_ARE_COSTLY);
   assert.deepEqual([...a], [0x01]);
   assert.deepEqual([...b], [0xa3, 0x74, 0x77, 0x6f]);
+});
+
+test("payload slab: a range that is not one is refused, and hands out nothing", () => {
+  const slab = new PayloadSlab();
+  const src = filled(64, 9);
+  const before = slab.copy(src, 0, 16);
+  assert.throws(() => slab.copy(src, 10, 4), RangeError);
+  assert.throws(() => slab.copy(src, 0, 65), RangeError);
+  assert.throws(() => slab.copy(src, -1, 4), RangeError);
+  assert.throws(() => slab.copy(src, 0, NaN), RangeError);
+  const after = slab.copy(src, 16, 32);
+  assert.deepEqual([...before], [...filled(64, 9).subarray(0, 16)], "the earlier copy is intact");
+  assert.deepEqual([...after], [...filled(64, 9).subarray(16, 32)]);
 });

@@ -49,3 +49,21 @@ test("pub heads: a cached subject is checked again under a new WELCOME's limits"
   assert.throws(() => heads.head("bad subject", undefined, welcome(256)));
   assert.throws(() => heads.head("bad subject", undefined, welcome(256)));
 });
+
+test("pub heads: the first WELCOME replaces the default limits for cached subjects", () => {
+  const heads = new PubHeads();
+  const subject = "a".repeat(40);
+  heads.head(subject, undefined, undefined); // before any session: the protocol's defaults
+  assert.throws(
+    () => heads.head(subject, undefined, welcome(32)),
+    (err: Error & { code?: string }) => err.code === ErrorCode.BadSubject,
+  );
+});
+
+test("pub heads: options without a reply or headers are a plain publish", () => {
+  const heads = new PubHeads();
+  const w = welcome(256);
+  const plain = heads.head("x.y", undefined, w);
+  assert.equal(heads.head("x.y", {}, w), plain);
+  assert.equal(heads.head("x.y", { reply: undefined, headers: undefined }, w), plain);
+});

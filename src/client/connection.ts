@@ -37,6 +37,7 @@ import { agentSocket } from "../agent/attach.ts";
 import { connectHint } from "./hints.ts";
 import { MAX_PINGS_OUT } from "./keepalive.ts";
 import type { MsgContext } from "./msg.ts";
+import { PayloadSlab } from "../util/payload_slab.ts";
 import {
   CONNECT_DEFAULTS,
   type ConnectOptions,
@@ -155,6 +156,8 @@ export class Connection {
     this.status = new StatusEmitter((type, err) =>
       log.error(`status listener for "${type}" threw`, { error: describe(err) })
     );
+    // Payload copies out of the ring share chunks, one connection's messages per chunk.
+    const slab = new PayloadSlab();
     const msgContext: MsgContext = {
       respond: (reply, value, o) => {
         this.out.publish(reply, value, o).catch((err: Error) =>
@@ -175,6 +178,7 @@ export class Connection {
           subject: msg.subject,
         });
       },
+      copy: (source, start, end) => slab.copy(source, start, end),
     };
     this.subs = new SubscriptionTable(
       {

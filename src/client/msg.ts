@@ -39,7 +39,6 @@
  * @module
  */
 import { decodeValue } from "../protocol/codec.ts";
-import { copyPayload } from "../util/payload_slab.ts";
 import type { Headers } from "../protocol/ops.ts";
 import type { PublishOptions } from "./options.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
@@ -53,6 +52,11 @@ export interface MsgContext {
   respond(reply: string, value: unknown, opts?: Omit<PublishOptions, "reply">): void;
   /** Called once per message whose payload cannot be decoded (the connection reports it). */
   undecodable(msg: Msg<unknown>, err: VbusError): void;
+  /**
+   * A copy of `source[start, end)` for a payload that must outlive its ring slot: the
+   * connection's `PayloadSlab` (payload_slab.ts), so a chunk holds one connection's messages.
+   */
+  copy(source: Uint8Array, start: number, end: number): Uint8Array;
 }
 
 function expiredError(subject: string): VbusError {
@@ -134,6 +138,7 @@ export class Msg<T = unknown> {
     this.#buf = buf;
     this.#start = start;
     this.#end = end;
+    if (start === 0 && end === buf.length) this.#raw = buf;
     this.#lent = lent;
   }
 
@@ -143,7 +148,7 @@ export class Msg<T = unknown> {
         new Msg(ctx, sid, subject, reply, headers, payload, lent, start, end),
       keep: (msg) => {
         if (!msg.#lent || msg.#expired) return;
-        const own = copyPayload(msg.#buf, msg.#start, msg.#end);
+        const own = msg.#ctx.copy(msg.#buf, msg.#start, msg.#end);
         msg.#buf = own;
         msg.#start = 0;
         msg.#end = own.length;
@@ -236,6 +241,7 @@ export class Msg<T = unknown> {
  * const ctx: MsgContext = {
  *   respond: (reply, value) => console.log("answer", value, "to", reply),
  *   undecodable: (msg, err) => console.error(msg.subject, err.message),
+ *   copy: (source, start, end) => source.slice(start, end),
  * };
  * const msg = createMsg<number>(ctx, 1, "a.b", undefined, undefined, encodeValue(42), false);
  * msg.data; // 42

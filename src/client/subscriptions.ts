@@ -29,7 +29,6 @@
  * @module
  */
 import { encodeValue } from "../protocol/codec.ts";
-import { copyPayload } from "../util/payload_slab.ts";
 import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { HeadReader } from "../protocol/fast_heads.ts";
 import type { Frame } from "../protocol/frame.ts";
@@ -179,7 +178,7 @@ export class SubscriptionTable {
     if (sid === this.#inboxSid) {
       // The reply is read after the slot is reused.
       const payload = inRing
-        ? copyPayload(frame.buf, frame.payloadStart, frame.payloadEnd)
+        ? this.#msgContext.copy(frame.buf, frame.payloadStart, frame.payloadEnd)
         : frame.payload;
       const token = subject.slice(subject.lastIndexOf(".") + 1);
       if (headers?.[STATUS_HEADER] === STATUS_NO_RESPONDERS) {
@@ -225,7 +224,9 @@ export class SubscriptionTable {
         subject,
         reply ?? undefined,
         headers ?? undefined,
-        inRing ? copyPayload(frame.buf, frame.payloadStart, frame.payloadEnd) : frame.payload,
+        inRing
+          ? this.#msgContext.copy(frame.buf, frame.payloadStart, frame.payloadEnd)
+          : frame.payload,
         false,
       );
     handle.dispatch(msg);

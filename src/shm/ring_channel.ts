@@ -457,6 +457,9 @@ export class RingChannel {
    * a backlog holds many frames in one buffer). False when there is no room now.
    */
   tryWriteEncoded(source: Uint8Array, start = 0, length: number = source.length - start): boolean {
+    if (start < 0 || length < 0 || start + length > source.length) {
+      throw new RangeError(`tryWriteEncoded: ${length} bytes from ${start} of ${source.length}`);
+    }
     if (this.#stopped || length > this.#producer.maxBodyLength) return false;
     const at = this.#claim(length);
     if (at < 0) return false;

@@ -11,7 +11,9 @@
  * Small copies therefore share chunks of {@link SLAB_CHUNK_BYTES}; larger ones get a buffer of
  * their own. The price, as with Node's `Buffer` pool: a copy kept alive keeps its whole chunk
  * alive (at most {@link SLAB_CHUNK_BYTES} per kept message), and its `buffer` holds other
- * copies of the same thread. The source is read byte by byte when small: no view of it is
+ * copies: each connection has a slab of its own, so they are that connection's messages. Never
+ * transfer such a `buffer` (it would detach the other copies in it); `.slice()` a copy before
+ * `postMessage` or `structuredClone`, which would copy the whole chunk. The source is read byte by byte when small: no view of it is
  * made (in Bun a view of a mapped ring costs ~30 ns). `encodeValue` copies into a chunk too
  * where buffers are costly (`ffi/runtime_traits.ts`).
  *
@@ -40,9 +42,15 @@ export class PayloadSlab {
   #chunk = new Uint8Array(0);
   #at = 0;
 
-  /** A copy of `source[start, end)` that no later write to `source` changes. */
+  /**
+   * A copy of `source[start, end)` that no later write to `source` changes. Throws a
+   * RangeError for a range that is not one (a chunk must never be handed out twice).
+   */
   copy(source: Uint8Array, start: number, end: number): Uint8Array {
     const length = end - start;
+    if (!(length >= 0) || start < 0 || end > source.length) {
+      throw new RangeError(`copy: [${start}, ${end}) is not a range of ${source.length} bytes`);
+    }
     if (length > SLAB_MAX_COPY) {
       const own = new Uint8Array(length);
       copyRange(own, 0, source, start, length);
@@ -60,8 +68,9 @@ export class PayloadSlab {
 }
 
 /**
- * This thread's slab: every connection copies from it, so there is one partly filled chunk
- * per thread, not per connection.
+ * This thread's slab for the values vbus encodes to send (`encodeValue` in Deno: heads and
+ * payloads that are copied again into a frame). Received payloads are copied with their
+ * connection's own slab.
  *
  * @example
  * ```ts
