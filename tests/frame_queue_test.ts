@@ -91,3 +91,17 @@ test("frame queue: pushMsg splices the head from a PUB tail", () => {
     0xc3,
   ]);
 });
+
+test("frame queue: a chunk of a frame larger than a chunk is reused for the next such frame", () => {
+  const q = new FrameQueue();
+  const big = new Uint8Array(FRAME_QUEUE_CHUNK_BYTES + 100);
+  q.push(Op.Msg, head, big.fill(1));
+  const first = q.oldestBuffer();
+  q.push(Op.Msg, head, big.fill(2)); // a chunk of its own: the first has no room left
+  q.shift(); // the first chunk is empty and not the tail: kept for reuse
+  q.push(Op.Msg, head, big.fill(3));
+  q.shift();
+  assert.equal(q.oldestBuffer(), first, "the third frame went into the first frame's chunk");
+  assert.deepEqual(payloadOf(q.peek()!), new Uint8Array(FRAME_QUEUE_CHUNK_BYTES + 100).fill(3));
+  assert.ok(q.memoryBytes < 2 * (FRAME_QUEUE_CHUNK_BYTES + 4096), "counts rounded chunks only");
+});

@@ -42,6 +42,7 @@ import { ErrorCode, VbusError } from "../protocol/errors.ts";
 import { FrameHeader, writeFrameHeader } from "../protocol/frame.ts";
 import { Op } from "../protocol/ops.ts";
 import type { RingChannel } from "../shm/ring_channel.ts";
+import { BufferPool } from "../util/buffer_pool.ts";
 import { Fifo } from "../util/fifo.ts";
 
 /**
@@ -75,6 +76,8 @@ export interface RingSenderOptions {
 export const BATCH_BYTES = 64 * 1024;
 /** Spare batch buffers kept for reuse (1 MiB: a burst of 1024 one-KiB publishes needs 16). */
 const SPARE_BUFFERS = 16;
+/** Bytes of spare batch buffers kept at most (larger batches are kept too: `buffer_pool.ts`). */
+const SPARE_BYTES = 2 * 1024 * 1024;
 const packr = new Packr(MSGPACK_OPTIONS);
 
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -124,7 +127,11 @@ export class RingSender {
   #queue = new Fifo<Waiting>();
   /** The batch at the tail of the queue, while publishes may still join it. */
   #open?: PubBatch;
-  #spare: Uint8Array[] = [];
+  #spare = new BufferPool({
+    standard: BATCH_BYTES,
+    maxBuffers: SPARE_BUFFERS,
+    maxBytes: SPARE_BYTES,
+  });
   /** Sends waiting (each publish of a batch counts). */
   #waiting = 0;
   #pumping = false;
@@ -210,7 +217,7 @@ export class RingSender {
   close(): PendingSend[] {
     this.#closed = true;
     this.#open = undefined;
-    this.#spare = [];
+    this.#spare.clear();
     const waiting: PendingSend[] = [];
     for (let w = this.#queue.shift(); w; w = this.#queue.shift()) {
       if (!(w instanceof PubBatch)) {
@@ -289,10 +296,7 @@ export class RingSender {
   #batchWithRoom(room: number): PubBatch {
     const open = this.#open;
     if (open && open.limit - open.end >= room) return open;
-    const bytes = room <= BATCH_BYTES
-      ? this.#spare.pop() ?? new Uint8Array(BATCH_BYTES)
-      : new Uint8Array(room);
-    const batch = new PubBatch(bytes);
+    const batch = new PubBatch(this.#spare.take(room));
     this.#queue.push(batch);
     this.#open = batch;
     return batch;
@@ -395,7 +399,7 @@ export class RingSender {
     }
     this.#queue.shift();
     if (this.#open === batch) this.#open = undefined;
-    if (b.length === BATCH_BYTES && this.#spare.length < SPARE_BUFFERS) this.#spare.push(b);
+    this.#spare.give(b);
     batch.resolve();
     return 0;
   }

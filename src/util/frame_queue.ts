@@ -19,9 +19,10 @@
 import { FrameHeader, writeFrameHeader } from "../protocol/frame.ts";
 import { msgHeadMaxLength, writeMsgHead } from "../protocol/codec.ts";
 import { Op } from "../protocol/ops.ts";
+import { BufferPool } from "./buffer_pool.ts";
 import { Fifo } from "./fifo.ts";
 
-/** Size of one chunk; a larger frame gets a chunk of its own. */
+/** Size of one chunk; a larger frame gets a chunk of its own (rounded up: `buffer_pool.ts`). */
 export const FRAME_QUEUE_CHUNK_BYTES = 64 * 1024;
 /**
  * Emptied chunks kept for reuse. A queue that drops its oldest frames as fast as new ones
@@ -29,6 +30,8 @@ export const FRAME_QUEUE_CHUNK_BYTES = 64 * 1024;
  * JavaScript heap are freed late (measured: 200 MiB of RSS for a 16 MiB bound).
  */
 const SPARE_CHUNKS = 8;
+/** Bytes of emptied chunks kept at most (a chunk of a large frame is kept too). */
+const SPARE_BYTES = 2 * SPARE_CHUNKS * FRAME_QUEUE_CHUNK_BYTES;
 
 interface Chunk {
   bytes: Uint8Array;
@@ -45,7 +48,11 @@ export class FrameQueue {
   #length = 0;
   #frameBytes = 0;
   #allocated = 0;
-  #spare: Uint8Array[] = [];
+  #spare = new BufferPool({
+    standard: FRAME_QUEUE_CHUNK_BYTES,
+    maxBuffers: SPARE_CHUNKS,
+    maxBytes: SPARE_BYTES,
+  });
 
   /** Frames in the queue. */
   get length(): number {
@@ -59,7 +66,8 @@ export class FrameQueue {
 
   /**
    * Bytes of memory held by queued frames (whole chunks): what a memory bound must count.
-   * At most {@link SPARE_CHUNKS} emptied chunks are kept on top of it for reuse.
+   * At most {@link SPARE_CHUNKS} emptied chunks ({@link SPARE_BYTES}) are kept on top of it
+   * for reuse.
    */
   get memoryBytes(): number {
     return this.#allocated;
@@ -129,9 +137,7 @@ export class FrameQueue {
       } else {
         this.#chunks.shift();
         this.#allocated -= chunk.bytes.length;
-        if (chunk.bytes.length === FRAME_QUEUE_CHUNK_BYTES && this.#spare.length < SPARE_CHUNKS) {
-          this.#spare.push(chunk.bytes);
-        }
+        this.#spare.give(chunk.bytes);
       }
     }
     return size;
@@ -140,7 +146,7 @@ export class FrameQueue {
   /** Drop everything and release the memory. */
   clear(): void {
     this.#chunks.clear();
-    this.#spare = [];
+    this.#spare.clear();
     this.#tail = undefined;
     this.#length = 0;
     this.#frameBytes = 0;
@@ -155,15 +161,10 @@ export class FrameQueue {
       // oldest chunk always holds the oldest frame.
       this.#chunks.clear();
       this.#allocated = 0;
-      if (tail.bytes.length === FRAME_QUEUE_CHUNK_BYTES && this.#spare.length < SPARE_CHUNKS) {
-        this.#spare.push(tail.bytes);
-      }
+      this.#spare.give(tail.bytes);
       this.#tail = undefined;
     }
-    const bytes = size <= FRAME_QUEUE_CHUNK_BYTES
-      ? this.#spare.pop() ?? new Uint8Array(FRAME_QUEUE_CHUNK_BYTES)
-      : new Uint8Array(size);
-    const chunk: Chunk = { bytes, start: 0, end: 0 };
+    const chunk: Chunk = { bytes: this.#spare.take(size), start: 0, end: 0 };
     this.#chunks.push(chunk);
     this.#tail = chunk;
     this.#allocated += chunk.bytes.length;
