@@ -1,6 +1,7 @@
 /** The broker's backlog queue: frames packed in chunks, the oldest always first. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { BufferPool } from "../src/util/buffer_pool.ts";
 import { FRAME_QUEUE_CHUNK_BYTES, FrameQueue, frameSize } from "../src/util/frame_queue.ts";
 import { FrameHeader } from "../src/protocol/frame.ts";
 import { Op } from "../src/protocol/ops.ts";
@@ -104,4 +105,25 @@ test("frame queue: a chunk of a frame larger than a chunk is reused for the next
   assert.equal(q.oldestBuffer(), first, "the third frame went into the first frame's chunk");
   assert.deepEqual(payloadOf(q.peek()!), new Uint8Array(FRAME_QUEUE_CHUNK_BYTES + 100).fill(3));
   assert.ok(q.memoryBytes < 2 * (FRAME_QUEUE_CHUNK_BYTES + 4096), "counts rounded chunks only");
+});
+
+test("frame queue: chunks go back to the process's pool on clear() and serve another queue", () => {
+  const pool = new BufferPool({
+    standard: FRAME_QUEUE_CHUNK_BYTES,
+    maxBuffers: 4,
+    maxBytes: 1 << 20,
+  });
+  const a = new FrameQueue(pool), b = new FrameQueue(pool);
+  a.push(Op.Msg, head, new Uint8Array(10));
+  const chunk = a.oldestBuffer();
+  a.clear();
+  assert.equal(a.length, 0);
+  assert.equal(pool.spareBytes, FRAME_QUEUE_CHUNK_BYTES, "the cleared queue's chunk is kept");
+  b.push(Op.Msg, head, new Uint8Array(10).fill(7));
+  assert.equal(b.oldestBuffer(), chunk, "another queue takes it");
+  assert.deepEqual(payloadOf(b.peek()!), new Uint8Array(10).fill(7));
+  assert.throws(
+    () => new FrameQueue(new BufferPool({ standard: 4096, maxBuffers: 1, maxBytes: 4096 })),
+    /must hand out 65536 bytes/,
+  );
 });

@@ -25,13 +25,25 @@ import { Fifo } from "./fifo.ts";
 /** Size of one chunk; a larger frame gets a chunk of its own (rounded up: `buffer_pool.ts`). */
 export const FRAME_QUEUE_CHUNK_BYTES = 64 * 1024;
 /**
- * Emptied chunks kept for reuse. A queue that drops its oldest frames as fast as new ones
- * arrive would otherwise allocate a chunk every few dozen messages, and buffers outside the
- * JavaScript heap are freed late (measured: 200 MiB of RSS for a 16 MiB bound).
+ * Emptied chunks kept for reuse, by every queue of the process together (a broker has one
+ * backlog per session; one at a time is usually the busy one). A queue that drops its oldest
+ * frames as fast as new ones arrive would otherwise allocate a chunk every few dozen messages,
+ * and buffers outside the JavaScript heap are freed late (measured: 200 MiB of RSS for a 16 MiB
+ * bound). A backlog of large frames swings by many chunks between a full ring and an empty
+ * one: with 8 spares per queue, a broker at 64 KiB messages still allocated most of its chunks
+ * (`take` 17% of its CPU in a profile), so the process keeps up to
+ * {@link FRAME_QUEUE_SPARE_BYTES} of them.
  */
-const SPARE_CHUNKS = 8;
-/** Bytes of emptied chunks kept at most (a chunk of a large frame is kept too). */
-const SPARE_BYTES = 2 * SPARE_CHUNKS * FRAME_QUEUE_CHUNK_BYTES;
+export const FRAME_QUEUE_SPARE_CHUNKS = 128;
+/** Bytes of emptied chunks the process keeps at most (a chunk of a large frame is kept too). */
+export const FRAME_QUEUE_SPARE_BYTES = 8 * 1024 * 1024;
+
+/** The pool every {@link FrameQueue} takes its chunks from unless given another. */
+export const frameQueueChunks: BufferPool = new BufferPool({
+  standard: FRAME_QUEUE_CHUNK_BYTES,
+  maxBuffers: FRAME_QUEUE_SPARE_CHUNKS,
+  maxBytes: FRAME_QUEUE_SPARE_BYTES,
+});
 
 interface Chunk {
   bytes: Uint8Array;
@@ -48,11 +60,15 @@ export class FrameQueue {
   #length = 0;
   #frameBytes = 0;
   #allocated = 0;
-  #spare = new BufferPool({
-    standard: FRAME_QUEUE_CHUNK_BYTES,
-    maxBuffers: SPARE_CHUNKS,
-    maxBytes: SPARE_BYTES,
-  });
+  #spare: BufferPool;
+
+  /** `pool`: where emptied chunks go and new ones come from (its standard size is a chunk). */
+  constructor(pool: BufferPool = frameQueueChunks) {
+    if (pool.standard !== FRAME_QUEUE_CHUNK_BYTES) {
+      throw new RangeError(`a frame queue's pool must hand out ${FRAME_QUEUE_CHUNK_BYTES} bytes`);
+    }
+    this.#spare = pool;
+  }
 
   /** Frames in the queue. */
   get length(): number {
@@ -66,8 +82,8 @@ export class FrameQueue {
 
   /**
    * Bytes of memory held by queued frames (whole chunks): what a memory bound must count.
-   * At most {@link SPARE_CHUNKS} emptied chunks ({@link SPARE_BYTES}) are kept on top of it
-   * for reuse.
+   * Emptied chunks go back to the pool (at most {@link FRAME_QUEUE_SPARE_BYTES} for the whole
+   * process by default), which this does not count.
    */
   get memoryBytes(): number {
     return this.#allocated;
@@ -143,10 +159,9 @@ export class FrameQueue {
     return size;
   }
 
-  /** Drop everything and release the memory. */
+  /** Drop everything; the chunks go back to the pool (views of them are then invalid). */
   clear(): void {
-    this.#chunks.clear();
-    this.#spare.clear();
+    for (let c = this.#chunks.shift(); c; c = this.#chunks.shift()) this.#spare.give(c.bytes);
     this.#tail = undefined;
     this.#length = 0;
     this.#frameBytes = 0;
