@@ -5,8 +5,8 @@
  * so both sides parse it with the same validation.
  *
  * Wake-ups: the consumer polls in batches, keeps polling (yielding to the event loop, and with
- * `sched_yield` to other processes while the cores are contended: `idle_yield.ts`) for `spinMs`
- * after the last record, then parks: it sets the parked flag in shared memory and sleeps until
+ * `sched_yield` to other processes while the cores are contended: `idle_yield.ts`, looking again
+ * at once after each yield) for `spinMs` after the last record, then parks: it sets the parked flag in shared memory and sleeps until
  * a DOORBELL frame arrives on the port. A client reads the ring before any port frame
  * (`drain()`), so a woken loop may find it empty: that counts as a wake-up with data, and the
  * loop polls again rather than parking at once. A producer rings only when it sees the
@@ -70,7 +70,7 @@ import { RingConsumer, RingCorruptError, RingProducer } from "../ring/ring.ts";
 import { Doorbell, Parker, type SleepFn } from "../ring/doorbell.ts";
 import { RingId } from "../ring/layout.ts";
 import { yieldToEventLoop } from "../util/event_loop.ts";
-import { idleYield } from "../util/idle_yield.ts";
+import { type IdleYield, idleYield } from "../util/idle_yield.ts";
 import { copyRange } from "../util/copy_range.ts";
 
 /** What a DOORBELL announces: data to read, or space to write. */
@@ -125,6 +125,8 @@ export interface RingChannelOptions {
   maxFrameBytes: number;
   /** Keep polling this long after the last record before parking. Default 0.2 ms. */
   spinMs?: number;
+  /** When an empty poll hands the core to other processes; default: the process's {@link idleYield}. */
+  idleYield?: IdleYield;
   /** Futex wake-ups between host-local peers (see the module doc); default: DOORBELL frames. */
   futex?: FutexWakeups;
   /**
@@ -613,11 +615,13 @@ export class RingChannel {
 
   async #receiveLoop() {
     const spinMs = this.#opts.spinMs ?? DEFAULT_SPIN_MS;
+    const idle = this.#opts.idleYield ?? idleYield;
     let idleSince = 0;
     // A park that timed out found nothing: park again at once, for twice as long. Spinning
     // after every slice would cost an idle channel a spin per slice.
     let parkAgain = false;
     let slice = PARK_SLICE_MS;
+    let lookedAfterYield = false;
     while (this.#running) {
       if (this.#paused) {
         await new Promise<void>((r) => this.#resumeWaiters.push(r));
@@ -641,6 +645,7 @@ export class RingChannel {
       }
       if (n > 0) {
         this.stats.batches++;
+        lookedAfterYield = false;
         idleSince = 0;
         parkAgain = false;
         slice = PARK_SLICE_MS;
@@ -651,8 +656,14 @@ export class RingChannel {
       const now = performance.now();
       if (idleSince === 0) idleSince = now;
       if (!parkAgain && now - idleSince < spinMs) {
-        // Several busy processes may share fewer cores: let the one we wait for run.
-        idleYield.emptyPoll();
+        // Several busy processes may share fewer cores: let the one we wait for run. A yield
+        // that gave the core away may have let our peer write: look again at once, before
+        // the event loop's turn and the other loops' polls (each may yield the core again).
+        if (!lookedAfterYield && idle.emptyPoll()) {
+          lookedAfterYield = true;
+          continue;
+        }
+        lookedAfterYield = false;
         await yieldToEventLoop();
         continue;
       }

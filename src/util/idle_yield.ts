@@ -60,13 +60,16 @@ export class IdleYield {
     return true;
   }
 
-  /** Call after each poll that found nothing, before yielding to the event loop. */
-  emptyPoll(): void {
+  /**
+   * Call after each poll that found nothing, before yielding to the event loop. Returns true
+   * when it gave the core away: the process that had it may have been the one we wait for.
+   */
+  emptyPoll(): boolean {
     const yieldFn = this.#yieldFn;
-    if (yieldFn === undefined) return;
+    if (yieldFn === undefined) return false;
     if (this.#skip > 0) {
       this.#skip--;
-      return;
+      return false;
     }
     const start = performance.now();
     yieldFn();
@@ -78,6 +81,7 @@ export class IdleYield {
       this.#interval = Math.min(2 * this.#interval, IDLE_YIELD_MAX_INTERVAL);
     }
     this.#skip = this.#interval - 1;
+    return true;
   }
 }
 
