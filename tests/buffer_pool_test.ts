@@ -51,3 +51,17 @@ test("buffer pool: keeps no more than its bounds, and never a view or a foreign 
     /multiple of 4096/,
   );
 });
+
+test("buffer pool: taking a buffer keeps the others in age order for eviction", () => {
+  const pool = new BufferPool({ standard: 64 * KIB, maxBuffers: 3, maxBytes: 1024 * KIB });
+  const a = new Uint8Array(64 * KIB), b = new Uint8Array(128 * KIB), c = new Uint8Array(128 * KIB);
+  pool.give(a);
+  pool.give(b);
+  pool.give(c);
+  assert.equal(pool.take(1), a); // the oldest, from the front
+  pool.give(new Uint8Array(128 * KIB));
+  pool.give(new Uint8Array(128 * KIB)); // full: the oldest kept one, b, makes room
+  const kept = [pool.take(128 * KIB), pool.take(128 * KIB), pool.take(128 * KIB)];
+  assert.ok(kept.includes(c), "c, given after b, is still kept");
+  assert.ok(!kept.includes(b), "b was the oldest and made room");
+});

@@ -77,8 +77,7 @@ export class BufferPool {
     for (let i = spare.length - 1; i >= 0; i--) {
       const b = spare[i];
       if (b.length !== size) continue;
-      spare[i] = spare[spare.length - 1];
-      spare.pop();
+      spare.splice(i, 1); // keeps the rest oldest first, for give()'s eviction
       this.#spareBytes -= size;
       return b;
     }
