@@ -668,6 +668,7 @@ export class RingChannel {
         continue;
       }
       this.stats.parks++;
+      lookedAfterYield = false;
       // A doorbell frame is handled after drain() has read what it rang for, so the ring
       // looks empty when the sleeper wakes: count that as data, or the loop would park again
       // at once and every later frame would need a doorbell of its own.

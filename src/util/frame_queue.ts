@@ -159,7 +159,11 @@ export class FrameQueue {
     return size;
   }
 
-  /** Drop everything; the chunks go back to the pool (views of them are then invalid). */
+  /**
+   * Drop everything; the chunks go back to the pool. A view from {@link peek} or
+   * {@link oldestBuffer} must not be used after this: its chunk may already hold another
+   * queue's (another session's) frames.
+   */
   clear(): void {
     for (let c = this.#chunks.shift(); c; c = this.#chunks.shift()) this.#spare.give(c.bytes);
     this.#tail = undefined;
