@@ -6,12 +6,12 @@
  *
  * Wake-ups: the consumer polls in batches, keeps polling (yielding to the event loop, and with
  * `sched_yield` to other processes while the cores are contended: `idle_yield.ts`, looking again
- * at once after each yield) for `spinMs` after the last record, then parks: it sets the parked flag in shared memory and sleeps until
- * a DOORBELL frame arrives on the port. A client reads the ring before any port frame
- * (`drain()`), so a woken loop may find it empty: that counts as a wake-up with data, and the
- * loop polls again rather than parking at once. A producer rings only when it sees the
- * flag, so a busy stream rings almost never. The same scheme, the other way round, wakes a
- * producer waiting for space.
+ * at once after each yield) for `spinMs` after the last record, then parks: it sets the parked
+ * flag in shared memory and sleeps until a DOORBELL frame arrives on the port. A client reads
+ * the ring before any port frame (`drain()`), so a woken loop may find it empty: that counts as
+ * a wake-up with data, and the loop polls again rather than parking at once. A producer rings
+ * only when it sees the flag, so a busy stream rings almost never. The same scheme, the other
+ * way round, wakes a producer waiting for space.
  *
  * Host-local peers (both processes map the same /dev/shm file) may negotiate futex wake-ups
  * instead (`futex` option): the sleeper waits in FUTEX_WAIT on the ring's wake word and the
@@ -125,7 +125,7 @@ export interface RingChannelOptions {
   maxFrameBytes: number;
   /** Keep polling this long after the last record before parking. Default 0.2 ms. */
   spinMs?: number;
-  /** When an empty poll hands the core to other processes; default: the process's {@link idleYield}. */
+  /** When an empty poll hands the core to other processes; default: the process's `idleYield`. */
   idleYield?: IdleYield;
   /** Futex wake-ups between host-local peers (see the module doc); default: DOORBELL frames. */
   futex?: FutexWakeups;
