@@ -49,12 +49,21 @@ function natsTest(name: string, fn: () => Promise<void>) {
 
 // ---- nats-server processes --------------------------------------------------------------------
 
+/**
+ * `n` distinct free ports: each is held until all are chosen, since a port picked and released
+ * may be handed out again by the next pick (a cluster's route port once came back as the
+ * second node's client port: "bind: address already in use").
+ */
+async function freePorts(n: number): Promise<number[]> {
+  const servers = Array.from({ length: n }, () => createServer());
+  for (const s of servers) await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
+  const ports = servers.map((s) => (s.address() as AddressInfo).port);
+  for (const s of servers) await new Promise<void>((r) => s.close(() => r()));
+  return ports;
+}
+
 async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
+  return (await freePorts(1))[0];
 }
 
 /** Resolve once 127.0.0.1:port accepts a TCP connection (bounded). */
@@ -155,9 +164,9 @@ async function startNats(
 
 /** Two nats-servers routed to each other; resolves once a message crosses the route. */
 async function startCluster(): Promise<[NatsNode, NatsNode]> {
-  const [c1, c2] = [await freePort(), await freePort()];
-  const n1 = await startNats("n1", { cluster: { port: c1, routes: [c2] } });
-  const n2 = await startNats("n2", { cluster: { port: c2, routes: [c1] } });
+  const [p1, p2, c1, c2] = await freePorts(4);
+  const n1 = await startNats("n1", { port: p1, cluster: { port: c1, routes: [c2] } });
+  const n2 = await startNats("n2", { port: p2, cluster: { port: c2, routes: [c1] } });
   const pub = await natsConnect({ servers: n1.url });
   const sub = await natsConnect({ servers: n2.url });
   try {
